@@ -1,0 +1,299 @@
+"""The inference-gap decomposition, end to end: ``python -m benchmarks.gaps``.
+
+Trains a model and its amortized guide by SVI (or loads a checkpoint), then for
+the first N points of the training split and of the test split estimates
+
+* log p(x) — importance-weighted bound with K samples (default 5000), proposal
+  per datapoint the better of q and q*;
+* L[q*] — the ELBO of the best fully factorized Gaussian found per datapoint;
+* L[q] — the ELBO of the amortized guide;
+
+and the approximation (log p - L[q*]), amortization (L[q*] - L[q]) and
+inference (log p - L[q]) gaps. Writes ``gaps.json``, ``gaps.md`` and
+``run_info.json`` into ``--out`` and prints the table.
+
+Reference: Cremer, Li & Duvenaud (2018), *Inference Suboptimality in
+Variational Autoencoders*, ICML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import pyro
+import torch
+
+from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT, Data, load_dataset
+from inference.estimators import check_num_samples
+from inference.gaps import QUANTITIES, GapDecomposition, gap_decomposition
+from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
+from inference.local import AdamConfig, StoppingRule
+from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, TrainConfig, fit, resolve_device
+from ppl_models import LIKELIHOODS, MODELS, build_model, model_config
+
+#: Options that describe the trained model; with --checkpoint they come from the checkpoint.
+MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", "latent_dim", "hidden", "encoder_hidden", "activation")
+TRAIN_OPTIONS = ("objective", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs", "resume")
+LABELS = {
+    "log_px": "log p(x)", "elbo_local": "L[q*]", "elbo_amortized": "L[q]",
+    "approximation_gap": "approximation gap", "amortization_gap": "amortization gap", "inference_gap": "inference gap",
+}
+
+
+def _sizes(text: str) -> list[int]:
+    if text.strip() in ("", "none"):
+        return []
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layer sizes must be comma-separated integers, got {text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return sizes
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gaps", description=__doc__.split("\n\n")[0])
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default=None, help="default: digits")
+    data.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding MNIST/raw (default: %(default)s)")
+    data.add_argument("--download", action="store_true", help="let torchvision download MNIST into --data-root")
+    data.add_argument("--binarization", choices=BINARIZATIONS, default=None, help="for --likelihood bernoulli (default: dynamic)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=MODELS, default=None, help="default: vae")
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default=None, help="default: bernoulli (gaussian for ppca)")
+    model.add_argument("--latent-dim", type=int, default=None, help="default: 50 for vae, 5 for ppca")
+    model.add_argument("--hidden", type=_sizes, default=None, help="decoder hidden sizes, e.g. 200,200")
+    model.add_argument("--encoder-hidden", type=_sizes, default=None, help="encoder hidden sizes ('none' for linear)")
+    model.add_argument("--activation", default=None, help="elu (default), relu, tanh, softplus")
+    train = p.add_argument_group("training")
+    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default) or meanfield (TraceMeanField_ELBO)")
+    train.add_argument("--epochs", type=int, default=None, help="default: 100")
+    train.add_argument("--batch-size", type=int, default=None, help="default: 100")
+    train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None, help="constant (default) or iwae (3^i-epoch stages)")
+    train.add_argument("--kl-warmup-epochs", type=float, default=None, help="linear KL warm-up length (default: 10)")
+    train.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training")
+    train.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoints/last.ckpt")
+    evaluation = p.add_argument_group("evaluation")
+    evaluation.add_argument("--num-points", type=int, default=100, help="datapoints per split (default: %(default)s)")
+    evaluation.add_argument("--log-px-samples", type=int, default=5000, help="K for log p(x) (default: %(default)s)")
+    evaluation.add_argument("--elbo-samples", type=int, default=1000, help="samples for each ELBO (default: %(default)s)")
+    evaluation.add_argument("--local-samples", type=int, default=50, help="samples per local q* step (default: %(default)s)")
+    evaluation.add_argument("--local-lr", type=float, default=1e-3, help="local q* Adam learning rate (default: %(default)s)")
+    evaluation.add_argument("--local-window", type=int, default=100, help="steps per averaging window (default: %(default)s)")
+    evaluation.add_argument("--local-patience", type=int, default=10, help="windows without improvement before stopping (default: %(default)s)")
+    evaluation.add_argument("--local-max-steps", type=int, default=20_000, help="cap on local q* steps (default: %(default)s)")
+    evaluation.add_argument("--local-init", choices=("encoder", "prior"), default="encoder")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", choices=DEVICES, default="cpu")
+    run.add_argument("--devices", default="1", help="devices for training (Lightning), e.g. 2 with --strategy ddp")
+    run.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", default=os.path.join("results", "gaps"), help="output folder (default: %(default)s)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when attached to a terminal)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse impossible settings before any data is loaded or any time is spent."""
+    check_num_samples(args.num_points, "--num-points")
+    check_num_samples(args.log_px_samples, "--log-px-samples (K)")
+    check_num_samples(args.elbo_samples, "--elbo-samples")
+    check_num_samples(args.local_samples, "--local-samples")
+    for name in ("local_window", "local_patience", "local_max_steps"):
+        check_num_samples(getattr(args, name), "--" + name.replace("_", "-"))
+    if not args.local_lr > 0:
+        raise ValueError(f"--local-lr must be positive, got {args.local_lr}")
+    if args.checkpoint:
+        given = [o for o in TRAIN_OPTIONS if getattr(args, o) not in (None, False)]
+        if given:
+            raise ValueError(f"--checkpoint evaluates a trained model; drop the training option(s) {', '.join('--' + g.replace('_', '-') for g in given)}")
+
+
+def _explicit(args: argparse.Namespace, saved: dict[str, Any], key: str, default: Any) -> Any:
+    """The value of a model option: the explicit one, else the checkpoint's, else ``default``; refusing conflicts."""
+    value = getattr(args, key)
+    if key in saved:
+        if value is not None and value != saved[key]:
+            raise ValueError(f"--{key.replace('_', '-')} {value} conflicts with the checkpoint, which has {saved[key]!r}")
+        return saved[key]
+    return default if value is None else value
+
+
+def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], TrainConfig, dict | None]:
+    """Data config, model config, training config and (if any) the loaded checkpoint."""
+    checkpoint = load_checkpoint(args.checkpoint, required=CHECKPOINT_KEYS) if args.checkpoint else None
+    saved = checkpoint["config"] if checkpoint else {}
+    saved_data, saved_model = saved.get("data", {}), saved.get("model", {})
+    flat = {**{k: v for k, v in saved_data.items()}, **{("model" if k == "name" else k): v for k, v in saved_model.items()}}
+    name = _explicit(args, flat, "model", "vae")
+    likelihood = _explicit(args, flat, "likelihood", "gaussian" if name == "ppca" else "bernoulli")
+    data_cfg = {
+        "dataset": _explicit(args, flat, "dataset", "digits"),
+        "likelihood": likelihood,
+        "binarization": _explicit(args, flat, "binarization", "dynamic" if likelihood == "bernoulli" else None),
+        "binarize_seed": saved_data.get("binarize_seed", 0),
+    }
+    overrides = {k: _explicit(args, flat, k, None) for k in ("latent_dim", "hidden", "encoder_hidden", "activation")}
+    data_dim = saved_model.get("data_dim")
+    if checkpoint is None:
+        data_dim = 64 if data_cfg["dataset"] == "digits" else 784
+    model_cfg = model_config(name, data_dim, likelihood, **overrides)
+    if checkpoint:
+        train = TrainConfig(**saved["train"])
+    else:
+        defaults = TrainConfig(kl_warmup_epochs=10.0, seed=args.seed)
+        train = TrainConfig(**{
+            **defaults.to_dict(),
+            **{k: getattr(args, k) for k in ("objective", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs") if getattr(args, k) is not None},
+        })
+    return data_cfg, model_cfg, train, checkpoint
+
+
+def summarize_split(result: GapDecomposition, model, x: torch.Tensor) -> dict[str, Any]:
+    out = result.summary()
+    if hasattr(model, "log_marginal"):  # PPCA: the exact answers
+        with torch.no_grad():
+            exact_log_px = model.log_marginal(x).double()
+            exact_gap = model.approximation_gap(x).double()
+        n = len(x)
+        out["exact_log_px"] = float(exact_log_px.mean())
+        out["exact_log_px_se"] = float(exact_log_px.std() / math.sqrt(n)) if n > 1 else math.nan
+        out["exact_approximation_gap"] = float(exact_gap.mean())
+        out["exact_approximation_gap_se"] = 0.0
+    return out
+
+
+def markdown_table(splits: dict[str, dict[str, Any]]) -> str:
+    header = "| split | N | " + " | ".join(LABELS[q] for q in QUANTITIES) + " |"
+    rule = "|---|---:|" + "---:|" * len(QUANTITIES)
+    rows = [header, rule]
+    for split, s in splits.items():
+        cells = [f"{s[q]:.3f} ± {s[q + '_se']:.3f}" for q in QUANTITIES]
+        rows.append(f"| {split} | {s['n_points']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [
+        f"# Inference gaps: {cfg['model']['name']} on {cfg['data']['dataset']} ({cfg['data']['likelihood']})",
+        "",
+        "Nats per datapoint; mean ± standard error of the mean over the evaluated datapoints.",
+        "",
+        markdown_table(result["splits"]),
+        "",
+        "Monte Carlo standard errors alone (given these datapoints):",
+        "",
+    ]
+    for split, s in result["splits"].items():
+        mc = ", ".join(f"{LABELS[q]} {s[q + '_mc_se']:.4f}" for q in QUANTITIES)
+        lines.append(f"- {split}: {mc}")
+        lines.append(
+            f"  local q*: {100 * s['local_converged_fraction']:.0f}% stopped by the rule, {s['local_steps_mean']:.0f} steps on average; "
+            f"q* was the log p(x) proposal for {100 * s['log_px_proposal_local_fraction']:.0f}% of points"
+        )
+        if "exact_log_px" in s:
+            lines.append(
+                f"  exact (PPCA closed form): log p(x) {s['exact_log_px']:.3f}, approximation gap {s['exact_approximation_gap']:.4f}"
+            )
+    ev = cfg["evaluation"]
+    lines += ["", f"log p(x): IWAE bound with K={ev['log_px_samples']}; ELBOs with {ev['elbo_samples']} samples; "
+              f"local q*: Adam lr {ev['local_lr']}, {ev['local_samples']} samples/step, stop after {ev['local_patience']} "
+              f"windows of {ev['local_window']} steps without improvement (cap {ev['local_max_steps']})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    check_args(args)
+    data_cfg, model_cfg, train_cfg, checkpoint = resolve(args)
+    device = resolve_device(args.device)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    started = time.perf_counter()
+    data: Data = load_dataset(
+        data_cfg["dataset"], data_cfg["likelihood"], data_cfg["binarization"],
+        data_root=args.data_root, download=args.download, binarize_seed=data_cfg["binarize_seed"],
+    )
+    if data.data_dim != model_cfg["data_dim"]:
+        raise ValueError(f"the model expects {model_cfg['data_dim']}-dimensional data but {data.name} has {data.data_dim} dimensions")
+    points = {split: data.eval_points(split, args.num_points) for split in ("train", "test")}
+
+    pyro.set_rng_seed(train_cfg.seed)
+    model, guide = build_model(model_cfg)
+    run_config = {"data": data_cfg, "model": model_cfg}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model_state"])
+        guide.load_state_dict(checkpoint["guide_state"])
+        train_seconds = 0.0
+    else:
+        t0 = time.perf_counter()
+        trained = fit(
+            model, guide, data.train, train_cfg, transform=data.transform, out_dir=args.out, resume=args.resume,
+            device=args.device, devices=_devices(args.devices), strategy=args.strategy, progress=progress, run_config=run_config,
+        )
+        train_seconds = time.perf_counter() - t0
+        if not trained.is_global_zero:
+            return {}
+    model.to(device).eval()
+    guide.to(device).eval()
+
+    evaluation = {
+        "num_points": args.num_points, "log_px_samples": args.log_px_samples, "elbo_samples": args.elbo_samples,
+        "local_samples": args.local_samples, "local_lr": args.local_lr, "local_window": args.local_window,
+        "local_patience": args.local_patience, "local_max_steps": args.local_max_steps, "local_init": args.local_init,
+    }
+    splits, seconds = {}, {}
+    for i, (split, x) in enumerate(points.items()):
+        t0 = time.perf_counter()
+        pyro.set_rng_seed(args.seed * 1000 + i + 1)
+        result = gap_decomposition(
+            model, guide, x.to(device), log_px_samples=args.log_px_samples, elbo_samples=args.elbo_samples,
+            local_samples=args.local_samples, adam=AdamConfig(lr=args.local_lr),
+            rule=StoppingRule(args.local_window, args.local_patience, args.local_max_steps),
+            init=args.local_init, progress=progress,
+        )
+        splits[split] = summarize_split(result, model, x.to(device))
+        seconds[split] = time.perf_counter() - t0
+
+    config = {
+        "data": data_cfg, "model": model_cfg, "train": train_cfg.to_dict(), "evaluation": evaluation,
+        "seed": args.seed, "device": str(device), "checkpoint": args.checkpoint,
+    }
+    result = {"config": config, "splits": splits}
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_json(os.path.join(args.out, "gaps.json"), result)
+    atomic_write_text(os.path.join(args.out, "gaps.md"), render_markdown(result))
+    atomic_write_json(os.path.join(args.out, "run_info.json"), {
+        "seconds": {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started},
+        "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
+        "machine": platform.machine(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+    })
+    print(render_markdown(result))
+    print(f"wrote {os.path.join(args.out, 'gaps.json')} and gaps.md ({time.perf_counter() - started:.0f} s)")
+    return result
+
+
+def _devices(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

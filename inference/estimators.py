@@ -1,0 +1,151 @@
+r"""Per-datapoint Monte Carlo estimators for any model/guide pair following the convention.
+
+Both estimators draw ``num_samples`` vectorized samples from the guide, in
+memory-bounded chunks, and combine the per-datapoint log weights
+:math:`\log w_{s,i}` (see :func:`inference.program.log_weights`) in float64:
+
+* :func:`elbo` — :math:`\mathcal{L}_i = \frac1S \sum_s \log w_{s,i}`, with standard error
+  :math:`\mathrm{sd}_s(\log w_{s,i}) / \sqrt S`;
+* :func:`log_likelihood` — the importance-weighted bound of Burda, Grosse &
+  Salakhutdinov (2016), :math:`\log \hat p(x_i) = \log \frac1K \sum_k w_{k,i}`,
+  combined with ``logsumexp``, with the delta-method standard error
+  :math:`\sqrt{(K \sum_k w_k^2 / (\sum_k w_k)^2 - 1)/(K-1)}` of the log of a mean.
+
+Each returns an :class:`Estimate` of shape ``(len(x),)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
+
+#: Default bound on the number of float32 elements one chunk of samples may create.
+MAX_ELEMENTS = 2**26
+
+
+class Estimate(NamedTuple):
+    """A per-datapoint Monte Carlo estimate and its standard error."""
+
+    value: torch.Tensor  #: shape (N,), float64
+    stderr: torch.Tensor  #: shape (N,), float64; NaN where it cannot be estimated (one sample)
+    num_samples: int
+
+
+def check_num_samples(num_samples: int, name: str = "num_samples") -> int:
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {num_samples!r}")
+    return int(num_samples)
+
+
+def chunk_size_for(info: ProgramInfo, x: torch.Tensor, model: Program, guide: Program, max_elements: int) -> int:
+    """How many samples fit in one chunk: ``max_elements`` over a generous per-sample footprint.
+
+    The footprint counts every sample-site value and distribution parameter of one
+    vectorized sample (the decoder's output is among them) times 8 for intermediates.
+    """
+    from .program import trace_pair  # local: only needed here
+
+    with torch.no_grad():
+        model_trace, guide_trace = trace_pair(model, guide, x)
+    per_sample = 0
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                per_sample += site["value"].numel()
+                fn = site["fn"]
+                while hasattr(fn, "base_dist"):
+                    fn = fn.base_dist
+                per_sample += sum(v.numel() for v in vars(fn).values() if isinstance(v, torch.Tensor))
+    return max(1, max_elements // (8 * max(per_sample, 1)))
+
+
+def _chunks(total: int, size: int):
+    done = 0
+    while done < total:
+        step = min(size, total - done)
+        yield step
+        done += step
+
+
+def _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
+    check_data(x)
+    num_samples = check_num_samples(num_samples)
+    info = inspect_program(model, guide, x)
+    if chunk_size is None:
+        chunk_size = chunk_size_for(info, x, model, guide, max_elements)
+    chunk_size = check_num_samples(chunk_size, "chunk_size")
+    with torch.no_grad():
+        for size in _chunks(num_samples, chunk_size):
+            yield log_weights(model, guide, x, size, info)
+
+
+def elbo(
+    model: Program,
+    guide: Program,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    *,
+    chunk_size: int | None = None,
+    max_elements: int = MAX_ELEMENTS,
+) -> Estimate:
+    r"""Per-datapoint ELBO :math:`E_{q(z|x_i)}[\log p(x_i, z) - \log q(z|x_i)]`, shape ``(len(x),)``.
+
+    Example::
+
+        >>> est = elbo(model, guide, x, num_samples=100)
+        >>> est.value.mean(), est.stderr
+    """
+    total = sum_sq = None
+    shift = None
+    count = 0
+    for lw in _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
+        if shift is None:
+            shift = lw.mean(0)  # centring keeps the running sum of squares accurate
+            total = torch.zeros_like(shift)
+            sum_sq = torch.zeros_like(shift)
+        centred = lw - shift
+        total += centred.sum(0)
+        sum_sq += (centred**2).sum(0)
+        count += len(lw)
+    mean = total / count
+    if count > 1:
+        var = (sum_sq - count * mean**2).clamp(min=0) / (count - 1)
+        stderr = (var / count).sqrt()
+    else:
+        stderr = torch.full_like(mean, math.nan)
+    return Estimate(shift + mean, stderr, count)
+
+
+def log_likelihood(
+    model: Program,
+    guide: Program,
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    *,
+    chunk_size: int | None = None,
+    max_elements: int = MAX_ELEMENTS,
+) -> Estimate:
+    r"""Importance-weighted estimate :math:`\log \frac1K \sum_{k=1}^K p(x_i, z_k)/q(z_k|x_i)`, ``z_k ~ q(z|x_i)``.
+
+    A stochastic lower bound on :math:`\log p(x_i)` that tightens as ``K`` grows
+    (Burda et al. 2016). The guide is the proposal; any guide following the
+    convention works, including a local (per-datapoint) one.
+    """
+    log_s1 = log_s2 = None
+    count = 0
+    for lw in _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
+        c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
+        log_s1 = c1 if log_s1 is None else torch.logaddexp(log_s1, c1)
+        log_s2 = c2 if log_s2 is None else torch.logaddexp(log_s2, c2)
+        count += len(lw)
+    value = log_s1 - math.log(count)
+    if count > 1:
+        rel_var = (math.log(count) + log_s2 - 2 * log_s1).exp() - 1
+        stderr = (rel_var.clamp(min=0) / (count - 1)).sqrt()
+    else:
+        stderr = torch.full_like(value, math.nan)
+    return Estimate(value, stderr, count)

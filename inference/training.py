@@ -1,0 +1,308 @@
+"""SVI training driven by PyTorch Lightning.
+
+The loss is Pyro's :class:`~pyro.infer.elbo.ELBOModule` (the route of Pyro's own
+``svi_lightning`` example) with a plain ``torch.optim.Adam``: multi-device DDP,
+checkpoints, progress bars and CSV logs come from Lightning's ``Trainer``.
+
+Batches come from a tensor kept on the training device: each epoch draws a
+permutation from a generator seeded by ``(seed, epoch)`` and reseeds the
+sampling noise, so a run resumed from an epoch checkpoint continues exactly as
+the uninterrupted run would have. Under DDP each rank takes its share of the
+epoch's batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import pyro
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
+
+from .io import CheckpointError, atomic_torch_save, load_checkpoint
+from .objectives import OBJECTIVES, Annealed, kl_weight, make_objective
+from .program import check_data, inspect_program
+
+LR_SCHEDULES = ("constant", "iwae")
+DEVICES = ("cpu", "cuda", "auto")
+CHECKPOINT_KEYS = ("state_dict", "config", "model_state", "guide_state")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (recorded in every checkpoint)."""
+
+    objective: str = "elbo"
+    num_particles: int = 1
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3
+    adam_eps: float = 1e-4  # Burda et al. (2016) use epsilon = 1e-4
+    lr_schedule: str = "constant"
+    kl_warmup_epochs: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        for key in ("epochs", "batch_size", "num_particles"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or int(value) != value or value < (0 if key == "epochs" else 1):
+                raise ValueError(f"{key} must be a {'non-negative' if key == 'epochs' else 'positive'} integer, got {value!r}")
+        if not self.lr > 0 or not self.adam_eps > 0:
+            raise ValueError(f"lr and adam_eps must be positive, got lr={self.lr}, adam_eps={self.adam_eps}")
+        if not self.kl_warmup_epochs >= 0:
+            raise ValueError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def iwae_lr_factor(epoch: int) -> float:
+    """Burda et al. (2016): stage i lasts 3^i epochs with learning rate 1e-3 * 10^(-i/7), i = 0..7 (3280 epochs)."""
+    stage, end = 0, 1
+    while epoch >= end and stage < 7:
+        stage += 1
+        end += 3**stage
+    return 10 ** (-stage / 7)
+
+
+def _seed_for(*parts: int) -> int:
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part) + 1) % (2**63 - 1)
+    return seed
+
+
+class _BatchNumbers(torch.utils.data.Dataset):
+    """Yields batch numbers; the module slices the on-device data itself."""
+
+    def __init__(self, num_batches: int):
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes atomically and reads with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location or "cpu", required=CHECKPOINT_KEYS)
+
+
+class SVIModule(pl.LightningModule):
+    """A Lightning module whose loss is ``ELBOModule(model, guide)`` averaged over the batch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        guide: nn.Module,
+        train_x: torch.Tensor,
+        config: TrainConfig,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.run_config = dict(run_config or {})
+        self.transform = transform
+        self.model, self.guide = model, guide
+        self.elbo = make_objective(config.objective, config.num_particles)(Annealed(model), Annealed(guide))
+        self.register_buffer("train_x", train_x, persistent=False)
+        self.num_batches = math.ceil(len(train_x) / config.batch_size)
+        self._perm: torch.Tensor | None = None
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(_BatchNumbers(self.num_batches), batch_size=None, shuffle=False)
+
+    def on_train_epoch_start(self) -> None:
+        epoch = self.current_epoch
+        gen = torch.Generator().manual_seed(_seed_for(self.config.seed, epoch))
+        self._perm = torch.randperm(len(self.train_x), generator=gen).to(self.device)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Reseed the sampling noise at the epoch's first batch, after Lightning has made its
+        # data iterator (which draws from the global generator at a point that differs on resume).
+        if batch_idx == 0:
+            torch.manual_seed(_seed_for(self.config.seed, self.current_epoch, self.global_rank))
+
+    def training_step(self, batch_number: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        b = int(batch_number)
+        size = self.config.batch_size
+        x = self.train_x[self._perm[b * size : (b + 1) * size]]
+        if self.transform is not None:
+            x = self.transform(x)
+        beta = kl_weight(self.global_step, round(self.config.kl_warmup_epochs * self.num_batches))
+        self.elbo.model.latent_scale = self.elbo.guide.latent_scale = beta
+        loss = self.elbo(x) / len(x)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.elbo.parameters(), lr=self.config.lr, eps=self.config.adam_eps)
+        if self.config.lr_schedule == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, iwae_lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["config"] = {"train": self.config.to_dict(), **self.run_config}
+        checkpoint["model_state"] = self.model.state_dict()
+        checkpoint["guide_state"] = self.guide.state_dict()
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = [logging.getLogger(n).level for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*litlogger.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        try:
+            yield
+        finally:
+            for n, level in zip(names, levels):
+                logging.getLogger(n).setLevel(level)
+
+
+def accelerator_for(device: str) -> str:
+    """Lightning's accelerator name for ``--device``; refuses cuda where there is none."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is False")
+    return {"cpu": "cpu", "cuda": "gpu", "auto": "auto"}[device]
+
+
+def resolve_device(device: str) -> torch.device:
+    accelerator_for(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    guide: nn.Module
+    checkpoint_path: str | None
+    is_global_zero: bool  #: False on the extra ranks of a DDP run, which should stop after training
+    epochs_run: int
+
+
+def check_resume_config(checkpoint_config: dict[str, Any], current: dict[str, Any], path: str) -> None:
+    """Refuse to resume a run whose settings differ (other than the number of epochs)."""
+    diffs = []
+    for key in sorted(set(checkpoint_config) | set(current)):
+        old, new = checkpoint_config.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            for sub in sorted(set(old) | set(new)):
+                if sub != "epochs" and old.get(sub) != new.get(sub):
+                    diffs.append(f"{key}.{sub}: checkpoint {old.get(sub)!r}, now {new.get(sub)!r}")
+        elif old != new:
+            diffs.append(f"{key}: checkpoint {old!r}, now {new!r}")
+    if diffs:
+        raise CheckpointError(f"cannot resume from {path!r}: its settings differ from this run ({'; '.join(diffs)})")
+
+
+def _read_text(path: str | None) -> str | None:
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return f.read()
+    return None
+
+
+def _prepend_metrics(path: str, earlier: str) -> None:
+    """Lightning's CSV logger starts a fresh file on resume; put the earlier epochs back in front."""
+    from .io import atomic_write_text
+
+    later = _read_text(path) or ""
+    old_lines, new_lines = earlier.splitlines(), later.splitlines()
+    if new_lines and old_lines and old_lines[0] == new_lines[0]:
+        atomic_write_text(path, "\n".join(old_lines + new_lines[1:]) + "\n")
+    elif not new_lines:
+        atomic_write_text(path, earlier)
+
+
+def fit(
+    model: nn.Module,
+    guide: nn.Module,
+    train_x: torch.Tensor,
+    config: TrainConfig,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    out_dir: str | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    progress: bool = False,
+    run_config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``(model, guide)`` on ``train_x`` by SVI with ``config``.
+
+    With ``out_dir`` the last epoch is checkpointed to ``out_dir/checkpoints/last.ckpt``
+    (atomically) and metrics go to ``out_dir/logs/metrics.csv``; ``resume=True``
+    continues from that checkpoint.
+    """
+    check_data(train_x, "training data")
+    accelerator = accelerator_for(device)
+    sample = train_x[: config.batch_size]
+    inspect_program(model, guide, transform(sample) if transform is not None else sample)
+    if transform is None:  # every datapoint is seen as it is: check them all once, not at every step
+        for chunk in train_x.split(10_000):
+            inspect_program(model, guide, chunk)
+    run_config = dict(run_config or {})
+    module = SVIModule(model, guide, train_x, config, transform, run_config)
+
+    ckpt_dir = os.path.join(out_dir, "checkpoints") if out_dir else None
+    last = os.path.join(ckpt_dir, "last.ckpt") if ckpt_dir else None
+    ckpt_path = None
+    if resume:
+        if last is None or not os.path.exists(last):
+            raise CheckpointError(f"--resume: no checkpoint to resume from at {last!r}")
+        saved = load_checkpoint(last, required=CHECKPOINT_KEYS)
+        check_resume_config(saved["config"], {"train": config.to_dict(), **run_config}, last)
+        ckpt_path = last
+
+    callbacks: list[pl.Callback] = []
+    if ckpt_dir:
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=-1, every_n_epochs=1, enable_version_counter=False))
+    if progress:
+        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=max(1, module.num_batches // 10)))
+    logger = pl.loggers.CSVLogger(out_dir, name="logs", version="") if out_dir else False
+    metrics_path = os.path.join(out_dir, "logs", "metrics.csv") if out_dir else None
+    earlier_metrics = _read_text(metrics_path) if resume else None
+    with _quiet_lightning(), pyro.validation_enabled(False):
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=devices, strategy=strategy, max_epochs=config.epochs,
+            logger=logger, callbacks=callbacks, enable_checkpointing=bool(ckpt_dir),
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            plugins=[SafeCheckpointIO()], log_every_n_steps=max(1, module.num_batches), deterministic=False,
+        )
+        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+    if earlier_metrics and trainer.is_global_zero:
+        _prepend_metrics(metrics_path, earlier_metrics)
+    return TrainResult(model, guide, last if ckpt_dir else None, trainer.is_global_zero, trainer.current_epoch)
