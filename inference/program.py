@@ -143,6 +143,8 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
         )
 
     local, global_, observed = [], [], []
+    for name, site in {**model_sites, **guide_sites}.items():
+        _check_unscaled(name, site)
     for name, site in model_sites.items():
         inside = _data_frame(site) is not None
         if site["is_observed"]:
@@ -178,6 +180,16 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
     return ProgramInfo(data_frame.dim, max(dims), tuple(local), tuple(global_), tuple(observed), event_shapes)
 
 
+def _check_unscaled(name: str, site: dict) -> None:
+    scale = site["scale"]
+    if not (isinstance(scale, (int, float)) and scale == 1.0):
+        shown = f"{float(scale):.4g}" if isinstance(scale, (int, float)) or scale.numel() == 1 else "a tensor"
+        raise ConventionError(
+            f"site {name!r} is scaled by {shown} (poutine.scale or a subsampled plate); "
+            "per-datapoint estimators need the unscaled program: use pyro.plate('data', len(x))"
+        )
+
+
 def per_datapoint_log_prob(name: str, site: dict, info: ProgramInfo) -> torch.Tensor:
     """``log p(site)`` summed within each datapoint: shape ``(S or 1, N or 1)``.
 
@@ -185,12 +197,7 @@ def per_datapoint_log_prob(name: str, site: dict, info: ProgramInfo) -> torch.Te
     site (``poutine.scale`` or a subsampled plate) has no per-datapoint meaning
     and is refused.
     """
-    scale = site["scale"]
-    if not (isinstance(scale, (int, float)) and scale == 1.0):
-        raise ConventionError(
-            f"site {name!r} is scaled by {scale} (poutine.scale or a subsampled plate); "
-            "per-datapoint estimators need the unscaled program"
-        )
+    _check_unscaled(name, site)
     log_prob = site["fn"].log_prob(site["value"])
     if site["mask"] is not None and site["mask"] is not True:
         log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))

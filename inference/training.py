@@ -138,6 +138,8 @@ class SVIModule(pl.LightningModule):
         epoch = self.current_epoch
         gen = torch.Generator().manual_seed(_seed_for(self.config.seed, epoch))
         self._perm = torch.randperm(len(self.train_x), generator=gen).to(self.device)
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_count = 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Reseed the sampling noise at the epoch's first batch, after Lightning has made its
@@ -154,8 +156,15 @@ class SVIModule(pl.LightningModule):
         beta = kl_weight(self.global_step, round(self.config.kl_warmup_epochs * self.num_batches))
         self.elbo.model.latent_scale = self.elbo.guide.latent_scale = beta
         loss = self.elbo(x) / len(x)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        # Summed here and logged once per epoch: Lightning's per-step self.log costs about a
+        # millisecond of Python, as much as 10% of a whole step of an MNIST-sized VAE on a CPU.
+        self._loss_sum += loss.detach() * len(x)
+        self._loss_count += len(x)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        mean = self._loss_sum / max(self._loss_count, 1)
+        self.log("train_loss", mean, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.elbo.parameters(), lr=self.config.lr, eps=self.config.adam_eps)
@@ -180,6 +189,7 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*litlogger.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         try:
             yield
         finally:

@@ -1,0 +1,306 @@
+"""Speed of our training step and of vectorized local q*: ``python -m benchmarks.speed``.
+
+(a) Training step. Three ways to take one SVI step on the same VAE (MNIST
+    sizes: 784-200-200-100 encoder, 50-200-200-784 decoder, Bernoulli
+    likelihood, batch 100, single-sample ELBO, Adam), timed side by side in
+    interleaved blocks so drifts in machine speed hit all of them alike:
+
+    * ``pure``  — a hand-written PyTorch step: encoder, reparameterized sample,
+      log-densities, backward, Adam;
+    * ``core``  — our step: Pyro's ``ELBOModule(Trace_ELBO)`` on the model/guide
+      programs of :mod:`ppl_models`, backward, the same Adam;
+    * ``svi``   — the plain Pyro route for contrast: ``SVI`` + ``pyro.optim.Adam``
+      on ``PyroModule`` programs with validation on (Pyro's defaults).
+
+    and the steady-state step of the whole Lightning ``Trainer`` run by
+    :func:`inference.training.fit` (hooks, logging, data slicing included)
+    against a hand-written loop over the same batches.
+
+(b) Local q*: the vectorized optimizer (:func:`inference.local.optimize_local`
+    on all points at once) against a Python loop calling it one datapoint at a
+    time, same stopping rule, same model, on MNIST points.
+
+Writes ``speed.json`` and ``speed.md`` into ``--out`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from benchmarks.datasets import DEFAULT_DATA_ROOT, load_dataset
+from inference.io import atomic_write_json, atomic_write_text
+from inference.local import StoppingRule, optimize_local
+from inference.training import TrainConfig, fit
+from ppl_models import build_model, model_config
+
+
+# ---- (a) training step ------------------------------------------------------------
+
+
+def pure_step_fn(encoder: nn.Module, decoder: nn.Module, lr: float, eps: float):
+    """The hand-written PyTorch step of the identical VAE and estimator."""
+    params = [*encoder.parameters(), *decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=lr, eps=eps)
+    normal = torch.distributions.Normal(0.0, 1.0)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        loc, log_scale = encoder(x).chunk(2, dim=-1)
+        scale = log_scale.exp()
+        z = loc + scale * torch.randn_like(loc)
+        log_lik = -nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
+        log_prior = normal.log_prob(z).sum(-1)
+        log_q = torch.distributions.Normal(loc, scale, validate_args=False).log_prob(z).sum(-1)
+        loss = -(log_lik + log_prior - log_q).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def core_step_fn(model: nn.Module, guide: nn.Module, lr: float, eps: float):
+    """Our step: ELBOModule(Trace_ELBO) + torch Adam, as inference.training runs it."""
+    elbo = pyro.infer.Trace_ELBO()(model, guide)
+    opt = torch.optim.Adam(elbo.parameters(), lr=lr, eps=eps)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        with pyro.validation_enabled(False):
+            loss = elbo(x) / len(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def svi_step_fn(model: nn.Module, guide: nn.Module, lr: float, eps: float):
+    """Plain Pyro: SVI + pyro.optim on PyroModule programs, validation on."""
+    pyro.clear_param_store()
+    pyro.settings.set(module_local_params=False)
+    pmodel, pguide = _as_pyro_module(model), _as_pyro_module(guide)
+    svi = pyro.infer.SVI(pmodel, pguide, pyro.optim.Adam({"lr": lr, "eps": eps}), pyro.infer.Trace_ELBO())
+
+    def step(x: torch.Tensor) -> float:
+        with pyro.validation_enabled(True):
+            return svi.step(x) / len(x)
+
+    return step
+
+
+def _as_pyro_module(module: nn.Module) -> nn.Module:
+    """A PyroModule copy of ``module`` (parameters become pyro.param sites)."""
+    import copy
+
+    clone = copy.deepcopy(module)
+    pyro.nn.module.to_pyro_module_(clone)
+    return clone
+
+
+def time_blocks(steps: dict[str, Any], x_batches: list[torch.Tensor], repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each step function, measured in interleaved blocks."""
+    for fn in steps.values():  # warm up
+        for x in x_batches[:20]:
+            fn(x)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            for x in x_batches:
+                fn(x)
+            times[name].append((time.perf_counter() - t0) / len(x_batches))
+    return times
+
+
+class _StepTimer(pl.Callback):
+    """Seconds per training step over epochs 1.. (epoch 0 absorbs start-up)."""
+
+    def __init__(self) -> None:
+        self.start = None
+        self.steps = 0
+        self.seconds = None
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == 1:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        if self.start is not None:
+            self.steps += 1
+
+    def on_train_end(self, trainer, module) -> None:
+        self.seconds = (time.perf_counter() - self.start) / self.steps
+
+
+def trainer_step_ratio(data: torch.Tensor, epochs: int, batch_size: int, seed: int) -> dict[str, float]:
+    """Steady-state seconds per step of fit() vs a hand-written loop over the same batches."""
+    import inference.training as training
+
+    torch.manual_seed(seed)
+    model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
+    timer = _StepTimer()
+    original = pl.Trainer.__init__
+
+    def with_timer(self, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
+        original(self, *args, **kwargs)
+
+    pl.Trainer.__init__ = with_timer
+    try:
+        fit(model, guide, data, TrainConfig(epochs=epochs, batch_size=batch_size, adam_eps=1e-4))
+    finally:
+        pl.Trainer.__init__ = original
+    encoder, decoder = guide.net, model.decoder
+    step = pure_step_fn(encoder, decoder, 1e-3, 1e-4)
+    n_batches = -(-len(data) // batch_size)
+    t0 = None
+    count = 0
+    for epoch in range(epochs):
+        if epoch == 1:
+            t0 = time.perf_counter()
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(training._seed_for(seed, epoch)))
+        for b in range(n_batches):
+            step(data[perm[b * batch_size : (b + 1) * batch_size]])
+            count += t0 is not None
+    pure = (time.perf_counter() - t0) / count
+    return {"trainer_ms": 1e3 * timer.seconds, "pure_loop_ms": 1e3 * pure, "ratio": timer.seconds / pure}
+
+
+def training_step_speed(data: torch.Tensor, batch_size: int, repeats: int, block: int, seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
+    batches = [data[i * batch_size : (i + 1) * batch_size] for i in range(block)]
+    steps = {
+        "pure": pure_step_fn(guide.net, model.decoder, 1e-3, 1e-4),
+        "core": core_step_fn(model, guide, 1e-3, 1e-4),
+        "svi": svi_step_fn(model, guide, 1e-3, 1e-4),
+    }
+    times = time_blocks(steps, batches, repeats)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ratios = [c / p for c, p in zip(times["core"], times["pure"])]
+    return {
+        "pure_ms": 1e3 * median["pure"], "core_ms": 1e3 * median["core"], "svi_ms": 1e3 * median["svi"],
+        "core_over_pure": statistics.median(ratios),
+        "core_over_pure_range": [min(ratios), max(ratios)],
+        "svi_over_pure": statistics.median([s / p for s, p in zip(times["svi"], times["pure"])]),
+    }
+
+
+# ---- (b) local q* -----------------------------------------------------------------------
+
+
+def local_speed(train: torch.Tensor, points: torch.Tensor, rule: StoppingRule, seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model, guide = build_model(model_config("vae", train.shape[1], "bernoulli"))
+    fit(model, guide, train, TrainConfig(epochs=1, batch_size=100))  # a briefly trained model
+    t0 = time.perf_counter()
+    vec = optimize_local(model, guide, points, rule=rule)
+    vectorized = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loop_steps = []
+    for i in range(len(points)):
+        one = optimize_local(model, guide, points[i : i + 1], rule=rule)
+        loop_steps.append(int(one.num_steps[0]))
+    loop = time.perf_counter() - t0
+    return {
+        "points": len(points), "rule": rule._asdict(),
+        "vectorized_s": vectorized, "loop_s": loop, "speedup": loop / vectorized,
+        "vectorized_mean_steps": float(vec.num_steps.double().mean()), "loop_mean_steps": sum(loop_steps) / len(loop_steps),
+        "vectorized_converged": float(vec.converged.double().mean()),
+    }
+
+
+# ---- main --------------------------------------------------------------------------
+
+
+def render(result: dict[str, Any]) -> str:
+    a, lines = result.get("training_step"), ["# Speed", ""]
+    if a:
+        lines += [
+            f"Training step, batch {result['config']['batch_size']}, MNIST-sized VAE ({result['data']}), median of "
+            f"{result['config']['repeats']} interleaved blocks of {result['config']['block']} steps:",
+            "",
+            "| step | ms/step | ratio to pure PyTorch |",
+            "|---|---:|---:|",
+            f"| hand-written PyTorch | {a['pure_ms']:.2f} | 1.00 |",
+            f"| ours: ELBOModule(Trace_ELBO) + torch Adam | {a['core_ms']:.2f} | {a['core_over_pure']:.3f} "
+            f"(blocks {a['core_over_pure_range'][0]:.3f}-{a['core_over_pure_range'][1]:.3f}) |",
+            f"| plain Pyro: SVI + pyro.optim + PyroModule | {a['svi_ms']:.2f} | {a['svi_over_pure']:.3f} |",
+        ]
+        t = result.get("trainer")
+        if t:
+            lines.append(f"| ours through Lightning's Trainer (steady state) vs a hand-written loop ({t['pure_loop_ms']:.2f} ms) "
+                         f"| {t['trainer_ms']:.2f} | {t['ratio']:.3f} |")
+        lines.append("")
+    b = result.get("local")
+    if b:
+        lines += [
+            f"Local q* on {b['points']} MNIST points (window {b['rule']['window']}, patience {b['rule']['patience']}, "
+            f"cap {b['rule']['max_steps']} steps):",
+            "",
+            "| local q* | seconds | mean steps |",
+            "|---|---:|---:|",
+            f"| vectorized (one tensor, masked) | {b['vectorized_s']:.1f} | {b['vectorized_mean_steps']:.0f} |",
+            f"| per-datapoint Python loop | {b['loop_s']:.1f} | {b['loop_mean_steps']:.0f} |",
+            f"| speed-up | {b['speedup']:.1f}x | |",
+            "",
+        ]
+    lines.append(f"Machine: {result['machine']}, torch {result['torch']} with {result['threads']} threads.")
+    return "\n".join(lines) + "\n"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--block", type=int, default=50, help="steps per timed block (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=20, help="interleaved blocks per method (default: %(default)s)")
+    p.add_argument("--trainer-points", type=int, default=10_000, help="training points for the Trainer timing (default: %(default)s)")
+    p.add_argument("--trainer-epochs", type=int, default=3, help="epochs for the Trainer timing, the first not timed (default: %(default)s)")
+    p.add_argument("--local-points", type=int, default=200)
+    p.add_argument("--local-window", type=int, default=100)
+    p.add_argument("--local-patience", type=int, default=10)
+    p.add_argument("--local-max-steps", type=int, default=3000)
+    p.add_argument("--skip", choices=("training", "local"), action="append", default=[])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join("results", "speed"))
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    data = load_dataset("mnist", "bernoulli", "static", data_root=args.data_root)
+    result: dict[str, Any] = {
+        "config": {k: v for k, v in vars(args).items() if k != "skip"},
+        "data": "statically binarized MNIST", "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    if "training" not in args.skip:
+        result["training_step"] = training_step_speed(data.train, args.batch_size, args.repeats, args.block, args.seed)
+        result["trainer"] = trainer_step_ratio(data.train[: args.trainer_points], args.trainer_epochs, args.batch_size, args.seed)
+        print(render(result), flush=True)
+    if "local" not in args.skip:
+        rule = StoppingRule(args.local_window, args.local_patience, args.local_max_steps)
+        result["local"] = local_speed(data.train[:10_000], data.test[: args.local_points], rule, args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_json(os.path.join(args.out, "speed.json"), result)
+    atomic_write_text(os.path.join(args.out, "speed.md"), render(result))
+    print(render(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(make_parser().parse_args()) and 0)

@@ -1,0 +1,140 @@
+"""The convention checker: what is local, global, observed; and every way to break it."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from inference.program import ConventionError, inspect_program, log_weights
+from ppl_models import build_model, model_config
+
+
+def vae(likelihood="bernoulli"):
+    return build_model(model_config("vae", 6, likelihood, latent_dim=2, hidden=[4], encoder_hidden=[4]))
+
+
+def test_vae_sites_are_classified():
+    model, guide = vae()
+    info = inspect_program(model, guide, torch.ones(5, 6))
+    assert info.local_latents == ("z",) and info.observed == ("x",) and info.global_latents == ()
+    assert info.data_dim == -1 and info.max_plate_nesting == 1 and info.event_shapes == {"z": (2,)}
+
+
+def global_model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def global_guide(x):
+    pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+
+def test_global_latents_are_found_and_weights_are_per_datapoint():
+    x = torch.randn(7)
+    info = inspect_program(global_model, global_guide, x)
+    assert info.global_latents == ("mu",) and info.local_latents == ("z",)
+    assert log_weights(global_model, global_guide, x, 11, info).shape == (11, 7)
+
+
+def test_nested_plate_is_summed_within_each_datapoint():
+    def model(x):
+        with pyro.plate("data", len(x), dim=-2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            with pyro.plate("pixels", x.shape[1], dim=-1):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x), dim=-2):
+            pyro.sample("z", dist.Normal(x.mean(-1, keepdim=True), 1.0))
+
+    def model_event(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 1.0).expand(z.shape + x.shape[1:]).to_event(1), obs=x)
+
+    def guide_event(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x.mean(-1), 1.0))
+
+    x = torch.randn(5, 3)
+    info = inspect_program(model, guide, x)
+    assert info.data_dim == -2
+    pyro.set_rng_seed(3)
+    a = log_weights(model, guide, x, 4, info)
+    info_event = inspect_program(model_event, guide_event, x)
+    pyro.set_rng_seed(3)
+    b = log_weights(model_event, guide_event, x, 4, info_event)
+    # same draws: the nested plate gives the same per-datapoint weights as an event dim
+    torch.testing.assert_close(a, b)
+
+
+def test_latent_outside_the_data_plate_is_refused():
+    def model(x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(len(x), 2), 1.0).to_event(2))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(z.sum(-1), 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(torch.zeros(len(x), 2), 1.0).to_event(2))
+
+    with pytest.raises(ConventionError, match="latent site 'z'.*outside pyro.plate"):
+        inspect_program(model, guide, torch.randn(4))
+
+
+def test_missing_plate_subsampling_and_mismatches_are_refused():
+    def no_plate(x):
+        pyro.sample("x", dist.Normal(0.0, 1.0).expand([len(x)]).to_event(1), obs=x)
+
+    def empty_guide(x):
+        pass
+
+    with pytest.raises(ConventionError, match="no pyro.plate"):
+        inspect_program(no_plate, empty_guide, torch.randn(3))
+
+    def subsampled(x):
+        with pyro.plate("data", 100, subsample_size=len(x)):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ConventionError, match="scaled by 33.3"):
+        inspect_program(subsampled, empty_guide, torch.randn(3))
+
+    with pytest.raises(ConventionError, match="'mu' has no counterpart in the guide"):
+        inspect_program(global_model, lambda x: global_guide_without_mu(x), torch.randn(3))
+
+
+def global_guide_without_mu(x):
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+
+def test_bad_data_is_refused_with_the_bad_value():
+    model, guide = vae()
+    x = torch.ones(4, 6)
+    x[2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN.*index \(2, 3\)"):
+        inspect_program(model, guide, x)
+    grey = torch.ones(4, 6)
+    grey[1, 4] = 0.25
+    with pytest.raises(ValueError, match=r"Bernoulli.*0.25 at index \(1, 4\).*binarize"):
+        inspect_program(model, guide, grey)
+    with pytest.raises(ValueError, match="at least one datapoint"):
+        inspect_program(model, guide, torch.ones(0, 6))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        inspect_program(model, guide, [[0.0] * 6])
+
+
+def test_scaled_sites_are_refused_by_per_datapoint_scores():
+    from pyro import poutine
+
+    model, guide = vae()
+    scaled = poutine.scale(model, scale=2.0)
+    x = torch.ones(3, 6)
+    with pytest.raises(ConventionError, match="scaled by 2 "):
+        inspect_program(scaled, guide, x)
+    info = inspect_program(model, guide, x)
+    with pytest.raises(ConventionError, match="scaled by 2 "):
+        log_weights(scaled, guide, x, 2, info)

@@ -1,0 +1,138 @@
+"""SVI training through Lightning: improvement, checkpoints, exact resume, bad input."""
+
+import os
+
+import pytest
+import torch
+
+from inference.estimators import elbo
+from inference.io import CheckpointError, load_checkpoint
+from inference.objectives import kl_weight, make_objective
+from inference.training import CHECKPOINT_KEYS, TrainConfig, fit, iwae_lr_factor
+from ppl_models import build_model, model_config
+from tests.oracles import make_ppca, sample_ppca
+
+SMALL_VAE = dict(latent_dim=3, hidden=[16], encoder_hidden=[16])
+
+
+def binary_data(n=200, d=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    prototypes = (torch.rand(4, d, generator=gen) > 0.5).float()
+    flips = (torch.rand(n, d, generator=gen) < 0.1).float()
+    return (prototypes[torch.arange(n) % 4] + flips) % 2
+
+
+def params_of(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+@pytest.mark.parametrize("objective", ["elbo", "meanfield"])
+def test_training_improves_the_elbo(objective):
+    x = binary_data()
+    torch.manual_seed(0)
+    model, guide = build_model(model_config("vae", 8, "bernoulli", **SMALL_VAE))
+    before = elbo(model, guide, x, 50).value.mean()
+    fit(model, guide, x, TrainConfig(objective=objective, epochs=15, batch_size=20, lr=1e-2))
+    after = elbo(model, guide, x, 50).value.mean()
+    assert after > before + 1.0
+
+
+def test_ppca_training_approaches_the_true_likelihood():
+    truth, _ = make_ppca(seed=1)
+    x = sample_ppca(truth, 300)
+    torch.manual_seed(5)
+    model, guide = build_model(model_config("ppca", 6, "gaussian", latent_dim=2))
+    before = model.log_marginal(x).mean().item()
+    fit(model, guide, x, TrainConfig(epochs=100, batch_size=50, lr=3e-2))
+    after, best = model.log_marginal(x).mean().item(), truth.log_marginal(x).mean().item()
+    assert best - after < 0.2 * (best - before)
+
+
+def run(out, epochs, resume=False, **train):
+    torch.manual_seed(0)
+    model, guide = build_model(model_config("vae", 8, "bernoulli", **SMALL_VAE))
+    config = TrainConfig(epochs=epochs, batch_size=32, kl_warmup_epochs=1.5, lr_schedule="iwae", **train)
+    result = fit(model, guide, binary_data(), config, transform=None, out_dir=str(out), resume=resume, run_config={"tag": "t"})
+    return model, guide, result
+
+
+def test_checkpoint_round_trip_and_exact_resume(tmp_path):
+    straight, straight_guide, _ = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed, resumed_guide, result = run(tmp_path / "b", 4, resume=True)
+    assert torch.equal(params_of(straight), params_of(resumed))
+    assert torch.equal(params_of(straight_guide), params_of(resumed_guide))
+
+    checkpoint = load_checkpoint(result.checkpoint_path, required=CHECKPOINT_KEYS)
+    assert checkpoint["config"]["tag"] == "t" and checkpoint["config"]["train"]["epochs"] == 4
+    assert checkpoint["optimizer_states"] and checkpoint["epoch"] == 3
+    model, guide = build_model(model_config("vae", 8, "bernoulli", **SMALL_VAE))
+    model.load_state_dict(checkpoint["model_state"])
+    guide.load_state_dict(checkpoint["guide_state"])
+    assert torch.equal(params_of(model), params_of(resumed))
+    with open(tmp_path / "b" / "logs" / "metrics.csv") as f:
+        epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+    assert epochs == ["0", "1", "2", "3"]  # the resumed log keeps the earlier epochs
+    assert not [f for f in os.listdir(tmp_path / "b" / "checkpoints") if f.endswith(".tmp")]
+
+
+def test_resume_refuses_missing_or_different_runs(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        run(tmp_path / "none", 2, resume=True)
+    run(tmp_path / "c", 1)
+    with pytest.raises(CheckpointError, match="settings differ.*lr"):
+        run(tmp_path / "c", 2, resume=True, lr=0.5)
+
+
+def test_unreadable_checkpoints_give_clear_errors(tmp_path):
+    _, _, result = run(tmp_path / "d", 1)
+    data = open(result.checkpoint_path, "rb").read()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not a torch checkpoint"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_checkpoint(garbage)
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="lacks 'state_dict'"):
+        load_checkpoint(other, required=CHECKPOINT_KEYS)
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_bad_training_input_is_refused():
+    model, guide = build_model(model_config("vae", 8, "bernoulli", **SMALL_VAE))
+    grey = torch.rand(50, 8)
+    with pytest.raises(ValueError, match="Bernoulli.*binarize"):
+        fit(model, guide, grey, TrainConfig(epochs=1))
+    x = binary_data()
+    x[3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN.*index \(3, 2\)"):
+        fit(model, guide, x, TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="unknown objective 'iwae3'"):
+        TrainConfig(objective="iwae3")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
+    with pytest.raises(RuntimeError, match="cuda"):
+        if torch.cuda.is_available():
+            raise RuntimeError("cuda present: nothing to refuse")
+        fit(model, guide, binary_data(), TrainConfig(epochs=1), device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        fit(model, guide, binary_data(), TrainConfig(epochs=1), device="tpu")
+
+
+def test_iwae_learning_rate_schedule_and_kl_warmup():
+    # stage i lasts 3^i epochs with factor 10^(-i/7): boundaries at 1, 4, 13, 40, ..., 3280 epochs
+    assert iwae_lr_factor(0) == 1.0
+    assert iwae_lr_factor(1) == iwae_lr_factor(3) == 10 ** (-1 / 7)
+    assert iwae_lr_factor(4) == 10 ** (-2 / 7)
+    assert iwae_lr_factor(3279) == iwae_lr_factor(10_000) == 10 ** (-7 / 7)
+    assert iwae_lr_factor(1093) == 10 ** (-7 / 7) and iwae_lr_factor(1092) == 10 ** (-6 / 7)  # 1093 = sum of 3^i, i < 7
+    assert kl_weight(0, 0) == 1.0 and kl_weight(0, 10) == 0.1 and kl_weight(9, 10) == 1.0 and kl_weight(50, 10) == 1.0
+    with pytest.raises(ValueError, match="unknown objective"):
+        make_objective("renyi")

@@ -1,0 +1,47 @@
+"""Exact oracles shared by the tests."""
+
+import torch
+
+
+def make_ppca(data_dim: int = 6, latent_dim: int = 2, seed: int = 0, noise: float = 0.5):
+    """A PPCA model with fixed random parameters and a linear FFG encoder."""
+    from ppl_models import build_model, model_config
+
+    torch.manual_seed(seed)
+    model, guide = build_model(model_config("ppca", data_dim, "gaussian", latent_dim=latent_dim))
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(data_dim, latent_dim))
+        model.bias.copy_(torch.randn(data_dim) * 0.3)
+        model.log_noise.fill_(torch.log(torch.tensor(noise)))
+    return model, guide
+
+
+def sample_ppca(model, n: int, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        z = torch.randn(n, model.latent_dim, generator=gen)
+        noise = torch.randn(n, model.data_dim, generator=gen)
+        return z @ model.weight.T + model.bias + model.noise * noise
+
+
+def exact_posterior_guide(model):
+    """PPCA's exact posterior as a guide (full-covariance Gaussian per datapoint)."""
+    import pyro
+    import pyro.distributions as dist
+
+    def guide(x):
+        post = model.posterior(x)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.MultivariateNormal(post.loc, covariance_matrix=post.covariance))
+
+    return guide
+
+
+def best_ffg_guide(model, x):
+    """PPCA's optimal fully factorized Gaussian for the rows of ``x``, as a local guide."""
+    from inference.local import LocalFFG
+    from pyro.distributions import constraints
+
+    with torch.no_grad():
+        loc, scale = model.best_ffg(x)
+    return LocalFFG({"z": loc}, {"z": scale.log()}, {"z": 1}, {"z": constraints.real}, -1)

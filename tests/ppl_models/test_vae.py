@@ -1,0 +1,53 @@
+import pytest
+import torch
+from pyro import poutine
+
+from ppl_models import MODELS, build_model, model_config
+from ppl_models.networks import mlp
+
+
+def test_defaults_follow_the_reference_architecture():
+    model, guide = build_model(model_config("vae", 784, "bernoulli"))
+    enc = [m for m in guide.net if isinstance(m, torch.nn.Linear)]
+    dec = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in enc] == [(784, 200), (200, 200), (200, 100)]
+    assert [(m.in_features, m.out_features) for m in dec] == [(50, 200), (200, 200), (200, 784)]
+    assert any(isinstance(m, torch.nn.ELU) for m in model.decoder)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_programs_broadcast_over_sample_dims(likelihood):
+    model, guide = build_model(model_config("vae", 8, likelihood, latent_dim=3, hidden=[5], encoder_hidden=[5]))
+    x = torch.rand(4, 8).round()
+    tr = poutine.trace(guide).get_trace(x)
+    assert tr.nodes["z"]["value"].shape == (4, 3)
+    z = torch.randn(7, 4, 3)
+    fn = model.likelihood_dist(z)
+    assert fn.batch_shape == (7, 4) and fn.event_shape == (8,)
+
+
+def test_gaussian_decoder_scale_has_a_floor():
+    model, _ = build_model(model_config("vae", 4, "gaussian", latent_dim=2, hidden=[3], min_scale=0.05))
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.fill_(-100.0)
+        scale = model.likelihood_dist(torch.randn(10, 2)).base_dist.scale
+    assert (scale >= 0.05).all()
+
+
+def test_bad_names_and_sizes_are_refused():
+    with pytest.raises(ValueError, match="unknown model 'vea'"):
+        model_config("vea", 4, "bernoulli")
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        model_config("vae", 4, "poisson")
+    with pytest.raises(ValueError, match="ppca.*Gaussian"):
+        model_config("ppca", 4, "bernoulli")
+    with pytest.raises(ValueError, match="latent_dim"):
+        model_config("vae", 4, "bernoulli", latent_dim=0)
+    with pytest.raises(ValueError, match="positive integers"):
+        build_model(model_config("vae", 4, "bernoulli", hidden=[0]))
+    with pytest.raises(ValueError, match="unknown activation"):
+        mlp(2, [3], 1, "gelu")
+    with pytest.raises(ValueError, match="no option 'depth'"):
+        model_config("vae", 4, "bernoulli", depth=3)
+    assert set(MODELS) == {"vae", "ppca"}
