@@ -82,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training")
     train.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoints/last.ckpt")
     evaluation = p.add_argument_group("evaluation")
-    evaluation.add_argument("--num-points", type=int, default=100, help="datapoints per split (default: %(default)s)")
+    evaluation.add_argument("--num-points", type=int, default=50, help="datapoints per split (default: %(default)s)")
     evaluation.add_argument("--log-px-samples", type=int, default=5000, help="K for log p(x) (default: %(default)s)")
     evaluation.add_argument("--elbo-samples", type=int, default=1000, help="samples for each ELBO (default: %(default)s)")
     evaluation.add_argument("--local-samples", type=int, default=50, help="samples per local q* step (default: %(default)s)")

@@ -244,13 +244,16 @@ def optimize_local(
     if not info.local_latents:
         raise ValueError("the model has no per-datapoint latent sites: there is nothing to optimize locally")
     local = init if isinstance(init, LocalFFG) else init_local_ffg(model, guide, x, info, init)
-    n = len(x)
-    params = [p.detach().clone() for p in (*local.locs, *local.log_scales)]
-    exp_avg = [torch.zeros_like(p) for p in params]
-    exp_avg_sq = [torch.zeros_like(p) for p in params]
-    n_sites = len(local.names)
+    n, n_sites = len(x), len(local.names)
     group = max(1, chunk_size_for(info, x[:1], model, guide, max_elements) // num_samples)
 
+    # Full-size results, written back when a datapoint stops; the loop works on compact copies
+    # holding only the active datapoints, so a step does no gather or scatter.
+    final = [p.detach().clone() for p in (*local.locs, *local.log_scales)]
+    params = [p.clone() for p in final]
+    exp_avg = [torch.zeros_like(p) for p in params]
+    exp_avg_sq = [torch.zeros_like(p) for p in params]
+    x_active = x
     window_sum = torch.zeros(n, dtype=torch.float64, device=x.device)
     best = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
     bad_windows = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -259,29 +262,35 @@ def optimize_local(
     bar = _progress(rule.max_steps, progress)
     with frozen(model, guide):
         for step in range(1, rule.max_steps + 1):
-            for idx in active.split(group):
-                sub = [p[idx].requires_grad_() for p in params]
+            for start in range(0, len(active), group):
+                rows = slice(start, start + group)
+                sub = [p[rows].detach().requires_grad_() for p in params]
                 program = ffg_program(
                     dict(zip(local.names, sub[:n_sites])), dict(zip(local.names, sub[n_sites:])),
                     local.event_dims, local.supports, local.data_dim, local.global_guide,
                 )
-                point_elbo = log_weights(model, program, x[idx], num_samples, info).mean(0)
+                point_elbo = log_weights(model, program, x_active[rows], num_samples, info).mean(0)
                 grads = torch.autograd.grad(point_elbo.sum(), sub)
                 with torch.no_grad():
-                    for k, (p, g) in enumerate(zip(sub, grads)):
-                        new, exp_avg[k][idx], exp_avg_sq[k][idx] = adam_update(
-                            p, g, exp_avg[k][idx], exp_avg_sq[k][idx], step, adam
+                    for k, g in enumerate(grads):
+                        params[k][rows], exp_avg[k][rows], exp_avg_sq[k][rows] = adam_update(
+                            params[k][rows], g, exp_avg[k][rows], exp_avg_sq[k][rows], step, adam
                         )
-                        params[k][idx] = new
-                window_sum[idx] += point_elbo.detach()
-            num_steps[active] += 1
+                window_sum[start : start + len(point_elbo)] += point_elbo.detach()
             if step % rule.window == 0:
-                mean = window_sum[active] / rule.window
+                mean = window_sum[: len(active)] / rule.window
                 improved = mean > best[active]
                 best[active] = torch.where(improved, mean, best[active])
                 bad_windows[active] = torch.where(improved, 0, bad_windows[active] + 1)
-                window_sum[active] = 0
-                active = active[bad_windows[active] < rule.patience]
+                window_sum.zero_()
+                keep = bad_windows[active] < rule.patience
+                if not keep.all():
+                    done = active[~keep]
+                    num_steps[done] = step
+                    for full, compact in zip(final, params):
+                        full[done] = compact[~keep]
+                    active, x_active = active[keep], x_active[keep]
+                    params, exp_avg, exp_avg_sq = ([t[keep] for t in ts] for ts in (params, exp_avg, exp_avg_sq))
                 if bar is not None:
                     bar.set_postfix(active=len(active))
             if bar is not None:
@@ -290,6 +299,10 @@ def optimize_local(
                 break
     if bar is not None:
         bar.close()
+    num_steps[active] = min(step, rule.max_steps) if len(active) else num_steps[active]
+    for full, compact in zip(final, params):
+        full[active] = compact
+    params = final
     converged = bad_windows >= rule.patience
     result = LocalFFG(
         dict(zip(local.names, params[:n_sites])), dict(zip(local.names, params[n_sites:])),

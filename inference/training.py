@@ -190,6 +190,7 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", ".*litlogger.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
         try:
             yield
         finally:
