@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
+from .program import Program, ProgramInfo, inspect_program, log_weights, trace_pair
 
 #: Default bound on the number of float32 elements one chunk of samples may create.
 MAX_ELEMENTS = 2**26
@@ -47,8 +47,6 @@ def chunk_size_for(info: ProgramInfo, x: torch.Tensor, model: Program, guide: Pr
     The footprint counts every sample-site value and distribution parameter of one
     vectorized sample (the decoder's output is among them) times 8 for intermediates.
     """
-    from .program import trace_pair  # local: only needed here
-
     with torch.no_grad():
         model_trace, guide_trace = trace_pair(model, guide, x)
     per_sample = 0
@@ -72,9 +70,8 @@ def _chunks(total: int, size: int):
 
 
 def _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
-    check_data(x)
     num_samples = check_num_samples(num_samples)
-    info = inspect_program(model, guide, x)
+    info = inspect_program(model, guide, x)  # also refuses empty, NaN or out-of-support data
     if chunk_size is None:
         chunk_size = chunk_size_for(info, x, model, guide, max_elements)
     chunk_size = check_num_samples(chunk_size, "chunk_size")
