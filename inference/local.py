@@ -299,13 +299,12 @@ def optimize_local(
                 break
     if bar is not None:
         bar.close()
-    num_steps[active] = min(step, rule.max_steps) if len(active) else num_steps[active]
+    num_steps[active] = step  # the datapoints still running hit max_steps
     for full, compact in zip(final, params):
         full[active] = compact
-    params = final
     converged = bad_windows >= rule.patience
     result = LocalFFG(
-        dict(zip(local.names, params[:n_sites])), dict(zip(local.names, params[n_sites:])),
+        dict(zip(local.names, final[:n_sites])), dict(zip(local.names, final[n_sites:])),
         local.event_dims, local.supports, local.data_dim, local.global_guide,
     )
     return LocalFit(result, num_steps, converged, best)
