@@ -1,5 +1,7 @@
 """Exact oracles shared by the tests."""
 
+import pyro
+import pyro.distributions as dist
 import torch
 
 
@@ -45,3 +47,11 @@ def best_ffg_guide(model, x):
     with torch.no_grad():
         loc, scale = model.best_ffg(x)
     return LocalFFG({"z": loc}, {"z": scale.log()}, {"z": 1}, {"z": constraints.real}, -1)
+
+
+def global_latent_model(x):
+    """theta ~ N(0, 1) global; z_i ~ N(theta, 1) and x_i ~ N(z_i, 1) per datapoint, so p(x_i | theta) = N(theta, 2)."""
+    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(theta, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)

@@ -9,7 +9,7 @@ import torch
 
 from inference.estimators import elbo, log_likelihood
 from inference.program import inspect_program, log_weights
-from tests.oracles import best_ffg_guide, exact_posterior_guide, make_ppca, sample_ppca
+from tests.oracles import best_ffg_guide, exact_posterior_guide, global_latent_model, make_ppca, sample_ppca
 
 
 def test_exact_posterior_proposal_gives_exact_log_likelihood_with_zero_variance():
@@ -93,12 +93,7 @@ def test_global_latents_are_excluded_from_per_datapoint_weights():
     # theta ~ N(0,1) global, z_i ~ N(theta, 1), x_i ~ N(z_i, 1). Given theta, the guide below is the
     # exact local posterior, so every weight equals p(x_i | theta) = N(x_i; theta, 2): no p(theta)/q(theta).
     m = 0.7
-
-    def model(x):
-        theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Normal(theta, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    model = global_latent_model
 
     def guide(x):
         theta = pyro.sample("theta", dist.Normal(m, 1e-6))

@@ -7,6 +7,7 @@ import torch
 
 from inference.program import ConventionError, inspect_program, log_weights
 from ppl_models import build_model, model_config
+from tests.oracles import global_latent_model
 
 
 def vae(likelihood="bernoulli"):
@@ -20,24 +21,17 @@ def test_vae_sites_are_classified():
     assert info.data_dim == -1 and info.max_plate_nesting == 1 and info.event_shapes == {"z": (2,)}
 
 
-def global_model(x):
-    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-    with pyro.plate("data", len(x)):
-        z = pyro.sample("z", dist.Normal(mu, 1.0))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
 def global_guide(x):
-    pyro.sample("mu", dist.Normal(0.0, 1.0))
+    pyro.sample("theta", dist.Normal(0.0, 1.0))
     with pyro.plate("data", len(x)):
         pyro.sample("z", dist.Normal(x / 2, 0.7))
 
 
 def test_global_latents_are_found_and_weights_are_per_datapoint():
     x = torch.randn(7)
-    info = inspect_program(global_model, global_guide, x)
-    assert info.global_latents == ("mu",) and info.local_latents == ("z",)
-    assert log_weights(global_model, global_guide, x, 11, info).shape == (11, 7)
+    info = inspect_program(global_latent_model, global_guide, x)
+    assert info.global_latents == ("theta",) and info.local_latents == ("z",)
+    assert log_weights(global_latent_model, global_guide, x, 11, info).shape == (11, 7)
 
 
 def test_nested_plate_is_summed_within_each_datapoint():
@@ -102,11 +96,11 @@ def test_missing_plate_subsampling_and_mismatches_are_refused():
     with pytest.raises(ConventionError, match="scaled by 33.3"):
         inspect_program(subsampled, empty_guide, torch.randn(3))
 
-    with pytest.raises(ConventionError, match="'mu' has no counterpart in the guide"):
-        inspect_program(global_model, lambda x: global_guide_without_mu(x), torch.randn(3))
+    with pytest.raises(ConventionError, match="'theta' has no counterpart in the guide"):
+        inspect_program(global_latent_model, global_guide_without_theta, torch.randn(3))
 
 
-def global_guide_without_mu(x):
+def global_guide_without_theta(x):
     with pyro.plate("data", len(x)):
         pyro.sample("z", dist.Normal(x / 2, 0.7))
 
