@@ -30,7 +30,7 @@ import pyro
 import torch
 
 from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT, Data, load_dataset
-from inference.estimators import check_num_samples
+from inference.estimators import MAX_ELEMENTS, check_num_samples
 from inference.gaps import QUANTITIES, GapDecomposition, gap_decomposition
 from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
 from inference.local import AdamConfig, StoppingRule
@@ -91,6 +91,8 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--local-patience", type=int, default=10, help="windows without improvement before stopping (default: %(default)s)")
     evaluation.add_argument("--local-max-steps", type=int, default=20_000, help="cap on local q* steps (default: %(default)s)")
     evaluation.add_argument("--local-init", choices=("encoder", "prior"), default="encoder")
+    evaluation.add_argument("--max-elements", type=int, default=MAX_ELEMENTS,
+                            help="memory budget: tensor elements one chunk of samples may create (default: 2**26; raise it on a GPU)")
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="cpu")
     run.add_argument("--devices", default="1", help="devices for training (Lightning), e.g. 2 with --strategy ddp")
@@ -107,7 +109,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_num_samples(args.log_px_samples, "--log-px-samples (K)")
     check_num_samples(args.elbo_samples, "--elbo-samples")
     check_num_samples(args.local_samples, "--local-samples")
-    for name in ("local_window", "local_patience", "local_max_steps"):
+    for name in ("local_window", "local_patience", "local_max_steps", "max_elements"):
         check_num_samples(getattr(args, name), "--" + name.replace("_", "-"))
     if not args.local_lr > 0:
         raise ValueError(f"--local-lr must be positive, got {args.local_lr}")
@@ -248,6 +250,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "num_points": args.num_points, "log_px_samples": args.log_px_samples, "elbo_samples": args.elbo_samples,
         "local_samples": args.local_samples, "local_lr": args.local_lr, "local_window": args.local_window,
         "local_patience": args.local_patience, "local_max_steps": args.local_max_steps, "local_init": args.local_init,
+        "max_elements": args.max_elements,
     }
     splits, seconds = {}, {}
     for i, (split, x) in enumerate(points.items()):
@@ -257,7 +260,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             model, guide, x.to(device), log_px_samples=args.log_px_samples, elbo_samples=args.elbo_samples,
             local_samples=args.local_samples, adam=AdamConfig(lr=args.local_lr),
             rule=StoppingRule(args.local_window, args.local_patience, args.local_max_steps),
-            init=args.local_init, progress=progress,
+            init=args.local_init, max_elements=args.max_elements, progress=progress,
         )
         splits[split] = summarize_split(result, model, x.to(device))
         seconds[split] = time.perf_counter() - t0
