@@ -73,7 +73,7 @@ def make_parser() -> argparse.ArgumentParser:
     model.add_argument("--encoder-hidden", type=_sizes, default=None, help="encoder hidden sizes ('none' for linear)")
     model.add_argument("--activation", default=None, help="elu (default), relu, tanh, softplus")
     train = p.add_argument_group("training")
-    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default) or meanfield (TraceMeanField_ELBO)")
+    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO) or captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs)")
     train.add_argument("--epochs", type=int, default=None, help="default: 100")
     train.add_argument("--batch-size", type=int, default=None, help="default: 100")
     train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")

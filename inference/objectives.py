@@ -8,7 +8,12 @@ torch optimizer can drive.
 * ``elbo`` — :class:`pyro.infer.Trace_ELBO`, the Monte Carlo ELBO with pathwise
   gradients for reparameterized sites (Kingma & Welling 2014);
 * ``meanfield`` — :class:`pyro.infer.TraceMeanField_ELBO`, the same bound with
-  analytic KL terms where Pyro knows them.
+  analytic KL terms where Pyro knows them;
+* ``captured-elbo`` — ``Trace_ELBO``'s estimator for reparameterized guides,
+  replayed from a recorded graph (:mod:`inference.capture`): same values, less
+  Python per step, static programs only.
+
+:func:`make_loss` gives the training loss module for any of these names.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ OBJECTIVES = {
     "elbo": pyro.infer.Trace_ELBO,
     "meanfield": pyro.infer.TraceMeanField_ELBO,
 }
+
+
+CAPTURED = "captured-elbo"
+TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED)
 
 
 def make_objective(name: str, num_particles: int = 1) -> pyro.infer.ELBO:
@@ -72,3 +81,30 @@ def kl_weight(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return 1.0
     return min(1.0, (step + 1) / warmup_steps)
+
+
+class AnnealedLoss(nn.Module):
+    """``ELBOModule`` of a Pyro objective on annealed copies of the programs."""
+
+    def __init__(self, objective: pyro.infer.ELBO, model: nn.Module, guide: nn.Module):
+        super().__init__()
+        self.module = objective(Annealed(model), Annealed(guide))
+
+    def set_latent_scale(self, beta: float) -> None:
+        self.module.model.latent_scale = self.module.guide.latent_scale = beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1) -> nn.Module:
+    """The training loss ``-ELBO`` (summed over the batch) for objective ``name``, with ``set_latent_scale(beta)``."""
+    if name == CAPTURED:
+        from .capture import CapturedELBO
+
+        if num_particles != 1:
+            raise ValueError(f"objective {CAPTURED!r} uses one sample per datapoint; got num_particles={num_particles}")
+        return CapturedELBO(model, guide)
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(TRAINING_OBJECTIVES)}")
+    return AnnealedLoss(make_objective(name, num_particles), model, guide)

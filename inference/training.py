@@ -1,7 +1,7 @@
 """SVI training driven by PyTorch Lightning.
 
 The loss is Pyro's :class:`~pyro.infer.elbo.ELBOModule` (the route of Pyro's own
-``svi_lightning`` example) with a plain ``torch.optim.Adam``: multi-device DDP,
+``svi_lightning`` example), or its captured equivalent, with a plain ``torch.optim.Adam``: multi-device DDP,
 checkpoints, progress bars and CSV logs come from Lightning's ``Trainer``.
 
 Batches come from a tensor kept on the training device: each epoch draws a
@@ -30,7 +30,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from .io import CheckpointError, atomic_torch_save, load_checkpoint
-from .objectives import OBJECTIVES, Annealed, kl_weight, make_objective
+from .objectives import TRAINING_OBJECTIVES, kl_weight, make_loss
 from .program import check_data, inspect_program
 
 LR_SCHEDULES = ("constant", "iwae")
@@ -53,8 +53,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.objective not in TRAINING_OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(TRAINING_OBJECTIVES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         for key in ("epochs", "batch_size", "num_particles"):
@@ -126,7 +126,7 @@ class SVIModule(pl.LightningModule):
         self.run_config = dict(run_config or {})
         self.transform = transform
         self.model, self.guide = model, guide
-        self.elbo = make_objective(config.objective, config.num_particles)(Annealed(model), Annealed(guide))
+        self.elbo = make_loss(config.objective, model, guide, config.num_particles)
         self.register_buffer("train_x", train_x, persistent=False)
         self.num_batches = math.ceil(len(train_x) / config.batch_size)
         self._perm: torch.Tensor | None = None
@@ -160,7 +160,7 @@ class SVIModule(pl.LightningModule):
         if self.transform is not None:
             x = self.transform(x)
         beta = kl_weight(self.global_step, round(self.config.kl_warmup_epochs * self.num_batches))
-        self.elbo.model.latent_scale = self.elbo.guide.latent_scale = beta
+        self.elbo.set_latent_scale(beta)
         loss = self.elbo(x) / len(x)
         optimizer = self.optimizers()
         optimizer.zero_grad()

@@ -1,0 +1,139 @@
+r"""A reparameterized ELBO whose Python runs once per input shape: the step replays a recorded graph.
+
+The single-sample ELBO of a pair following the convention, with latent terms
+weighted by :math:`\beta` (KL warm-up),
+
+.. math:: \mathcal{L}_\beta = \sum_i \Big[\log p(x_i \mid z_i, \theta)
+          + \beta \big(\log p(z_i \mid \theta) - \log q(z_i \mid x_i, \theta)\big)\Big]
+          + \beta \big(\log p(\theta) - \log q(\theta)\big),
+          \qquad z_i, \theta \sim q,
+
+is the estimator :class:`pyro.infer.Trace_ELBO` computes for fully
+reparameterized guides. :class:`CapturedELBO` computes it eagerly once per input
+shape while recording every tensor operation (``torch.fx`` ``make_fx``), then
+replays the recording: model, guide, Pyro's effect handlers and distribution
+objects no longer run at each step, only the tensor operations, which draw
+their noise from the same global generator. At capture the recording is run
+beside the eager loss from the same random state and must give the identical
+value, or capture is refused.
+
+Only for *static* programs: control flow that depends on tensor values is
+frozen at its first outcome. Guides must be reparameterized (score-function
+terms are not part of this estimator; use ``elbo``/``Trace_ELBO`` otherwise).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+from torch.func import functional_call
+
+from .program import ProgramInfo, inspect_program, per_datapoint_log_prob, trace_pair
+
+
+class CaptureError(RuntimeError):
+    """The program cannot be replayed from a recording."""
+
+
+class ReparamELBO(nn.Module):
+    """The negative single-sample ELBO above (summed over datapoints), computed eagerly."""
+
+    def __init__(self, model: nn.Module, guide: nn.Module):
+        super().__init__()
+        self.model, self.guide = model, guide
+        self.register_buffer("latent_scale", torch.ones(()), persistent=False)
+        self.info: ProgramInfo | None = None
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Check the pair once (convention, reparameterized guide sites)."""
+        if self.info is not None:
+            return
+        info = inspect_program(self.model, self.guide, x)
+        _, guide_trace = trace_pair(self.model, self.guide, x)
+        for name in info.local_latents + info.global_latents:
+            if not guide_trace.nodes[name]["fn"].has_rsample:
+                raise CaptureError(
+                    f"guide site {name!r} is not reparameterized; the captured ELBO has no score-function "
+                    "terms: train with objective 'elbo' (Trace_ELBO) instead"
+                )
+        self.info = info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        info = self.info
+        model_trace, guide_trace = trace_pair(self.model, self.guide, x)
+        observed = sum(per_datapoint_log_prob(n, model_trace.nodes[n], info).sum() for n in info.observed)
+        latent = 0.0
+        for name in info.local_latents:
+            latent = latent + (
+                per_datapoint_log_prob(name, model_trace.nodes[name], info)
+                - per_datapoint_log_prob(name, guide_trace.nodes[name], info)
+            ).sum()
+        for name in info.global_latents:
+            m, g = model_trace.nodes[name], guide_trace.nodes[name]
+            latent = latent + m["fn"].log_prob(m["value"]).sum() - g["fn"].log_prob(g["value"]).sum()
+        return -(observed + self.latent_scale * latent)
+
+
+class CapturedELBO(nn.Module):
+    """:class:`ReparamELBO`, replayed from one recorded graph per input shape, dtype and device."""
+
+    def __init__(self, model: nn.Module, guide: nn.Module):
+        super().__init__()
+        self.loss = ReparamELBO(model, guide)
+        self._graphs: dict[tuple, torch.fx.GraphModule] = {}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loss.model
+
+    @property
+    def guide(self) -> nn.Module:
+        return self.loss.guide
+
+    def set_latent_scale(self, beta: float) -> None:
+        self.loss.latent_scale.fill_(beta)
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {**dict(self.loss.named_parameters()), **dict(self.loss.named_buffers())}
+
+
+    def capture(self, x: torch.Tensor) -> torch.fx.GraphModule:
+        """Record the loss for inputs shaped like ``x`` and check the recording against eager."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        rng = torch.get_rng_state()  # before anything draws: capture must not shift the random stream
+        cuda_rng = torch.cuda.get_rng_state_all() if x.is_cuda else None
+        self.loss.prepare(x)
+        state = self._state()
+        loss = self.loss
+
+        def eager(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(loss, state, (x,))
+
+        with pyro.validation_enabled(False), poutine.block():
+            try:
+                graph = make_fx(eager)(state, x)
+            except Exception as err:
+                raise CaptureError(f"cannot record the loss: {type(err).__name__}: {err}") from err
+            checks = []
+            for run in (eager, graph):
+                torch.set_rng_state(rng)
+                if cuda_rng is not None:
+                    torch.cuda.set_rng_state_all(cuda_rng)
+                with torch.no_grad():
+                    checks.append(run(state, x))
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        if not torch.equal(checks[0], checks[1]):
+            raise CaptureError(f"the recorded loss ({checks[1].item()}) differs from the eager one ({checks[0].item()})")
+        return graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = self.capture(x)
+        return graph(self._state(), x)
