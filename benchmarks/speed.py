@@ -45,6 +45,7 @@ from torch import nn
 from benchmarks.datasets import DEFAULT_DATA_ROOT, load_dataset
 from inference.io import atomic_write_json, atomic_write_text
 from inference.local import StoppingRule, optimize_local
+from inference.objectives import make_loss
 from inference.training import TrainConfig, fit
 from ppl_models import build_model, model_config
 
@@ -74,31 +75,14 @@ def pure_step_fn(encoder: nn.Module, decoder: nn.Module, lr: float, eps: float):
     return step
 
 
-def core_step_fn(model: nn.Module, guide: nn.Module, lr: float, eps: float):
-    """Our step: ELBOModule(Trace_ELBO) + torch Adam, as inference.training runs it."""
-    elbo = pyro.infer.Trace_ELBO()(model, guide)
-    opt = torch.optim.Adam(elbo.parameters(), lr=lr, eps=eps)
-
-    def step(x: torch.Tensor) -> torch.Tensor:
-        with pyro.validation_enabled(False):
-            loss = elbo(x) / len(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
-
-
-def captured_step_fn(model: nn.Module, guide: nn.Module, lr: float, eps: float):
-    """Our step with the captured ELBO (same estimator, recorded once per shape)."""
-    from inference.capture import CapturedELBO
-
-    loss_fn = CapturedELBO(model, guide)
+def our_step_fn(model: nn.Module, guide: nn.Module, objective: str, lr: float, eps: float):
+    """Our step: the training loss of ``objective`` (as inference.training builds it) + torch Adam."""
+    loss_fn = make_loss(objective, model, guide)
     opt = torch.optim.Adam(loss_fn.parameters(), lr=lr, eps=eps)
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        loss = loss_fn(x) / len(x)
+        with pyro.validation_enabled(False):
+            loss = loss_fn(x) / len(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -224,8 +208,8 @@ def training_step_speed(data: torch.Tensor, batch_size: int, repeats: int, block
     batches = [data[i * batch_size : (i + 1) * batch_size] for i in range(block)]
     steps = {
         "pure": pure_step_fn(guide.net, model.decoder, 1e-3, 1e-4),
-        "core": core_step_fn(model, guide, 1e-3, 1e-4),
-        "captured": captured_step_fn(model, guide, 1e-3, 1e-4),
+        "core": our_step_fn(model, guide, "elbo", 1e-3, 1e-4),
+        "captured": our_step_fn(model, guide, "captured-elbo", 1e-3, 1e-4),
         "svi": svi_step_fn(model, guide, 1e-3, 1e-4),
     }
     times = time_blocks(steps, batches, repeats)

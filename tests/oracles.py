@@ -55,3 +55,18 @@ def global_latent_model(x):
     with pyro.plate("data", len(x)):
         z = pyro.sample("z", dist.Normal(theta, 1.0))
         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def discrete_latent_pair():
+    """A model and guide with a per-datapoint Bernoulli latent (not reparameterized)."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("c", dist.Bernoulli(0.3))
+
+    return model, guide

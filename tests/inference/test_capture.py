@@ -10,7 +10,7 @@ from inference.estimators import elbo
 from inference.objectives import make_loss
 from inference.training import TrainConfig, fit
 from ppl_models import build_model, model_config
-from tests.oracles import global_latent_model, make_ppca, sample_ppca
+from tests.oracles import discrete_latent_pair, global_latent_model, make_ppca, sample_ppca
 
 
 def grads(module):
@@ -65,15 +65,7 @@ def test_global_latents_enter_once():
 
 
 def test_refuses_what_it_cannot_replay():
-    def model(x):
-        with pyro.plate("data", len(x)):
-            c = pyro.sample("c", dist.Bernoulli(0.5))
-            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", len(x)):
-            pyro.sample("c", dist.Bernoulli(0.3))
-
+    model, guide = discrete_latent_pair()
     with pytest.raises(CaptureError, match="'c' is not reparameterized.*objective 'elbo'"):
         CapturedELBO(model, guide)(torch.randn(4))
     with pytest.raises(ValueError, match="one sample per datapoint"):

@@ -1,12 +1,10 @@
 """Local q*: recovers PPCA's closed-form optimum; stopping rule; masking; bad input."""
 
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 
 from inference.local import AdamConfig, StoppingRule, adam_update, local_posterior, optimize_local
-from tests.oracles import make_ppca, sample_ppca
+from tests.oracles import discrete_latent_pair, make_ppca, sample_ppca
 
 FAST = dict(num_samples=100, adam=AdamConfig(lr=2e-2), rule=StoppingRule(window=50, patience=4, max_steps=3000))
 
@@ -77,14 +75,6 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="lr must be positive"):
         optimize_local(model, guide, x, adam=AdamConfig(lr=-1.0))
 
-    def discrete_model(x):
-        with pyro.plate("data", len(x)):
-            c = pyro.sample("c", dist.Bernoulli(0.5))
-            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
-
-    def discrete_guide(x):
-        with pyro.plate("data", len(x)):
-            pyro.sample("c", dist.Bernoulli(0.5))
-
+    discrete_model, discrete_guide = discrete_latent_pair()
     with pytest.raises(ValueError, match="continuous latents; site 'c' is discrete"):
         optimize_local(discrete_model, discrete_guide, torch.randn(3))
