@@ -213,6 +213,26 @@ def per_datapoint_log_prob(name: str, site: dict, info: ProgramInfo) -> torch.Te
     return log_prob.sum(other) if other else log_prob
 
 
+def log_densities(
+    model: Program, guide: Program, x: torch.Tensor, num_samples: int, info: ProgramInfo
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(x_i, z_{s,i}), log q(z_{s,i} | x_i))`` of ``num_samples`` vectorized guide samples.
+
+    Each is a float64 tensor of shape ``(num_samples, len(x))``, differentiable with respect
+    to model and guide parameters (pathwise through reparameterized sites; ``log q`` also
+    through the distribution's parameters, as score-function estimators need).
+    """
+    with pyro.plate(SAMPLE_PLATE, num_samples, dim=info.sample_dim):
+        model_trace, guide_trace = trace_pair(model, guide, x)
+    log_p = torch.zeros(num_samples, len(x), dtype=torch.float64, device=x.device)
+    log_q = torch.zeros(num_samples, len(x), dtype=torch.float64, device=x.device)
+    for name in info.local_latents + info.observed:
+        log_p = log_p + per_datapoint_log_prob(name, model_trace.nodes[name], info)
+    for name in info.local_latents:
+        log_q = log_q + per_datapoint_log_prob(name, guide_trace.nodes[name], info)
+    return log_p, log_q
+
+
 def log_weights(
     model: Program, guide: Program, x: torch.Tensor, num_samples: int, info: ProgramInfo
 ) -> torch.Tensor:
@@ -221,11 +241,5 @@ def log_weights(
     Returns a float64 tensor of shape ``(num_samples, len(x))``; differentiable
     with respect to model and guide parameters (reparameterized sites).
     """
-    with pyro.plate(SAMPLE_PLATE, num_samples, dim=info.sample_dim):
-        model_trace, guide_trace = trace_pair(model, guide, x)
-    total = torch.zeros(num_samples, len(x), dtype=torch.float64, device=x.device)
-    for name in info.local_latents + info.observed:
-        total = total + per_datapoint_log_prob(name, model_trace.nodes[name], info)
-    for name in info.local_latents:
-        total = total - per_datapoint_log_prob(name, guide_trace.nodes[name], info)
-    return total
+    log_p, log_q = log_densities(model, guide, x, num_samples, info)
+    return log_p - log_q

@@ -13,7 +13,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .networks import mlp
+from .networks import ACTIVATIONS, mlp
 
 
 class FFGEncoder(nn.Module):
@@ -47,3 +47,111 @@ class FFGEncoder(nn.Module):
         loc, scale = self.posterior_params(x)
         with pyro.plate("data", len(x)):
             pyro.sample(self.site, dist.Normal(loc, scale, validate_args=False).to_event(1))
+
+
+GAUSSIAN_FAMILIES = ("ffg", "full", "iaf", "coupling")
+
+
+def check_family(family: str) -> str:
+    if family not in GAUSSIAN_FAMILIES:
+        raise ValueError(f"unknown Gaussian guide family {family!r}; choose from {', '.join(GAUSSIAN_FAMILIES)}")
+    return family
+
+
+class GaussianHead(nn.Module):
+    r"""Features ``h`` to a distribution over a ``latent_dim`` vector, in one of four families.
+
+    * ``ffg`` — :math:`N(\mu(h), \mathrm{diag}\,\sigma(h)^2)`;
+    * ``full`` — :math:`N(\mu(h), L(h) L(h)^\top)` with a Cholesky factor :math:`L` (positive diagonal);
+    * ``iaf`` — an FFG base pushed through ``flow_layers`` inverse autoregressive flows
+      (Kingma et al. 2016) conditioned on ``h``: Pyro's ``ConditionalAffineAutoregressive``;
+    * ``coupling`` — the same with RealNVP affine couplings (Dinh et al. 2017),
+      Pyro's ``ConditionalAffineCoupling``, the halves swapped between layers.
+    """
+
+    def __init__(self, in_dim: int, latent_dim: int, family: str = "ffg", flow_layers: int = 2, flow_hidden: Sequence[int] = (100,)):
+        super().__init__()
+        self.family = check_family(family)
+        self.latent_dim = d = latent_dim
+        if family == "full":
+            self.params_net = nn.Linear(in_dim, 2 * d + d * (d - 1) // 2)
+            self.register_buffer("tril_index", torch.tril_indices(d, d, -1), persistent=False)
+        else:
+            self.params_net = nn.Linear(in_dim, 2 * d)
+        self.flows = nn.ModuleList()
+        if family in ("iaf", "coupling"):
+            from pyro.distributions.transforms import ConditionalAffineAutoregressive, ConditionalAffineCoupling
+            from pyro.nn import ConditionalAutoRegressiveNN, ConditionalDenseNN
+
+            if d < 2:
+                raise ValueError(f"flow guides need a latent of at least 2 dimensions, got {d}")
+            if isinstance(flow_layers, bool) or int(flow_layers) != flow_layers or flow_layers < 1:
+                raise ValueError(f"flow_layers must be a positive integer, got {flow_layers!r}")
+            hidden = list(flow_hidden)
+            for k in range(int(flow_layers)):
+                if family == "iaf":
+                    order = torch.arange(d) if k % 2 == 0 else torch.arange(d).flip(0)
+                    arn = ConditionalAutoRegressiveNN(d, in_dim, hidden, permutation=order)
+                    self.flows.append(ConditionalAffineAutoregressive(arn))
+                else:
+                    split = d // 2
+                    net = ConditionalDenseNN(split, in_dim, hidden, param_dims=[d - split, d - split])
+                    self.flows.append(ConditionalAffineCoupling(split, net))
+            self.register_buffer("flip", torch.arange(d).flip(0), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        d = self.latent_dim
+        out = self.params_net(h)
+        loc, log_scale = out[..., :d], out[..., d : 2 * d]
+        if self.family == "full":
+            tril = torch.diag_embed(log_scale.exp())
+            tril[..., self.tril_index[0], self.tril_index[1]] = out[..., 2 * d :]
+            return dist.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+        base = dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+        if not len(self.flows):
+            return base
+        from pyro.distributions.transforms import Permute
+
+        transforms = []
+        for k, flow in enumerate(self.flows):
+            if k and self.family == "coupling":
+                transforms.append(Permute(self.flip))
+            transforms.append(flow.condition(h))
+        return dist.TransformedDistribution(base, transforms, validate_args=False)
+
+
+class GaussianEncoder(nn.Module):
+    """Amortized ``q(z|x)`` of any :data:`GAUSSIAN_FAMILIES` member: MLP features of ``x``, then a :class:`GaussianHead`.
+
+    The features are the last hidden layer of ``data_dim -> hidden``, so the flows
+    are conditioned on the encoder's context as in Kingma et al. (2016).
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        activation: str = "elu",
+        family: str = "ffg",
+        site: str = "z",
+        flow_layers: int = 2,
+        flow_hidden: Sequence[int] = (100,),
+    ):
+        super().__init__()
+        self.site = site
+        self.features = features(data_dim, hidden, activation)
+        in_dim = hidden[-1] if len(hidden) else data_dim
+        self.head = GaussianHead(in_dim, latent_dim, family, flow_layers, flow_hidden)
+
+    def forward(self, x: torch.Tensor) -> None:
+        fn = self.head(self.features(x))
+        with pyro.plate("data", len(x)):
+            pyro.sample(self.site, fn)
+
+
+def features(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Module:
+    """``in_dim -> hidden`` with an activation after every layer (the identity when ``hidden`` is empty)."""
+    if not len(hidden):
+        return nn.Identity()
+    return nn.Sequential(mlp(in_dim, hidden[:-1], hidden[-1], activation), ACTIVATIONS[activation]())

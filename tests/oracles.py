@@ -41,12 +41,13 @@ def exact_posterior_guide(model):
 
 def best_ffg_guide(model, x):
     """PPCA's optimal fully factorized Gaussian for the rows of ``x``, as a local guide."""
-    from inference.local import LocalFFG
+    from inference.families import LocalGuide, SiteInfo
     from pyro.distributions import constraints
 
     with torch.no_grad():
         loc, scale = model.best_ffg(x)
-    return LocalFFG({"z": loc}, {"z": scale.log()}, {"z": 1}, {"z": constraints.real}, -1)
+    site = SiteInfo((loc.shape[-1],), constraints.real_vector, "continuous")
+    return LocalGuide("ffg", {"z": {"loc": loc, "log_scale": scale.log()}}, {"z": site}, -1)
 
 
 def global_latent_model(x):

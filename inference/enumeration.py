@@ -1,0 +1,185 @@
+r"""Exact per-datapoint answers for models whose local latents are few and discrete.
+
+When every per-datapoint latent takes finitely many values (Bernoulli units,
+categorical assignments) and the joint has at most ``max_configurations``
+configurations :math:`z_1, \dots, z_C` (4096 = 12 binary units by default), the
+marginal likelihood and the ELBO of any guide are finite sums:
+
+.. math::
+    \log p(x_i) = \operatorname{logsumexp}_c \log p(x_i, z_c), \qquad
+    \mathcal{L}_i[q] = \sum_c q(z_c \mid x_i)\,\big[\log p(x_i, z_c) - \log q(z_c \mid x_i)\big].
+
+These are the exact oracles for every estimator on discrete latents (mixtures,
+small sigmoid belief nets). Every configuration is scored for every datapoint at
+once, by conditioning the program on the grid of values inside a vectorized
+plate; configurations are processed in memory-bounded chunks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pyro
+import torch
+from pyro import poutine
+
+from .estimators import MAX_ELEMENTS, chunk_size_for
+from .program import SAMPLE_PLATE, Program, ProgramInfo, inspect_program, per_datapoint_log_prob, trace_pair
+
+#: Default bound on the number of joint configurations (12 binary units).
+MAX_CONFIGURATIONS = 4096
+
+
+def _base(fn):
+    while isinstance(fn, (torch.distributions.Independent,)):
+        fn = fn.base_dist
+    return fn
+
+
+def site_values(name: str, fn, event_shape: tuple[int, ...]) -> torch.Tensor:
+    """Every value one datapoint's site ``name`` can take: shape ``(V, *event_shape)``."""
+    base = _base(fn)
+    if not fn.support.is_discrete:
+        raise ValueError(f"exact enumeration needs finite discrete latents; site {name!r} is a {type(base).__name__}")
+    if isinstance(base, torch.distributions.Bernoulli):
+        arity = 2
+    elif isinstance(base, torch.distributions.Categorical):
+        arity = base.logits.shape[-1]
+    else:
+        raise ValueError(f"exact enumeration supports Bernoulli and Categorical sites; site {name!r} is a {type(base).__name__}")
+    elements = math.prod(event_shape)
+    if arity**elements > 2**62:
+        raise ValueError(f"site {name!r} has {arity}^{elements} values: far too many to enumerate")
+    dtype = torch.long if isinstance(base, torch.distributions.Categorical) else torch.get_default_dtype()
+    grid = torch.tensor(list(itertools.product(range(arity), repeat=elements)), dtype=dtype)
+    return grid.reshape((len(grid), *event_shape))
+
+
+def configurations(
+    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, max_configurations: int = MAX_CONFIGURATIONS
+) -> dict[str, torch.Tensor]:
+    """The joint grid of values of every local latent: ``{site: (C, *per_point_shape)}``.
+
+    Refuses models with global latents, continuous local latents, local sites that
+    sit in plates nested inside the data plate, or more than ``max_configurations``
+    joint configurations.
+    """
+    if info.global_latents:
+        raise ValueError(f"exact enumeration handles per-datapoint latents only; the model has global latents {info.global_latents}")
+    if not info.local_latents:
+        raise ValueError("the model has no per-datapoint latents to enumerate")
+    with torch.no_grad():
+        model_trace, _ = trace_pair(model, guide, x[:1])
+    grids, sizes = [], []
+    for name in info.local_latents:
+        site = model_trace.nodes[name]
+        fn = site["fn"]
+        batch_dims = site["value"].dim() - len(fn.event_shape)
+        if batch_dims > 1 and any(s != 1 for s in site["value"].shape[: batch_dims - 1]):
+            raise ValueError(f"site {name!r} sits in a plate nested in the data plate; exact enumeration does not support that")
+        grid = site_values(name, fn, tuple(fn.event_shape))
+        grids.append(grid)
+        sizes.append(len(grid))
+    total = math.prod(sizes)
+    if total > max_configurations:
+        raise ValueError(
+            f"exact enumeration would need {total} joint configurations of {', '.join(info.local_latents)}, "
+            f"more than max_configurations={max_configurations} (about {int(math.log2(max_configurations))} binary units)"
+        )
+    index = torch.cartesian_prod(*[torch.arange(s) for s in sizes]).reshape(total, len(sizes))
+    return {name: grid[index[:, k]].to(x.device) for k, (name, grid) in enumerate(zip(info.local_latents, grids))}
+
+
+def _expand_site(values: torch.Tensor, n: int, info: ProgramInfo) -> torch.Tensor:
+    """Shape a ``(C, *event_shape)`` grid as a site value under the sample and data plates."""
+    c, event = values.shape[0], tuple(values.shape[1:])
+    batch = [1] * (info.max_plate_nesting + 1)
+    batch[0] = c
+    batch[info.max_plate_nesting + 1 + info.data_dim] = n
+    return values.reshape((c,) + (1,) * info.max_plate_nesting + event).expand(tuple(batch) + event)
+
+
+def score_configurations(
+    program: Program, x: torch.Tensor, values: dict[str, torch.Tensor], info: ProgramInfo, sites: tuple[str, ...]
+) -> torch.Tensor:
+    """``sum over sites of log prob`` of ``program`` conditioned on each configuration: ``(C, len(x))``."""
+    c = len(next(iter(values.values())))
+    with pyro.plate(SAMPLE_PLATE, c, dim=info.sample_dim):
+        trace = poutine.trace(poutine.condition(program, data=values)).get_trace(x)
+    total = torch.zeros(c, len(x), dtype=torch.float64, device=x.device)
+    for name in sites:
+        total = total + per_datapoint_log_prob(name, trace.nodes[name], info)
+    return total
+
+
+def expand_grid(grid: dict[str, torch.Tensor], n: int, info: ProgramInfo) -> dict[str, torch.Tensor]:
+    """Shape each site's ``(C, *event_shape)`` grid as its value under the sample and data plates (``n`` datapoints)."""
+    return {name: _expand_site(values, n, info) for name, values in grid.items()}
+
+
+def _chunked(grid: dict[str, torch.Tensor], size: int):
+    total = len(next(iter(grid.values())))
+    for start in range(0, total, size):
+        yield {k: v[start : start + size] for k, v in grid.items()}
+
+
+def exact_log_marginal(
+    model: Program,
+    guide: Program,
+    x: torch.Tensor,
+    *,
+    max_configurations: int = MAX_CONFIGURATIONS,
+    max_elements: int = MAX_ELEMENTS,
+) -> torch.Tensor:
+    """:math:`\\log p(x_i)` by summing over every configuration of the local latents; shape ``(len(x),)``.
+
+    The guide is only run to check the convention and learn the site layout.
+    """
+    info = inspect_program(model, guide, x)
+    grid = configurations(model, guide, x, info, max_configurations)
+    size = chunk_size_for(info, x, model, guide, max_elements)
+    result = None
+    with torch.no_grad():
+        for chunk in _chunked(grid, size):
+            values = expand_grid(chunk, len(x), info)
+            part = torch.logsumexp(score_configurations(model, x, values, info, info.local_latents + info.observed), 0)
+            result = part if result is None else torch.logaddexp(result, part)
+    return result
+
+
+def exact_elbo(
+    model: Program,
+    guide: Program,
+    x: torch.Tensor,
+    *,
+    model_grad: bool = False,
+    max_configurations: int = MAX_CONFIGURATIONS,
+    max_elements: int = MAX_ELEMENTS,
+) -> torch.Tensor:
+    """:math:`\\mathcal{L}_i[q] = \\sum_c q(z_c|x_i) [\\log p(x_i, z_c) - \\log q(z_c|x_i)]`; shape ``(len(x),)``.
+
+    Differentiable with respect to the guide's parameters, and to the model's when
+    ``model_grad=True`` (otherwise the model is scored without a graph, as for a
+    frozen model).
+    """
+    info = inspect_program(model, guide, x)
+    grid = configurations(model, guide, x, info, max_configurations)
+    size = chunk_size_for(info, x, model, guide, max_elements)
+    total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    for chunk in _chunked(grid, size):
+        values = expand_grid(chunk, len(x), info)
+        with torch.set_grad_enabled(model_grad and torch.is_grad_enabled()):
+            log_p = score_configurations(model, x, values, info, info.local_latents + info.observed)
+        log_q = score_configurations(guide, x, values, info, info.local_latents)
+        total = total + (log_q.exp() * (log_p - log_q)).sum(0)
+    return total
+
+
+def is_enumerable(model: Program, guide: Program, x: torch.Tensor, max_configurations: int = MAX_CONFIGURATIONS) -> bool:
+    """Whether :func:`exact_log_marginal` can handle this pair (all local latents discrete and few)."""
+    try:
+        configurations(model, guide, x[:1], inspect_program(model, guide, x[:1]), max_configurations)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,316 @@
+r"""Per-datapoint (local) variational families, vectorized over datapoints.
+
+A :class:`LocalGuide` holds one set of variational parameters *per datapoint*:
+every parameter tensor has the datapoint as its first dim, so N datapoints'
+posteriors are one program and one loss, and an elementwise optimizer keeps
+them independent. The families, for every local latent site of a model:
+
+* ``ffg`` — fully factorized Gaussian :math:`N(\mu_i, \mathrm{diag}\,\sigma_i^2)` (in the
+  unconstrained space of the site's support);
+* ``full`` — full-covariance Gaussian :math:`N(\mu_i, L_i L_i^\top)`, Cholesky-parameterized;
+* ``iaf`` — an FFG base pushed through inverse autoregressive flows (Kingma et al.
+  2016): Pyro's :class:`~pyro.distributions.transforms.AffineAutoregressive` driven by a
+  masked autoencoder (MADE, Germain et al. 2015) whose weights are per datapoint;
+* ``coupling`` — the same with RealNVP affine couplings (Dinh et al. 2017), Pyro's
+  :class:`~pyro.distributions.transforms.AffineCoupling` with a per-datapoint hypernetwork;
+* ``bernoulli`` / ``categorical`` — factorized discrete posteriors (per-datapoint logits)
+  for Bernoulli or categorical latents.
+
+The per-datapoint networks are batched matrix products over the datapoint dim,
+never one flow object per datapoint. Flows start at the identity (zero output
+weights), so a flow fit starts from its FFG initialization.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.transforms import AffineAutoregressive, AffineCoupling, Permute
+from torch import nn
+from torch.distributions import biject_to
+
+from .program import Program
+
+GAUSSIAN = ("ffg", "full", "iaf", "coupling")
+DISCRETE = ("bernoulli", "categorical")
+LOCAL_FAMILIES = (*GAUSSIAN, *DISCRETE)
+FLOWS = ("iaf", "coupling")
+
+
+class SiteInfo(NamedTuple):
+    """What a local family needs to know about one latent site of the model."""
+
+    event_shape: tuple[int, ...]
+    support: object
+    kind: str  #: "continuous", "bernoulli" or "categorical"
+    num_categories: int = 0
+
+
+class FlowOptions(NamedTuple):
+    """Size of the per-datapoint flows: ``layers`` transforms with one hidden layer of ``hidden`` units (0: affine)."""
+
+    layers: int = 2
+    hidden: int = 100
+
+
+def check_family(family: str) -> str:
+    if family not in LOCAL_FAMILIES:
+        raise ValueError(f"unknown local family {family!r}; choose from {', '.join(LOCAL_FAMILIES)}")
+    return family
+
+
+def check_flow_options(options: FlowOptions) -> FlowOptions:
+    if isinstance(options.layers, bool) or int(options.layers) != options.layers or options.layers < 1:
+        raise ValueError(f"flow layers must be a positive integer, got {options.layers!r}")
+    if isinstance(options.hidden, bool) or int(options.hidden) != options.hidden or options.hidden < 0:
+        raise ValueError(f"flow hidden units must be a non-negative integer, got {options.hidden!r}")
+    return options
+
+
+def check_family_fits(family: str, sites: dict[str, SiteInfo]) -> None:
+    """Refuse a family that cannot describe a site: Gaussians for discrete latents, and so on."""
+    for name, site in sites.items():
+        if family in GAUSSIAN and site.kind != "continuous":
+            raise ValueError(f"local family {family!r} is for continuous latents; site {name!r} is {site.kind} (use --local {site.kind})")
+        if family in DISCRETE and site.kind != family:
+            raise ValueError(f"local family {family!r} does not fit site {name!r}, a {site.kind} latent")
+        if family in ("full", *FLOWS) and len(site.event_shape) != 1:
+            raise ValueError(f"local family {family!r} needs vector-valued sites; {name!r} has event shape {site.event_shape}")
+        if family in FLOWS and site.event_shape[0] < 2:
+            raise ValueError(f"local family {family!r} needs at least 2 dimensions per site; {name!r} has {site.event_shape[0]}")
+
+
+# ---------------------------------------------------------------- per-datapoint networks
+
+
+def made_masks(dim: int, hidden: int, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MADE masks for the autoregressive ``order`` (``order[j]`` is the j-th variable generated).
+
+    Output ``i`` may depend only on inputs generated before ``i``. With ``hidden == 0``
+    the single (linear) mask is returned first and the second is ``None``.
+    """
+    degree = torch.empty(dim, dtype=torch.long)
+    degree[order] = torch.arange(dim)
+    if hidden == 0:
+        return (degree[:, None] > degree[None, :]).float(), None
+    hidden_degree = torch.arange(hidden) % max(dim - 1, 1)
+    first = (hidden_degree[:, None] >= degree[None, :]).float()  # (hidden, dim)
+    second = (degree[:, None] > hidden_degree[None, :]).float()  # (dim, hidden)
+    return first, second
+
+
+class BatchedMADE:
+    """A masked autoencoder with per-datapoint weights: ``z (..., N, D) -> (mean, log_scale)``.
+
+    Plays the role of Pyro's ``AutoRegressiveNN`` inside ``AffineAutoregressive``.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], masks, order: torch.Tensor):
+        self.p, self.masks = params, masks
+        self.permutation = order
+
+    def get_permutation(self) -> torch.Tensor:
+        return self.permutation
+
+    def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first, second = self.masks
+        if second is None:
+            out = torch.einsum("...nd,nod->...no", z, self.p["w2"] * first.repeat(2, 1)) + self.p["b2"]
+        else:
+            h = torch.einsum("...nd,nhd->...nh", z, self.p["w1"] * first) + self.p["b1"]
+            h = torch.nn.functional.elu(h)
+            out = torch.einsum("...nh,noh->...no", h, self.p["w2"] * second.repeat(2, 1)) + self.p["b2"]
+        mean, log_scale = out.chunk(2, dim=-1)
+        return mean, log_scale
+
+
+class BatchedHypernet:
+    """Per-datapoint MLP ``x1 (..., N, d1) -> (mean, log_scale)`` of the other ``d2`` dims (a coupling's hypernet)."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self.p = params
+
+    def __call__(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if "w1" in self.p:
+            h = torch.nn.functional.elu(torch.einsum("...nd,nhd->...nh", x1, self.p["w1"]) + self.p["b1"])
+        else:
+            h = x1
+        out = torch.einsum("...nh,noh->...no", h, self.p["w2"]) + self.p["b2"]
+        return out.chunk(2, dim=-1)
+
+
+def _flow_order(dim: int, layer: int, device) -> torch.Tensor:
+    order = torch.arange(dim, device=device)
+    return order if layer % 2 == 0 else order.flip(0)
+
+
+def init_flow_params(n: int, dim: int, options: FlowOptions, family: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-datapoint flow weights: random hidden layers, zero output layer (the identity map)."""
+    out: dict[str, torch.Tensor] = {}
+    split = dim // 2
+    for k in range(options.layers):
+        d_in, d_out = (dim, dim) if family == "iaf" else (split, dim - split)
+        h = options.hidden
+        if h:
+            out[f"f{k}.w1"] = torch.randn(n, h, d_in, dtype=like.dtype, device=like.device) / math.sqrt(d_in)
+            out[f"f{k}.b1"] = torch.zeros(n, h, dtype=like.dtype, device=like.device)
+        out[f"f{k}.w2"] = torch.zeros(n, 2 * d_out, h or d_in, dtype=like.dtype, device=like.device)
+        out[f"f{k}.b2"] = torch.zeros(n, 2 * d_out, dtype=like.dtype, device=like.device)
+    return out
+
+
+def flow_transforms(p: dict[str, torch.Tensor], dim: int, options: FlowOptions, family: str) -> list:
+    """Pyro transforms of one site's per-datapoint flow, in the order they are applied."""
+    transforms = []
+    device = next(iter(p.values())).device
+    for k in range(options.layers):
+        layer = {key.split(".", 1)[1]: value for key, value in p.items() if key.startswith(f"f{k}.")}
+        if family == "iaf":
+            order = _flow_order(dim, k, device)
+            masks = made_masks(dim, options.hidden, order.cpu())
+            masks = tuple(m.to(device) if m is not None else None for m in masks)
+            transforms.append(AffineAutoregressive(BatchedMADE(layer, masks, order)))
+        else:
+            if k:
+                transforms.append(Permute(torch.arange(dim, device=device).flip(0)))
+            transforms.append(AffineCoupling(dim // 2, BatchedHypernet(layer)))
+    return transforms
+
+
+# ---------------------------------------------------------------- the site distributions
+
+
+def site_distribution(family: str, site: SiteInfo, p: dict[str, torch.Tensor], options: FlowOptions) -> dist.Distribution:
+    """The local posterior of one site, batch shape ``(N,)``, from its per-datapoint parameters ``p``."""
+    if family in DISCRETE:
+        if site.kind == "categorical":
+            return dist.Categorical(logits=p["logits"], validate_args=False)
+        return dist.Bernoulli(logits=p["logits"], validate_args=False).to_event(len(site.event_shape))
+    if family == "full":
+        tril = p["tril"].tril(-1) + torch.diag_embed(p["tril"].diagonal(dim1=-2, dim2=-1).exp())
+        fn = dist.MultivariateNormal(p["loc"], scale_tril=tril, validate_args=False)
+    else:
+        fn = dist.Normal(p["loc"], p["log_scale"].exp(), validate_args=False).to_event(len(site.event_shape))
+        if family in FLOWS:
+            flows = {k: v for k, v in p.items() if k.startswith("f")}
+            fn = dist.TransformedDistribution(fn, flow_transforms(flows, site.event_shape[0], options, family), validate_args=False)
+    if not _is_real(site.support):
+        fn = dist.TransformedDistribution(fn, biject_to(site.support), validate_args=False)
+    return fn
+
+
+def _is_real(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
+class Start(NamedTuple):
+    """Where a local fit starts, per datapoint: Gaussian ``loc``/``log_scale`` or discrete ``logits``."""
+
+    loc: torch.Tensor | None = None
+    log_scale: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def init_params(family: str, site: SiteInfo, start: Start, options: FlowOptions) -> dict[str, torch.Tensor]:
+    """The per-datapoint parameters of ``family`` for one site, starting at ``start``."""
+    if family in DISCRETE:
+        return {"logits": start.logits.detach().clone()}
+    loc, log_scale = start.loc.detach().clone(), start.log_scale.detach().clone()
+    if family == "full":
+        return {"loc": loc, "tril": torch.diag_embed(log_scale)}
+    out = {"loc": loc, "log_scale": log_scale}
+    if family in FLOWS:
+        out.update(init_flow_params(len(loc), site.event_shape[0], options, family, loc))
+    return out
+
+
+def local_program(
+    family: str,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    sites: dict[str, SiteInfo],
+    data_dim: int,
+    options: FlowOptions = FlowOptions(),
+    global_guide: Program | None = None,
+) -> Program:
+    """The guide program of a local family with the given per-datapoint parameter tensors."""
+
+    def guide(x: torch.Tensor) -> None:
+        if global_guide is not None:
+            global_guide(x)
+        with pyro.plate("data", len(x), dim=data_dim):
+            for name, p in tensors.items():
+                pyro.sample(name, site_distribution(family, sites[name], p, options))
+
+    return guide
+
+
+class LocalGuide(nn.Module):
+    """A per-datapoint guide of one :data:`LOCAL_FAMILIES` member over every local latent site.
+
+    Row ``i`` of every parameter belongs to datapoint ``x[i]``; ``guide(x)`` needs
+    ``len(x)`` equal to the number of rows. Global latents, if the model has any,
+    are drawn from ``global_guide``.
+    """
+
+    def __init__(
+        self,
+        family: str,
+        tensors: dict[str, dict[str, torch.Tensor]],
+        sites: dict[str, SiteInfo],
+        data_dim: int,
+        options: FlowOptions = FlowOptions(),
+        global_guide: Program | None = None,
+    ):
+        super().__init__()
+        self.family = check_family(family)
+        self.sites, self.data_dim, self.options, self.global_guide = dict(sites), data_dim, options, global_guide
+        self.keys = [(name, key) for name, p in tensors.items() for key in p]
+        self.tensors = nn.ParameterList([nn.Parameter(tensors[n][k].detach().clone()) for n, k in self.keys])
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for n, _ in self.keys))
+
+    @property
+    def num_points(self) -> int:
+        return self.tensors[0].shape[0]
+
+    @property
+    def reparameterized(self) -> bool:
+        return self.family in GAUSSIAN
+
+    def params(self, name: str) -> dict[str, torch.Tensor]:
+        """The per-datapoint parameters of site ``name`` (first dim = datapoint)."""
+        if name not in self.names:
+            raise KeyError(f"no local site {name!r}; sites: {', '.join(self.names)}")
+        return {k: t for (n, k), t in zip(self.keys, self.tensors) if n == name}
+
+    def nested(self, flat: list[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """``flat`` tensors (in this guide's order) as ``{site: {param: tensor}}``."""
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for (n, k), t in zip(self.keys, flat):
+            out.setdefault(n, {})[k] = t
+        return out
+
+    def program(self, flat: list[torch.Tensor]) -> Program:
+        """The guide program with parameters ``flat`` (e.g. a subset of rows) in place of this guide's."""
+        return local_program(self.family, self.nested(flat), self.sites, self.data_dim, self.options, self.global_guide)
+
+    def with_tensors(self, flat: list[torch.Tensor]) -> LocalGuide:
+        return LocalGuide(self.family, self.nested(flat), self.sites, self.data_dim, self.options, self.global_guide)
+
+    def subset(self, index: torch.Tensor) -> LocalGuide:
+        """A new guide holding only the rows ``index``."""
+        return self.with_tensors([t[index] for t in self.tensors])
+
+    def forward(self, x: torch.Tensor) -> None:
+        if len(x) != self.num_points:
+            raise ValueError(f"this local guide holds parameters for {self.num_points} datapoints; got a batch of {len(x)}")
+        self.program(list(self.tensors))(x)

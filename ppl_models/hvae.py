@@ -1,0 +1,178 @@
+r"""Hierarchical VAEs: stacked Gaussian latent layers, with bottom-up or ladder inference.
+
+Generative model with latent layers :math:`z_1` (next to the data) to :math:`z_L`:
+
+.. math::
+    p(z_L) = N(0, I), \qquad p(z_l \mid z_{l+1}) = N(\mu_l(z_{l+1}), \mathrm{diag}\,\sigma_l(z_{l+1})^2),
+    \qquad p(x \mid z_1) \text{ Bernoulli or Gaussian},
+
+the two-layer model of Burda, Grosse & Salakhutdinov (2016), *Importance Weighted
+Autoencoders* (latents 100 and 50; deterministic hidden layers [200, 200]
+between x and z1 and [100, 100] between z1 and z2; guide mirrored).
+
+Two guides:
+
+* :class:`HierarchicalEncoder` — bottom-up :math:`q(z_1|x) q(z_2|z_1) \cdots`, each
+  conditional in any Gaussian family of :mod:`ppl_models.guides`;
+* :class:`LadderEncoder` — the ladder VAE of Sønderby et al. (2016): a deterministic
+  bottom-up pass gives :math:`(\hat\mu_l, \hat\sigma_l)`, then sampling runs top-down and
+  merges them with the generative prior's :math:`(\mu^p_l, \sigma^p_l)` by precision weighting,
+  :math:`\sigma_l^{-2} = \hat\sigma_l^{-2} + (\sigma^p_l)^{-2}`,
+  :math:`\mu_l = (\hat\mu_l \hat\sigma_l^{-2} + \mu^p_l (\sigma^p_l)^{-2})\, \sigma_l^2`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .guides import GaussianHead, features
+from .networks import mlp
+from .vae import check_likelihood
+
+
+def check_latent_dims(latent_dims: Sequence[int]) -> list[int]:
+    dims = list(latent_dims)
+    if len(dims) < 1:
+        raise ValueError("a hierarchical VAE needs at least one latent layer, e.g. latent_dims=[100, 50]")
+    for d in dims:
+        if isinstance(d, bool) or int(d) != d or d <= 0:
+            raise ValueError(f"latent layer sizes must be positive integers, got {dims}")
+    return [int(d) for d in dims]
+
+
+class HierarchicalVAE(nn.Module):
+    """Latent sites ``z1`` (bottom) ... ``zL`` (top), all inside the data plate."""
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dims: Sequence[int] = (100, 50),
+        hidden: Sequence[int] = (200, 200),
+        upper_hidden: Sequence[int] = (100, 100),
+        likelihood: str = "bernoulli",
+        activation: str = "elu",
+        min_scale: float = 1e-2,
+    ):
+        super().__init__()
+        self.latent_dims = check_latent_dims(latent_dims)
+        self.likelihood = check_likelihood(likelihood)
+        if not min_scale > 0:
+            raise ValueError(f"min_scale must be positive, got {min_scale}")
+        self.data_dim, self.min_scale = data_dim, float(min_scale)
+        out_dim = data_dim if likelihood == "bernoulli" else 2 * data_dim
+        self.decoder = mlp(self.latent_dims[0], hidden, out_dim, activation)
+        # top_down[l] gives the parameters of p(z_{l+1} | z_{l+2}) (0-based layers)
+        self.top_down = nn.ModuleList(
+            [mlp(self.latent_dims[l + 1], upper_hidden, 2 * self.latent_dims[l], activation) for l in range(len(self.latent_dims) - 1)]
+        )
+        top = self.latent_dims[-1]
+        self.register_buffer("prior_loc", torch.zeros(top), persistent=False)
+        self.register_buffer("prior_scale", torch.ones(top), persistent=False)
+
+    def prior_params(self, layer: int, z_above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of ``p(z_{layer+1} | z_{layer+2})`` (``layer`` 0-based, below the top)."""
+        loc, raw = self.top_down[layer](z_above).chunk(2, dim=-1)
+        return loc, self.min_scale + F.softplus(raw)
+
+    def likelihood_dist(self, z1: torch.Tensor) -> dist.Distribution:
+        out = self.decoder(z1)
+        if self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        loc, raw = out.chunk(2, dim=-1)
+        return dist.Normal(loc, self.min_scale + F.softplus(raw), validate_args=False).to_event(1)
+
+    def forward(self, x: torch.Tensor) -> None:
+        depth = len(self.latent_dims)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample(f"z{depth}", dist.Normal(self.prior_loc, self.prior_scale, validate_args=False).to_event(1))
+            for l in range(depth - 2, -1, -1):
+                loc, scale = self.prior_params(l, z)
+                z = pyro.sample(f"z{l + 1}", dist.Normal(loc, scale, validate_args=False).to_event(1))
+            pyro.sample("x", self.likelihood_dist(z), obs=x)
+
+
+class HierarchicalEncoder(nn.Module):
+    """Bottom-up guide ``q(z1|x) q(z2|z1) ...``; every conditional is a :class:`GaussianHead` of ``family``."""
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dims: Sequence[int] = (100, 50),
+        hidden: Sequence[int] = (200, 200),
+        upper_hidden: Sequence[int] = (100, 100),
+        activation: str = "elu",
+        family: str = "ffg",
+        flow_layers: int = 2,
+        flow_hidden: Sequence[int] = (100,),
+    ):
+        super().__init__()
+        dims = check_latent_dims(latent_dims)
+        inputs = [data_dim, *dims[:-1]]
+        sizes = [list(hidden)] + [list(upper_hidden)] * (len(dims) - 1)
+        self.features = nn.ModuleList([features(i, s, activation) for i, s in zip(inputs, sizes)])
+        self.heads = nn.ModuleList(
+            [GaussianHead(s[-1] if s else i, d, family, flow_layers, flow_hidden) for i, s, d in zip(inputs, sizes, dims)]
+        )
+
+    def forward(self, x: torch.Tensor) -> None:
+        h = x
+        with pyro.plate("data", len(x)):
+            for l, (feat, head) in enumerate(zip(self.features, self.heads)):
+                h = pyro.sample(f"z{l + 1}", head(feat(h)))
+
+
+class LadderEncoder(nn.Module):
+    """Ladder inference (Sønderby et al. 2016) for a :class:`HierarchicalVAE`.
+
+    It shares the model's top-down networks; they are used, not owned, so they
+    appear in the model's ``state_dict`` only.
+    """
+
+    def __init__(
+        self,
+        model: HierarchicalVAE,
+        hidden: Sequence[int] = (200, 200),
+        upper_hidden: Sequence[int] = (100, 100),
+        activation: str = "elu",
+    ):
+        super().__init__()
+        dims = model.latent_dims
+        self._model = (model,)  # a reference, not a submodule
+        sizes = [list(hidden)] + [list(upper_hidden)] * (len(dims) - 1)
+        self.up = nn.ModuleList()
+        self.stats = nn.ModuleList()
+        in_dim = model.data_dim
+        for size, d in zip(sizes, dims):
+            self.up.append(features(in_dim, size, activation))
+            in_dim = size[-1] if size else in_dim
+            self.stats.append(nn.Linear(in_dim, 2 * d))
+        self.min_scale = model.min_scale
+
+    def forward(self, x: torch.Tensor) -> None:
+        model = self._model[0]
+        stats, h = [], x
+        for up, head in zip(self.up, self.stats):
+            h = up(h)
+            loc, raw = head(h).chunk(2, dim=-1)
+            stats.append((loc, self.min_scale + F.softplus(raw)))
+        depth = len(stats)
+        with pyro.plate("data", len(x)):
+            loc, scale = stats[-1]
+            z = pyro.sample(f"z{depth}", dist.Normal(loc, scale, validate_args=False).to_event(1))
+            for l in range(depth - 2, -1, -1):
+                prior_loc, prior_scale = model.prior_params(l, z)
+                loc, scale = precision_weighted(stats[l][0], stats[l][1], prior_loc, prior_scale)
+                z = pyro.sample(f"z{l + 1}", dist.Normal(loc, scale, validate_args=False).to_event(1))
+
+
+def precision_weighted(loc1, scale1, loc2, scale2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Product of two Gaussians' densities, renormalized: precision-weighted mean and its scale."""
+    p1, p2 = scale1.pow(-2), scale2.pow(-2)
+    var = 1.0 / (p1 + p2)
+    return (loc1 * p1 + loc2 * p2) * var, var.sqrt()
