@@ -5,7 +5,8 @@ the first N points of the training split and of the test split estimates
 
 * log p(x) — importance-weighted bound with K samples (default 5000), proposal
   per datapoint the better of q and q*;
-* L[q*] — the ELBO of the best fully factorized Gaussian found per datapoint;
+* L[q*] — the ELBO of the best posterior of a family found per datapoint (the
+  fully factorized Gaussian by default; ``--local ffg,iaf`` adds a flow beside it);
 * L[q] — the ELBO of the amortized guide;
 
 and the approximation (log p - L[q*]), amortization (L[q*] - L[q]) and
@@ -35,10 +36,23 @@ from inference.gaps import QUANTITIES, GapDecomposition, gap_decomposition
 from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
 from inference.local import AdamConfig, StoppingRule
 from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, TrainConfig, fit, resolve_device
-from ppl_models import LIKELIHOODS, MODELS, build_model, model_config
+from inference.enumeration import exact_log_marginal, is_enumerable
+from inference.families import LOCAL_FAMILIES, FlowOptions
+from ppl_models import GUIDES, LIKELIHOODS, MODEL_LIKELIHOODS, MODELS, build_model, model_config
 
 #: Options that describe the trained model; with --checkpoint they come from the checkpoint.
-MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", "latent_dim", "hidden", "encoder_hidden", "activation")
+ARCHITECTURE = (
+    "guide", "latent_dim", "latent_dims", "hidden", "upper_hidden", "encoder_hidden", "activation", "components",
+    "covariance", "layers", "baseline", "flow_layers", "flow_hidden",
+)
+MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", *ARCHITECTURE)
+#: Training defaults that differ by model (the rest come from TrainConfig).
+TRAIN_DEFAULTS = {
+    "gmm": {"objective": "enum", "kl_warmup_epochs": 0.0, "lr": 1e-2},
+    "sbn": {"objective": "tracegraph", "kl_warmup_epochs": 0.0, "lr": 3e-4},
+}
+#: The local family of each discrete model (Gaussian families fit the others).
+DISCRETE_LOCAL = {"gmm": "categorical", "sbn": "bernoulli"}
 TRAIN_OPTIONS = ("objective", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs", "resume")
 LABELS = {
     "log_px": "log p(x)", "elbo_local": "L[q*]", "elbo_amortized": "L[q]",
@@ -67,13 +81,22 @@ def make_parser() -> argparse.ArgumentParser:
     data.add_argument("--binarization", choices=BINARIZATIONS, default=None, help="for --likelihood bernoulli (default: dynamic)")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=MODELS, default=None, help="default: vae")
-    model.add_argument("--likelihood", choices=LIKELIHOODS, default=None, help="default: bernoulli (gaussian for ppca)")
-    model.add_argument("--latent-dim", type=int, default=None, help="default: 50 for vae, 5 for ppca")
-    model.add_argument("--hidden", type=_sizes, default=None, help="decoder hidden sizes, e.g. 200,200")
+    model.add_argument("--guide", choices=GUIDES, default=None, help="amortized guide family: ffg (default), full, iaf, coupling for continuous latents; categorical (gmm) and bernoulli (sbn) are the discrete models' own")
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default=None, help="default: bernoulli (gaussian for ppca and gmm)")
+    model.add_argument("--latent-dim", type=int, default=None, help="vae, ppca: latent size (default: 50 for vae, 5 for ppca)")
+    model.add_argument("--latent-dims", type=_sizes, default=None, help="hvae, ladder: latent sizes bottom-up (default: 100,50)")
+    model.add_argument("--hidden", type=_sizes, default=None, help="decoder hidden sizes, e.g. 200,200 (hvae/ladder: between x and z1)")
+    model.add_argument("--upper-hidden", type=_sizes, default=None, help="hvae, ladder: hidden sizes between latent layers (default: 100,100)")
     model.add_argument("--encoder-hidden", type=_sizes, default=None, help="encoder hidden sizes ('none' for linear)")
     model.add_argument("--activation", default=None, help="elu (default), relu, tanh, softplus")
+    model.add_argument("--components", type=int, default=None, help="gmm: number of components K (default: 10)")
+    model.add_argument("--covariance", default=None, help="gmm: diag (default) or full")
+    model.add_argument("--layers", type=_sizes, default=None, help="sbn: latent layer sizes bottom-up, e.g. 200,200 (default: 200)")
+    model.add_argument("--baseline", default=None, help="sbn: nvil (default), neural, decaying or none")
+    model.add_argument("--flow-layers", type=int, default=None, help="iaf, coupling guides: number of flows (default: 2)")
+    model.add_argument("--flow-hidden", type=_sizes, default=None, help="iaf, coupling guides: flow hidden sizes (default: 100)")
     train = p.add_argument_group("training")
-    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO) or captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs)")
+    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO), captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs), tracegraph (TraceGraph_ELBO with the guide's baselines; default for sbn) or enum (exact marginal by TraceEnum_ELBO; default for gmm)")
     train.add_argument("--epochs", type=int, default=None, help="default: 100")
     train.add_argument("--batch-size", type=int, default=None, help="default: 100")
     train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
@@ -91,6 +114,9 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--local-patience", type=int, default=10, help="windows without improvement before stopping (default: %(default)s)")
     evaluation.add_argument("--local-max-steps", type=int, default=20_000, help="cap on local q* steps (default: %(default)s)")
     evaluation.add_argument("--local-init", choices=("encoder", "prior"), default="encoder")
+    evaluation.add_argument("--local", default=None, help=f"local q* families, comma-separated, the first defining the approximation gap: {', '.join(LOCAL_FAMILIES)} (default: the guide's family; categorical for gmm, bernoulli for sbn)")
+    evaluation.add_argument("--local-flow-layers", type=int, default=2, help="local iaf/coupling q*: flows per datapoint (default: %(default)s)")
+    evaluation.add_argument("--local-flow-hidden", type=int, default=100, help="local iaf/coupling q*: hidden units per flow, 0 for affine (default: %(default)s)")
     evaluation.add_argument("--max-elements", type=int, default=MAX_ELEMENTS,
                             help="memory budget: tensor elements one chunk of samples may create (default: 2**26; raise it on a GPU)")
     run = p.add_argument_group("run")
@@ -113,10 +139,29 @@ def check_args(args: argparse.Namespace) -> None:
         check_num_samples(getattr(args, name), "--" + name.replace("_", "-"))
     if not args.local_lr > 0:
         raise ValueError(f"--local-lr must be positive, got {args.local_lr}")
+    check_num_samples(args.local_flow_layers, "--local-flow-layers")
+    if args.local_flow_hidden < 0:
+        raise ValueError(f"--local-flow-hidden must be >= 0, got {args.local_flow_hidden}")
+    for family in _families(args.local):
+        if family not in LOCAL_FAMILIES:
+            raise ValueError(f"unknown local family {family!r} in --local; choose from {', '.join(LOCAL_FAMILIES)}")
     if args.checkpoint:
         given = [o for o in TRAIN_OPTIONS if getattr(args, o) not in (None, False)]
         if given:
             raise ValueError(f"--checkpoint evaluates a trained model; drop the training option(s) {', '.join('--' + g.replace('_', '-') for g in given)}")
+
+
+def _families(text: str | None) -> list[str]:
+    return [] if not text else [f.strip() for f in text.split(",") if f.strip()]
+
+
+def local_families(args: argparse.Namespace, model_cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The ``--local`` families, or the default: the discrete model's own, else the guide's family."""
+    given = _families(args.local)
+    if given:
+        return tuple(given)
+    name = model_cfg["name"]
+    return (DISCRETE_LOCAL.get(name, model_cfg["guide"]),)
 
 
 def _explicit(args: argparse.Namespace, saved: dict[str, Any], key: str, default: Any) -> Any:
@@ -136,14 +181,16 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     saved_data, saved_model = saved.get("data", {}), saved.get("model", {})
     flat = {**{k: v for k, v in saved_data.items()}, **{("model" if k == "name" else k): v for k, v in saved_model.items()}}
     name = _explicit(args, flat, "model", "vae")
-    likelihood = _explicit(args, flat, "likelihood", "gaussian" if name == "ppca" else "bernoulli")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    likelihood = _explicit(args, flat, "likelihood", MODEL_LIKELIHOODS[name][0])
     data_cfg = {
         "dataset": _explicit(args, flat, "dataset", "digits"),
         "likelihood": likelihood,
         "binarization": _explicit(args, flat, "binarization", "dynamic" if likelihood == "bernoulli" else None),
         "binarize_seed": saved_data.get("binarize_seed", 0),
     }
-    overrides = {k: _explicit(args, flat, k, None) for k in ("latent_dim", "hidden", "encoder_hidden", "activation")}
+    overrides = {k: _explicit(args, flat, k, None) for k in ARCHITECTURE}
     data_dim = saved_model.get("data_dim")
     if checkpoint is None:
         data_dim = 64 if data_cfg["dataset"] == "digits" else 784
@@ -151,7 +198,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     if checkpoint:
         train = TrainConfig(**saved["train"])
     else:
-        defaults = TrainConfig(kl_warmup_epochs=10.0, seed=args.seed)
+        defaults = TrainConfig(**{"kl_warmup_epochs": 10.0, "seed": args.seed, **TRAIN_DEFAULTS.get(name, {})})
         train = TrainConfig(**{
             **defaults.to_dict(),
             **{k: getattr(args, k) for k in ("objective", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs") if getattr(args, k) is not None},
@@ -159,34 +206,70 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     return data_cfg, model_cfg, train, checkpoint
 
 
-def summarize_split(result: GapDecomposition, model, x: torch.Tensor) -> dict[str, Any]:
-    out = result.summary()
-    if hasattr(model, "log_marginal"):  # PPCA: the exact answers
+def exact_answers(result: GapDecomposition, model, guide, x: torch.Tensor, max_elements: int) -> dict[str, float]:
+    """Exact log p(x) where it is known, and the exact approximation gap where the family allows.
+
+    log p(x): closed form for PPCA and the mixture, enumeration for small discrete
+    models. Approximation gap: PPCA's closed form for FFG, 0 for a full-covariance q*
+    on PPCA and for a categorical q* (their families hold the exact posterior).
+    """
+    with torch.no_grad():
+        if hasattr(model, "log_marginal"):
+            exact = model.log_marginal(x).double()
+            source = "closed form"
+        elif is_enumerable(model, guide, x):
+            exact = exact_log_marginal(model, guide, x, max_elements=max_elements)
+            source = "enumeration"
+        else:
+            return {}
+    n = len(x)
+    out: dict[str, Any] = {
+        "exact_log_px": float(exact.mean()),
+        "exact_log_px_se": float(exact.std() / math.sqrt(n)) if n > 1 else math.nan,
+        "exact_log_px_source": source,
+    }
+    gap = None
+    if hasattr(model, "approximation_gap") and result.family == "ffg":
         with torch.no_grad():
-            exact_log_px = model.log_marginal(x).double()
-            exact_gap = model.approximation_gap(x).double()
-        n = len(x)
-        out["exact_log_px"] = float(exact_log_px.mean())
-        out["exact_log_px_se"] = float(exact_log_px.std() / math.sqrt(n)) if n > 1 else math.nan
-        out["exact_approximation_gap"] = float(exact_gap.mean())
+            gap = float(model.approximation_gap(x).double().mean())
+    elif (hasattr(model, "approximation_gap") and result.family == "full") or result.family == "categorical":
+        gap = 0.0
+    if gap is not None:
+        out["exact_approximation_gap"] = gap
         out["exact_approximation_gap_se"] = 0.0
     return out
 
 
+def summarize_split(result: GapDecomposition, model, guide, x: torch.Tensor, max_elements: int = MAX_ELEMENTS) -> dict[str, Any]:
+    return {**result.summary(), **exact_answers(result, model, guide, x, max_elements)}
+
+
+def _other_families(splits: dict[str, dict[str, Any]]) -> list[str]:
+    first = next(iter(splits.values()))
+    return [k[len("elbo_local_"):] for k in first if k.startswith("elbo_local_") and not k.endswith("_se")]
+
+
 def markdown_table(splits: dict[str, dict[str, Any]]) -> str:
-    header = "| split | N | " + " | ".join(LABELS[q] for q in QUANTITIES) + " |"
-    rule = "|---|---:|" + "---:|" * len(QUANTITIES)
+    first = next(iter(splits.values()))
+    family = first.get("local_family", "ffg")
+    others = _other_families(splits)
+    labels = {**LABELS, "elbo_local": f"L[q*_{family}]"}
+    columns = [*QUANTITIES[:2], *(f"elbo_local_{o}" for o in others), *QUANTITIES[2:]]
+    labels.update({f"elbo_local_{o}": f"L[q*_{o}]" for o in others})
+    header = "| split | N | " + " | ".join(labels[q] for q in columns) + " |"
+    rule = "|---|---:|" + "---:|" * len(columns)
     rows = [header, rule]
     for split, s in splits.items():
-        cells = [f"{s[q]:.3f} ± {s[q + '_se']:.3f}" for q in QUANTITIES]
+        cells = [f"{s[q]:.3f} ± {s[q + '_se']:.3f}" for q in columns]
         rows.append(f"| {split} | {s['n_points']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def render_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
+    guide = cfg["model"].get("guide", "ffg")
     lines = [
-        f"# Inference gaps: {cfg['model']['name']} on {cfg['data']['dataset']} ({cfg['data']['likelihood']})",
+        f"# Inference gaps: {cfg['model']['name']} ({guide} guide) on {cfg['data']['dataset']} ({cfg['data']['likelihood']})",
         "",
         "Nats per datapoint; mean ± standard error of the mean over the evaluated datapoints.",
         "",
@@ -199,12 +282,14 @@ def render_markdown(result: dict[str, Any]) -> str:
         mc = ", ".join(f"{LABELS[q]} {s[q + '_mc_se']:.4f}" for q in QUANTITIES)
         lines.append(f"- {split}: {mc}")
         lines.append(
-            f"  local q*: {100 * s['local_converged_fraction']:.0f}% stopped by the rule, {s['local_steps_mean']:.0f} steps on average; "
-            f"q* was the log p(x) proposal for {100 * s['log_px_proposal_local_fraction']:.0f}% of points"
+            f"  local q* ({s.get('local_family', 'ffg')}): {100 * s['local_converged_fraction']:.0f}% stopped by the rule, {s['local_steps_mean']:.0f} steps on average; "
+            f"a q* was the log p(x) proposal for {100 * s['log_px_proposal_local_fraction']:.0f}% of points"
         )
         if "exact_log_px" in s:
+            gap = s.get("exact_approximation_gap")
             lines.append(
-                f"  exact (PPCA closed form): log p(x) {s['exact_log_px']:.3f}, approximation gap {s['exact_approximation_gap']:.4f}"
+                f"  exact ({s['exact_log_px_source']}): log p(x) {s['exact_log_px']:.3f}"
+                + (f", approximation gap {gap:.4f}" if gap is not None else "")
             )
     ev = cfg["evaluation"]
     lines += ["", f"log p(x): IWAE bound with K={ev['log_px_samples']}; ELBOs with {ev['elbo_samples']} samples; "
@@ -227,8 +312,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"the model expects {model_cfg['data_dim']}-dimensional data but {data.name} has {data.data_dim} dimensions")
     points = {split: data.eval_points(split, args.num_points) for split in ("train", "test")}
 
+    families = local_families(args, model_cfg)
     pyro.set_rng_seed(train_cfg.seed)
     model, guide = build_model(model_cfg)
+    if checkpoint is None and hasattr(model, "init_from_data"):  # the mixture: means at random datapoints
+        model.init_from_data(data.train, torch.Generator().manual_seed(train_cfg.seed))
     run_config = {"data": data_cfg, "model": model_cfg}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model_state"])
@@ -250,7 +338,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "num_points": args.num_points, "log_px_samples": args.log_px_samples, "elbo_samples": args.elbo_samples,
         "local_samples": args.local_samples, "local_lr": args.local_lr, "local_window": args.local_window,
         "local_patience": args.local_patience, "local_max_steps": args.local_max_steps, "local_init": args.local_init,
-        "max_elements": args.max_elements,
+        "max_elements": args.max_elements, "local_families": list(families),
+        "local_flow_layers": args.local_flow_layers, "local_flow_hidden": args.local_flow_hidden,
     }
     splits, seconds = {}, {}
     for i, (split, x) in enumerate(points.items()):
@@ -261,8 +350,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             local_samples=args.local_samples, adam=AdamConfig(lr=args.local_lr),
             rule=StoppingRule(args.local_window, args.local_patience, args.local_max_steps),
             init=args.local_init, max_elements=args.max_elements, progress=progress,
+            local_families=families, flow=FlowOptions(args.local_flow_layers, args.local_flow_hidden),
         )
-        splits[split] = summarize_split(result, model, x.to(device))
+        splits[split] = summarize_split(result, model, guide, x.to(device), args.max_elements)
         seconds[split] = time.perf_counter() - t0
 
     config = {

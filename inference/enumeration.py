@@ -25,7 +25,7 @@ import torch
 from pyro import poutine
 
 from .estimators import MAX_ELEMENTS, chunk_size_for
-from .program import SAMPLE_PLATE, Program, ProgramInfo, inspect_program, per_datapoint_log_prob, trace_pair
+from .program import SAMPLE_PLATE, Program, ProgramInfo, inspect_program, per_datapoint_log_prob
 
 #: Default bound on the number of joint configurations (12 binary units).
 MAX_CONFIGURATIONS = 4096
@@ -69,8 +69,8 @@ def configurations(
         raise ValueError(f"exact enumeration handles per-datapoint latents only; the model has global latents {info.global_latents}")
     if not info.local_latents:
         raise ValueError("the model has no per-datapoint latents to enumerate")
-    with torch.no_grad():
-        model_trace, _ = trace_pair(model, guide, x[:1])
+    with torch.no_grad():  # the model alone: only the sites' distributions and shapes matter here
+        model_trace = poutine.trace(model).get_trace(x[:1])
     grids, sizes = [], []
     for name in info.local_latents:
         site = model_trace.nodes[name]
@@ -156,16 +156,21 @@ def exact_elbo(
     model_grad: bool = False,
     max_configurations: int = MAX_CONFIGURATIONS,
     max_elements: int = MAX_ELEMENTS,
+    info: ProgramInfo | None = None,
+    grid: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """:math:`\\mathcal{L}_i[q] = \\sum_c q(z_c|x_i) [\\log p(x_i, z_c) - \\log q(z_c|x_i)]`; shape ``(len(x),)``.
 
     Differentiable with respect to the guide's parameters, and to the model's when
     ``model_grad=True`` (otherwise the model is scored without a graph, as for a
-    frozen model).
+    frozen model). ``info`` and ``grid`` (from :func:`configurations`) may be passed
+    to skip re-inspecting the programs, as a training loop does.
     """
-    info = inspect_program(model, guide, x)
-    grid = configurations(model, guide, x, info, max_configurations)
-    size = chunk_size_for(info, x, model, guide, max_elements)
+    if info is None:
+        info = inspect_program(model, guide, x)
+    if grid is None:
+        grid = configurations(model, guide, x, info, max_configurations)
+    size = max(1, max_elements // (8 * len(x) * max(1, _footprint(grid))))
     total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     for chunk in _chunked(grid, size):
         values = expand_grid(chunk, len(x), info)
@@ -174,6 +179,11 @@ def exact_elbo(
         log_q = score_configurations(guide, x, values, info, info.local_latents)
         total = total + (log_q.exp() * (log_p - log_q)).sum(0)
     return total
+
+
+def _footprint(grid: dict[str, torch.Tensor]) -> int:
+    """Elements per configuration and datapoint, generously counted (observations dominate elsewhere)."""
+    return 64 * sum(v[0].numel() for v in grid.values())
 
 
 def is_enumerable(model: Program, guide: Program, x: torch.Tensor, max_configurations: int = MAX_CONFIGURATIONS) -> bool:

@@ -8,9 +8,14 @@ member of its family found for that datapoint alone (:mod:`inference.local`):
     = \underbrace{\log p(x) - \mathcal{L}[q^*]}_{\text{approximation gap}}
     + \underbrace{\mathcal{L}[q^*] - \mathcal{L}[q]}_{\text{amortization gap}}.
 
+:math:`q^*` is sought in the family ``local_families[0]`` (FFG by default); further
+families (e.g. a flow, whose optimum approximates the best achievable bound)
+are fitted too and reported beside it as ``elbo_local_<family>``, as Cremer et
+al. report :math:`\mathcal{L}[q^*_{FFG}]` and :math:`\mathcal{L}[q^*_{Flow}]` side by side.
+
 :math:`\log p(x)` is estimated by the importance-weighted bound with ``K``
-samples whose proposal, per datapoint, is whichever of :math:`q` and
-:math:`q^*` has the higher ELBO (chosen on independent samples, so the
+samples whose proposal, per datapoint, is whichever of :math:`q` and the
+:math:`q^*`'s has the highest ELBO (chosen on independent samples, so the
 estimate stays a stochastic lower bound).
 """
 
@@ -22,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, elbo, log_likelihood
+from .families import FlowOptions, check_family
 from .local import AdamConfig, LocalPosterior, StoppingRule, local_posterior
 from .program import Program
 
@@ -34,8 +40,10 @@ class GapDecomposition(NamedTuple):
     log_px: Estimate
     elbo_local: Estimate
     elbo_amortized: Estimate
-    proposal_is_local: torch.Tensor  #: (N,) bool: q* was the proposal for log p(x)
+    proposal_is_local: torch.Tensor  #: (N,) bool: a q* (not q) was the proposal for log p(x)
     local: LocalPosterior
+    family: str = "ffg"  #: the family of ``local``, the q* of the approximation gap
+    others: dict[str, LocalPosterior] | None = None  #: q* of further families, by name
 
     def per_datapoint(self) -> dict[str, torch.Tensor]:
         """Every quantity of :data:`QUANTITIES` per datapoint; the gaps add up exactly."""
@@ -73,6 +81,13 @@ class GapDecomposition(NamedTuple):
         out["local_steps_mean"] = float(self.local.num_steps.double().mean())
         out["log_px_proposal_local_fraction"] = float(self.proposal_is_local.double().mean())
         out["log_px_samples"] = self.log_px.num_samples
+        out["local_family"] = self.family
+        for name, other in (self.others or {}).items():
+            v = other.elbo.value
+            out[f"elbo_local_{name}"] = float(v.mean())
+            out[f"elbo_local_{name}_se"] = float(v.std() / math.sqrt(n)) if n > 1 else math.nan
+            out[f"elbo_local_{name}_mc_se"] = float(other.elbo.stderr.pow(2).sum().sqrt() / n)
+            out[f"local_{name}_converged_fraction"] = float(other.converged.double().mean())
         return out
 
 
@@ -84,27 +99,41 @@ def gap_decomposition(
     log_px_samples: int = 5000,
     elbo_samples: int = 1000,
     local_samples: int = 50,
+    local_families: tuple[str, ...] = ("ffg",),
+    flow: FlowOptions = FlowOptions(),
     adam: AdamConfig = AdamConfig(),
     rule: StoppingRule = StoppingRule(),
     init: str = "encoder",
     max_elements: int = MAX_ELEMENTS,
     progress: bool = False,
 ) -> GapDecomposition:
-    """Estimate log p(x), L[q*] and L[q] for every row of ``x`` (see module docstring)."""
+    """Estimate log p(x), L[q*] (for each of ``local_families``) and L[q] for every row of ``x`` (see module docstring)."""
     log_px_samples = check_num_samples(log_px_samples, "log_px_samples")
+    families = tuple(dict.fromkeys(check_family(f) for f in local_families))
+    if not families:
+        raise ValueError("local_families must name at least one family")
     amortized = elbo(model, guide, x, elbo_samples, max_elements=max_elements)
-    local = local_posterior(
-        model, guide, x, num_samples=local_samples, eval_samples=elbo_samples, adam=adam, rule=rule,
-        init=init, max_elements=max_elements, progress=progress,
-    )
-    use_local = local.elbo.value >= amortized.value
+    fits = {
+        family: local_posterior(
+            model, guide, x, family=family, num_samples=local_samples, eval_samples=elbo_samples, adam=adam, rule=rule,
+            init=init, flow=flow, max_elements=max_elements, progress=progress,
+        )
+        for family in families
+    }
+    # per datapoint, the proposal with the highest ELBO: q (index 0) or one of the q*'s
+    candidates = [guide, *(f.guide for f in fits.values())]
+    elbos = torch.stack([amortized.value, *(f.elbo.value for f in fits.values())])
+    choice = len(elbos) - 1 - elbos.flip(0).argmax(0)  # ties go to the last, a q*
     value = torch.empty_like(amortized.value)
     stderr = torch.empty_like(amortized.value)
-    for mask, proposal in ((use_local, None), (~use_local, guide)):
+    for k in [*range(1, len(candidates)), 0]:
+        proposal, mask = candidates[k], choice == k
         if mask.any():
             index = mask.nonzero().squeeze(-1)
-            proposal = local.guide.subset(index) if proposal is None else proposal
+            proposal = proposal if k == 0 else proposal.subset(index)
             est = log_likelihood(model, proposal, x[index], log_px_samples, max_elements=max_elements)
             value[index], stderr[index] = est.value, est.stderr
     log_px = Estimate(value, stderr, log_px_samples)
-    return GapDecomposition(log_px, local.elbo, amortized, use_local, local)
+    primary = fits[families[0]]
+    others = {f: fits[f] for f in families[1:]}
+    return GapDecomposition(log_px, primary.elbo, amortized, choice > 0, primary, families[0], others)

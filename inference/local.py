@@ -114,15 +114,15 @@ def _discrete_logits(fn) -> torch.Tensor | None:
 
 
 def starting_point(
-    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, sites: dict[str, SiteInfo], init: str = "encoder", moment_samples: int = 64
+    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, sites: dict[str, SiteInfo], init: str = "encoder", moment_samples: int = 256
 ) -> dict[str, Start]:
     """Where each site's local fit starts.
 
-    ``init="encoder"``: the amortized guide's own parameters when its site is a
-    (diagonal) Normal or a Bernoulli/categorical (for a hierarchical guide,
-    conditioned on one draw of the layers above); for other guides (full covariance,
-    flows) the mean and standard deviation of ``moment_samples`` draws, in the
-    unconstrained space. ``init="prior"``: standard normal, or uniform for discrete sites.
+    ``init="encoder"``: for a single continuous site whose guide is a (diagonal)
+    Normal, the guide's own mean and scale; for discrete sites, the guide's logits;
+    otherwise (full covariance, flows, several sites whose conditionals depend on
+    each other) the mean and standard deviation of ``moment_samples`` guide draws,
+    in the unconstrained space. ``init="prior"``: standard normal, or uniform for discrete sites.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
@@ -146,7 +146,9 @@ def starting_point(
         if init == "prior":
             out[name] = Start(loc=torch.zeros(shape, device=x.device), log_scale=torch.zeros(shape, device=x.device))
             continue
-        params = _gaussian_params(fn)
+        # a lone site's Normal parameters are its q(z|x); with several sites, a conditional's
+        # parameters depend on one draw of the others, so the marginal moments start better
+        params = _gaussian_params(fn) if len(sites) == 1 else None
         if params is not None:
             loc, scale = params
             out[name] = Start(loc=loc.detach().expand(shape).clone(), log_scale=scale.detach().log().expand(shape).clone())

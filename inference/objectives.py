@@ -11,7 +11,15 @@ torch optimizer can drive.
   analytic KL terms where Pyro knows them;
 * ``captured-elbo`` — ``Trace_ELBO``'s estimator for reparameterized guides,
   replayed from a recorded graph (:mod:`inference.capture`): same values, less
-  Python per step, static programs only.
+  Python per step, static programs only;
+* ``tracegraph`` — :class:`pyro.infer.TraceGraph_ELBO`: score-function gradients that
+  use only downstream costs, with the baselines each guide site asks for through
+  ``infer={"baseline": ...}`` (NVIL, Mnih & Gregor 2014);
+* ``enum`` — for models whose discrete local latents are marked for enumeration (the
+  Gaussian mixture): :class:`pyro.infer.TraceEnum_ELBO` sums them out, so the model
+  maximizes the exact :math:`\log p(x)`; the amortized guide of those sites is fitted
+  at the same time to the exact (enumerated) ELBO with the model held fixed, i.e. it
+  minimizes :math:`KL(q(z|x) \| p(z|x))` and does not bias the model.
 
 :func:`make_loss` gives the training loss module for any of these names.
 """
@@ -30,7 +38,9 @@ OBJECTIVES = {
 
 
 CAPTURED = "captured-elbo"
-TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED)
+TRACEGRAPH = "tracegraph"
+ENUM = "enum"
+TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED, TRACEGRAPH, ENUM)
 
 
 def make_objective(name: str, num_particles: int = 1) -> pyro.infer.ELBO:
@@ -97,8 +107,105 @@ class AnnealedLoss(nn.Module):
         return self.module(x)
 
 
+_AVERAGE_PREFIX = "__baseline_avg_downstream_cost_"
+
+
+class TraceGraphLoss(nn.Module):
+    """``TraceGraph_ELBO``'s loss whose gradient is its surrogate (score-function terms and baseline fits).
+
+    The returned value is the ELBO loss itself; its gradient is that of Pyro's
+    surrogate loss, which adds the baselines' squared-error losses. Pyro keeps
+    decaying-average baselines in the param store, shaped like the batch; a last,
+    smaller batch gets averages of its own here instead of a shape error.
+    """
+
+    def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int = 1):
+        super().__init__()
+        if num_particles != 1:
+            raise ValueError(f"objective {TRACEGRAPH!r} runs one particle per datapoint (its baselines are per datapoint); got num_particles={num_particles}")
+        self.objective = pyro.infer.TraceGraph_ELBO()
+        self.model, self.guide = Annealed(model), Annealed(guide)
+        self._averages: dict[tuple[str, int], torch.Tensor] = {}
+        store = pyro.get_param_store()
+        for key in [k for k in store.keys() if k.startswith(_AVERAGE_PREFIX)]:
+            del store[key]  # averages left by an earlier run in this process
+
+    def set_latent_scale(self, beta: float) -> None:
+        self.model.latent_scale = self.guide.latent_scale = beta
+
+    def _swap_averages(self, n: int) -> None:
+        store = pyro.get_param_store()
+        for key in [k for k in store.keys() if k.startswith(_AVERAGE_PREFIX)]:
+            value = store[key]
+            if value.shape[-1:] != (n,):
+                self._averages[(key, value.shape[-1])] = value.detach()
+                del store[key]
+        for (key, size), value in self._averages.items():
+            if size == n and key not in store.keys():
+                store[key] = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._swap_averages(len(x))
+        elbo, surrogate = self.objective._loss_and_surrogate_loss(self.model, self.guide, (x,), {})
+        return surrogate + (-torch.as_tensor(elbo, dtype=surrogate.dtype) - surrogate).detach()
+
+
+class EnumLoss(nn.Module):
+    """``-log p(x)`` by ``TraceEnum_ELBO`` (enumerated sites hidden from the guide) plus the guide's exact negative ELBO.
+
+    The second term scores the model without a graph, so the model's gradient is
+    that of the exact marginal likelihood alone (see the module docstring).
+    """
+
+    def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int = 1):
+        super().__init__()
+        self.model, self.guide = model, guide
+        self.objective = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, num_particles=num_particles, vectorize_particles=num_particles > 1)
+        self._enumerated: tuple[str, ...] | None = None
+        self._layout = None  # (ProgramInfo, configuration grid), learned on the first batch
+
+    def set_latent_scale(self, beta: float) -> None:
+        if beta != 1.0:
+            raise ValueError(f"objective {ENUM!r} maximizes the exact log p(x); KL warm-up does not apply (set kl_warmup_epochs=0)")
+
+    def _sites(self, x: torch.Tensor) -> tuple[str, ...]:
+        if self._enumerated is None:
+            from pyro import poutine
+
+            trace = poutine.trace(self.model).get_trace(x)
+            self._enumerated = tuple(
+                name for name, site in trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and site["infer"].get("enumerate") == "parallel"
+            )
+            if not self._enumerated:
+                raise ValueError(f"objective {ENUM!r} needs model sites marked infer={{'enumerate': 'parallel'}}; this model has none")
+        return self._enumerated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from pyro import poutine
+
+        from .enumeration import exact_elbo
+
+        from .enumeration import configurations
+        from .program import inspect_program
+
+        sites = self._sites(x)
+        marginal = self.objective.differentiable_loss(self.model, poutine.block(self.guide, hide=list(sites)), x)
+        if self._layout is None:
+            info = inspect_program(self.model, self.guide, x)
+            self._layout = (info, configurations(self.model, self.guide, x, info))
+        info, grid = self._layout
+        guide_elbo = exact_elbo(self.model, self.guide, x, model_grad=False, info=info, grid=grid).sum()
+        # the value is -log p(x); the guide's term only adds its gradient
+        return marginal - (guide_elbo - guide_elbo.detach()).to(marginal.dtype)
+
+
 def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1) -> nn.Module:
     """The training loss ``-ELBO`` (summed over the batch) for objective ``name``, with ``set_latent_scale(beta)``."""
+    if name == TRACEGRAPH:
+        return TraceGraphLoss(model, guide, num_particles)
+    if name == ENUM:
+        return EnumLoss(model, guide, num_particles)
     if name == CAPTURED:
         from .capture import CapturedELBO
 

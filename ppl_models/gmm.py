@@ -52,15 +52,23 @@ class GaussianMixture(nn.Module):
             self.raw_offdiag = nn.Parameter(torch.zeros(k, d, d))
 
     @torch.no_grad()
-    def init_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Means at ``K`` distinct random datapoints, scales at the data's standard deviation."""
+    def init_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None, iterations: int = 20) -> None:
+        """Start where EM implementations usually start: k-means (k-means++ seeding, Lloyd iterations).
+
+        Means at the cluster centres, diagonal scales at each cluster's standard deviation,
+        mixing weights at the cluster sizes.
+        """
         if len(x) < self.num_components:
             raise ValueError(f"need at least num_components={self.num_components} datapoints to initialize, got {len(x)}")
-        index = torch.randperm(len(x), generator=generator)[: self.num_components]
-        self.means.copy_(x[index])
-        std = x.std(0).clamp(min=2 * self.min_scale)
-        self.raw_scales.copy_(_softplus_inv(std - self.min_scale).expand_as(self.raw_scales))
-        self.mixing_logits.zero_()
+        centres, assign = kmeans(x, self.num_components, generator, iterations)
+        counts = torch.bincount(assign, minlength=self.num_components).to(x.dtype)
+        overall = x.std(0)
+        scales = torch.stack([
+            x[assign == k].std(0) if counts[k] > 1 else overall for k in range(self.num_components)
+        ]).nan_to_num(1.0).clamp(min=2 * self.min_scale)
+        self.means.copy_(centres)
+        self.raw_scales.copy_(_softplus_inv(scales - self.min_scale))
+        self.mixing_logits.copy_(counts.clamp(min=1).log())
         if self.covariance == "full":
             self.raw_offdiag.zero_()
 
@@ -120,3 +128,22 @@ class CategoricalEncoder(nn.Module):
 
 def _softplus_inv(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
+
+
+def kmeans(x: torch.Tensor, k: int, generator: torch.Generator | None = None, iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) and Lloyd iterations; returns (centres, assignments)."""
+    first = torch.randint(len(x), (1,), generator=generator).item()
+    centres = [x[first]]
+    d2 = (x - x[first]).pow(2).sum(-1)
+    for _ in range(1, k):
+        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)
+        i = torch.multinomial(weights.cpu(), 1, generator=generator).item()
+        centres.append(x[i])
+        d2 = torch.minimum(d2, (x - x[i]).pow(2).sum(-1))
+    c = torch.stack(centres)
+    for _ in range(iterations):
+        assign = torch.cdist(x, c).argmin(-1)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(-1).to(x.dtype)
+        c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+    return c, torch.cdist(x, c).argmin(-1)

@@ -5,14 +5,19 @@ import pyro.distributions as dist
 import torch
 
 
-def make_ppca(data_dim: int = 6, latent_dim: int = 2, seed: int = 0, noise: float = 0.5):
-    """A PPCA model with fixed random parameters and a linear FFG encoder."""
+def make_ppca(data_dim: int = 6, latent_dim: int = 2, seed: int = 0, noise: float = 0.5, collinear: float = 0.0):
+    """A PPCA model with fixed random parameters and a linear FFG encoder.
+
+    ``collinear`` in [0, 1) mixes every column of W towards the first, which
+    correlates the posterior (and widens the FFG approximation gap).
+    """
     from ppl_models import build_model, model_config
 
     torch.manual_seed(seed)
     model, guide = build_model(model_config("ppca", data_dim, "gaussian", latent_dim=latent_dim))
     with torch.no_grad():
-        model.weight.copy_(torch.randn(data_dim, latent_dim))
+        weight = torch.randn(data_dim, latent_dim)
+        model.weight.copy_(weight * (1 - collinear) + weight[:, :1] * collinear)
         model.bias.copy_(torch.randn(data_dim) * 0.3)
         model.log_noise.fill_(torch.log(torch.tensor(noise)))
     return model, guide

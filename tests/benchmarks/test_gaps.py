@@ -116,3 +116,66 @@ def test_unknown_names_are_refused_by_the_parser(capsys):
             cli([option, value])
         assert exit_info.value.code == 2
         assert f"invalid choice: '{value}'" in capsys.readouterr().err
+
+
+ZOO_TINY = [
+    "--epochs", "2", "--num-points", "5", "--log-px-samples", "64", "--elbo-samples", "64", "--local-samples", "8",
+    "--local-window", "10", "--local-patience", "2", "--local-max-steps", "40", "--no-progress",
+]
+ZOO = {
+    "gmm": ["--model", "gmm", "--components", "3", "--encoder-hidden", "8"],
+    "sbn": ["--model", "sbn", "--layers", "6,4", "--baseline", "nvil"],
+    "hvae": ["--model", "hvae", "--latent-dims", "4,2", "--hidden", "8", "--upper-hidden", "6", "--guide", "coupling", "--flow-hidden", "6"],
+    "ladder": ["--model", "ladder", "--latent-dims", "4,2", "--hidden", "8", "--upper-hidden", "6"],
+    "vae-iaf": ["--model", "vae", "--latent-dim", "3", "--hidden", "8", "--encoder-hidden", "8", "--guide", "iaf",
+                "--flow-hidden", "6", "--local", "ffg,iaf,full", "--local-flow-hidden", "4"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_model_reaches_the_gap_table(tmp_path, name):
+    out = str(tmp_path / name)
+    assert cli([*ZOO_TINY, *ZOO[name], "--out", out]) == 0
+    result = read(out)
+    for split in result["splits"].values():
+        assert split["inference_gap"] == pytest.approx(split["approximation_gap"] + split["amortization_gap"], abs=1e-9)
+        for q in QUANTITIES:
+            assert isinstance(split[q], float)
+    table = read(out, "gaps.md")
+    if name == "gmm":  # categorical q* is the exact posterior: log p(x) is exact and the approximation gap is zero
+        for split in result["splits"].values():
+            assert split["log_px"] == pytest.approx(split["exact_log_px"], abs=1e-4)
+            assert split["approximation_gap"] == pytest.approx(0.0, abs=1e-4)
+            assert split["exact_log_px_source"] == "closed form" and split["local_family"] == "categorical"
+    if name == "sbn":  # 10 binary units: exact log p(x) by enumeration, which the IWAE bound stays under
+        for split in result["splits"].values():
+            assert split["exact_log_px_source"] == "enumeration"
+            assert split["log_px"] <= split["exact_log_px"] + 3 * split["log_px_mc_se"] + 1e-6
+    if name == "vae-iaf":  # L[q*_FFG] and L[q*_flow] side by side
+        assert "L[q*_ffg]" in table and "L[q*_iaf]" in table and "L[q*_full]" in table
+        assert result["config"]["evaluation"]["local_families"] == ["ffg", "iaf", "full"]
+        assert all("elbo_local_iaf" in s and "elbo_local_full" in s for s in result["splits"].values())
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--model", "sbn", "--guide", "iaf"], "guide 'iaf' does not fit model 'sbn' (discrete latents)"),
+        (["--model", "ladder", "--guide", "full"], "guide 'full' does not fit model 'ladder'"),
+        (["--model", "gmm", "--components", "0"], "components must be a positive integer, got 0"),
+        (["--model", "gmm", "--latent-dim", "3"], "model 'gmm' has no option 'latent_dim'"),
+        (["--model", "sbn", "--likelihood", "gaussian"], "model 'sbn' supports likelihood bernoulli"),
+        (["--model", "vae", "--local", "bernoulli"], "local family 'bernoulli' does not fit site 'z', a continuous latent"),
+        (["--model", "sbn", "--local", "ffg"], "local family 'ffg' is for continuous latents; site 'h1' is bernoulli"),
+        (["--local", "maf"], "unknown local family 'maf' in --local"),
+    ],
+)
+def test_nonsense_combinations_get_clear_errors(tmp_path, capsys, extra, message):
+    assert cli([*ZOO_TINY, "--epochs", "1", *extra, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_layer_sizes_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        cli(["--model", "sbn", "--layers", "200,0"])
+    assert "layer sizes must be positive" in capsys.readouterr().err
