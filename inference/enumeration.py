@@ -138,14 +138,20 @@ def exact_log_marginal(
     """
     info = inspect_program(model, guide, x)
     grid = configurations(model, guide, x, info, max_configurations)
+    return log_joint_on_grid(model, guide, x, info, grid, max_elements).logsumexp(0)
+
+
+def log_joint_on_grid(
+    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, grid: dict[str, torch.Tensor], max_elements: int = MAX_ELEMENTS
+) -> torch.Tensor:
+    """:math:`\\log p(x_i, z_c)` for every configuration ``c`` of ``grid`` and datapoint ``i``: ``(C, len(x))``, no graph."""
     size = chunk_size_for(info, x, model, guide, max_elements)
-    result = None
+    parts = []
     with torch.no_grad():
         for chunk in _chunked(grid, size):
             values = expand_grid(chunk, len(x), info)
-            part = torch.logsumexp(score_configurations(model, x, values, info, info.local_latents + info.observed), 0)
-            result = part if result is None else torch.logaddexp(result, part)
-    return result
+            parts.append(score_configurations(model, x, values, info, info.local_latents + info.observed))
+    return torch.cat(parts)
 
 
 def exact_elbo(

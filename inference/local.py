@@ -40,7 +40,7 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import biject_to
 
-from .enumeration import MAX_CONFIGURATIONS, configurations, expand_grid, score_configurations
+from .enumeration import MAX_CONFIGURATIONS, configurations, expand_grid, log_joint_on_grid, score_configurations
 from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, chunk_size_for, elbo
 from .families import (
     FlowOptions, LocalGuide, SiteInfo, Start, check_family, check_family_fits, check_flow_options, init_params,
@@ -234,7 +234,7 @@ class _Objective:
         if enumerable and gradient != "score":
             self.mode = "exact"
             self.grid = grid
-            self.log_joint = _log_joint_grid(model, guide, x, info, grid, max_elements)  # (C, N): the model is frozen
+            self.log_joint = log_joint_on_grid(model, guide, x, info, grid, max_elements)  # (C, N): the model is frozen
         else:
             if num_samples < 2:
                 raise ValueError(f"the score-function estimator with a leave-one-out baseline needs num_samples >= 2, got {num_samples}")
@@ -254,17 +254,6 @@ class _Objective:
         signal = (log_p - log_q).detach()
         baseline = (signal.sum(0, keepdim=True) - signal) / (len(signal) - 1)
         return signal.mean(0), ((signal - baseline) * log_q).mean(0)
-
-
-def _log_joint_grid(model, guide, x, info, grid, max_elements) -> torch.Tensor:
-    size = chunk_size_for(info, x, model, guide, max_elements)
-    total = len(next(iter(grid.values())))
-    parts = []
-    with torch.no_grad():
-        for start in range(0, total, size):
-            chunk = {k: v[start : start + size] for k, v in grid.items()}
-            parts.append(score_configurations(model, x, expand_grid(chunk, len(x), info), info, info.local_latents + info.observed))
-    return torch.cat(parts)
 
 
 def optimize_local(

@@ -5,7 +5,7 @@ import torch
 
 from benchmarks.mixture import compare, digits_pca, synthetic
 from inference.enumeration import exact_elbo, exact_log_marginal
-from inference.estimators import elbo
+from inference.estimators import elbo, log_likelihood
 from inference.gaps import gap_decomposition
 from inference.objectives import make_loss
 from inference.training import TrainConfig, fit
@@ -35,6 +35,9 @@ def test_sampled_elbo_of_the_categorical_guide_agrees_with_enumeration():
     exact = exact_elbo(model, guide, x)
     est = elbo(model, guide, x, 4000)
     assert ((est.value - exact).abs() < 3 * est.stderr).all()
+    iwae = log_likelihood(model, guide, x, 4000)
+    log_px = model.log_marginal(x).double().detach()
+    assert ((iwae.value - log_px).abs() < 3 * iwae.stderr + 1e-3).all()
 
 
 def test_enum_objective_is_the_exact_marginal_and_its_gradient():
