@@ -43,7 +43,7 @@ from ppl_models import GUIDES, LIKELIHOODS, MODEL_LIKELIHOODS, MODELS, build_mod
 #: Options that describe the trained model; with --checkpoint they come from the checkpoint.
 ARCHITECTURE = (
     "guide", "latent_dim", "latent_dims", "hidden", "upper_hidden", "encoder_hidden", "activation", "components",
-    "covariance", "layers", "baseline", "flow_layers", "flow_hidden",
+    "covariance", "prior_scale", "concentration", "layers", "baseline", "flow_layers", "flow_hidden",
 )
 MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", *ARCHITECTURE)
 #: Training defaults that differ by model (the rest come from TrainConfig).
@@ -91,6 +91,8 @@ def make_parser() -> argparse.ArgumentParser:
     model.add_argument("--activation", default=None, help="elu (default), relu, tanh, softplus")
     model.add_argument("--components", type=int, default=None, help="gmm: number of components K (default: 10)")
     model.add_argument("--covariance", default=None, help="gmm: diag (default) or full")
+    model.add_argument("--prior-scale", type=float, default=None, help="gmm: MAP with means ~ N(0, s^2) (default: no prior, maximum likelihood)")
+    model.add_argument("--concentration", type=float, default=None, help="gmm: MAP with weights ~ Dirichlet(alpha) (default: no prior)")
     model.add_argument("--layers", type=_sizes, default=None, help="sbn: latent layer sizes bottom-up, e.g. 200,200 (default: 200)")
     model.add_argument("--baseline", default=None, help="sbn: nvil (default), neural, decaying or none")
     model.add_argument("--flow-layers", type=int, default=None, help="iaf, coupling guides: number of flows (default: 2)")

@@ -17,7 +17,8 @@ torch optimizer can drive.
   ``infer={"baseline": ...}`` (NVIL, Mnih & Gregor 2014);
 * ``enum`` — for models whose discrete local latents are marked for enumeration (the
   Gaussian mixture): :class:`pyro.infer.TraceEnum_ELBO` sums them out, so the model
-  maximizes the exact :math:`\log p(x)`; the amortized guide of those sites is fitted
+  maximizes the exact :math:`\log p(x)` (plus, for point estimates with priors, the
+  model's ``log_prior()`` scaled by batch size over data size: MAP); the amortized guide of those sites is fitted
   at the same time to the exact (enumerated) ELBO with the model held fixed, i.e. it
   minimizes :math:`KL(q(z|x) \| p(z|x))` and does not bias the model.
 
@@ -163,6 +164,7 @@ class EnumLoss(nn.Module):
         self.objective = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, num_particles=num_particles, vectorize_particles=num_particles > 1)
         self._enumerated: tuple[str, ...] | None = None
         self._layout = None  # (ProgramInfo, configuration grid), learned on the first batch
+        self.dataset_size: int | None = None  #: set by the trainer; scales the model's log_prior per batch
 
     def set_latent_scale(self, beta: float) -> None:
         if beta != 1.0:
@@ -196,8 +198,11 @@ class EnumLoss(nn.Module):
             self._layout = (info, configurations(self.model, self.guide, x, info))
         info, grid = self._layout
         guide_elbo = exact_elbo(self.model, self.guide, x, model_grad=False, info=info, grid=grid).sum()
-        # the value is -log p(x); the guide's term only adds its gradient
-        return marginal - (guide_elbo - guide_elbo.detach()).to(marginal.dtype)
+        loss = marginal
+        if hasattr(self.model, "log_prior"):  # MAP point estimates: the prior's share for this batch
+            loss = loss - self.model.log_prior() * (len(x) / (self.dataset_size or len(x)))
+        # the value is -log p(x) (- the prior's share); the guide's term only adds its gradient
+        return loss - (guide_elbo - guide_elbo.detach()).to(loss.dtype)
 
 
 def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1) -> nn.Module:

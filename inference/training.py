@@ -127,6 +127,8 @@ class SVIModule(pl.LightningModule):
         self.transform = transform
         self.model, self.guide = model, guide
         self.elbo = make_loss(config.objective, model, guide, config.num_particles)
+        if hasattr(self.elbo, "dataset_size"):  # objectives with a global term share it out per batch
+            self.elbo.dataset_size = len(train_x)
         self.register_buffer("train_x", train_x, persistent=False)
         self.num_batches = math.ceil(len(train_x) / config.batch_size)
         self._perm: torch.Tensor | None = None

@@ -55,7 +55,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "vae": {"latent_dim": 50, "hidden": [200, 200], "encoder_hidden": [200, 200], "activation": "elu", "min_scale": 1e-2, **_FLOW},
     # A linear encoder contains PPCA's optimal fully factorized Gaussian.
     "ppca": {"latent_dim": 5, "encoder_hidden": [], "activation": "elu", **_FLOW},
-    "gmm": {"components": 10, "covariance": "diag", "min_scale": 1e-2, "encoder_hidden": [100], "activation": "elu"},
+    "gmm": {
+        "components": 10, "covariance": "diag", "min_scale": 1e-2, "encoder_hidden": [100], "activation": "elu",
+        "prior_scale": None, "concentration": None,  # None: maximum likelihood; numbers: MAP with those priors
+    },
     # Mnih & Gregor (2014): SBN-200 (also 200-200, 200-200-200), NVIL baselines.
     "sbn": {"layers": [200], "baseline": "nvil", "baseline_hidden": [100]},
     "hvae": {**_HIERARCHICAL, **_FLOW},
@@ -137,7 +140,7 @@ def build_model(config: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
         else:
             guide = LadderEncoder(model, config["hidden"], config["upper_hidden"], config["activation"])
     elif name == "gmm":
-        model = GaussianMixture(d, config["components"], config["covariance"], config["min_scale"])
+        model = GaussianMixture(d, config["components"], config["covariance"], config["min_scale"], config["prior_scale"], config["concentration"])
         guide = CategoricalEncoder(d, config["components"], config["encoder_hidden"], config["activation"])
     else:
         model = SigmoidBeliefNet(d, config["layers"])

@@ -5,7 +5,11 @@ r"""Finite Gaussian mixture with a discrete assignment per datapoint.
     \qquad \log p(x_i) = \operatorname{logsumexp}_k \big[\log \pi_k + \log N(x_i; \mu_k, \Sigma_k)\big].
 
 The mixing weights, means and covariances (diagonal, or full through a Cholesky
-factor) are global parameters fitted as point estimates (maximum likelihood).
+factor) are global parameters fitted as point estimates: maximum likelihood, or
+maximum a posteriori with the optional priors :math:`\mu_k \sim N(0, s^2 I)`
+(``prior_scale`` = s) and :math:`\pi \sim \mathrm{Dirichlet}(\alpha)`
+(``concentration`` = α), whose log density :meth:`GaussianMixture.log_prior`
+the ``enum`` objective adds to the marginal likelihood.
 ``z`` is marked for parallel enumeration, so ``TraceEnum_ELBO`` with a guide
 that leaves ``z`` out maximizes the exact marginal likelihood. Standard
 deviations (and Cholesky diagonals) have a floor ``min_scale`` so the
@@ -34,7 +38,15 @@ COVARIANCES = ("diag", "full")
 class GaussianMixture(nn.Module):
     """``K`` Gaussian components in ``data_dim`` dimensions; ``covariance`` is ``"diag"`` or ``"full"``."""
 
-    def __init__(self, data_dim: int, num_components: int, covariance: str = "diag", min_scale: float = 1e-3):
+    def __init__(
+        self,
+        data_dim: int,
+        num_components: int,
+        covariance: str = "diag",
+        min_scale: float = 1e-3,
+        prior_scale: float | None = None,
+        concentration: float | None = None,
+    ):
         super().__init__()
         if isinstance(num_components, bool) or int(num_components) != num_components or num_components < 1:
             raise ValueError(f"a mixture needs num_components >= 1, got {num_components!r}")
@@ -42,6 +54,10 @@ class GaussianMixture(nn.Module):
             raise ValueError(f"unknown covariance {covariance!r}; choose from {', '.join(COVARIANCES)}")
         if not min_scale > 0:
             raise ValueError(f"min_scale must be positive, got {min_scale}")
+        for name, value in (("prior_scale", prior_scale), ("concentration", concentration)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (or None for no prior), got {value}")
+        self.prior_scale, self.concentration = prior_scale, concentration
         self.data_dim, self.num_components, self.covariance = data_dim, int(num_components), covariance
         self.min_scale = float(min_scale)
         k, d = self.num_components, data_dim
@@ -92,6 +108,16 @@ class GaussianMixture(nn.Module):
         k = torch.arange(self.num_components, device=x.device)
         log_lik = self.component_dist(k).log_prob(x.unsqueeze(-2))
         return log_lik + self.mixing_logits.log_softmax(-1)
+
+    def log_prior(self) -> torch.Tensor:
+        """``log p(mu) + log p(pi)`` of the current point estimates (0 without priors)."""
+        total = self.means.new_zeros(())
+        if self.prior_scale is not None:
+            total = total + torch.distributions.Normal(0.0, self.prior_scale).log_prob(self.means).sum()
+        if self.concentration is not None:
+            alpha = self.means.new_full((self.num_components,), self.concentration)
+            total = total + torch.distributions.Dirichlet(alpha).log_prob(self.mixing_logits.softmax(-1))
+        return total
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(x_i)``, shape ``(N,)``."""

@@ -99,3 +99,18 @@ def test_bad_mixtures_are_refused():
     model, guide = small_gmm()
     with pytest.raises(ValueError, match="KL warm-up does not apply"):
         make_loss("enum", model, guide).set_latent_scale(0.5)
+
+
+def test_priors_turn_the_fit_into_map():
+    """With priors the enum objective maximizes log p(x) + log p(theta): its gradient vanishes there, not at the MLE."""
+    x = synthetic(60, 2)
+    model, guide = build_model(model_config("gmm", 2, "gaussian", components=3, prior_scale=0.5, concentration=2.0, encoder_hidden=[8]))
+    model.init_from_data(x, torch.Generator().manual_seed(0))
+    fit(model, guide, x, TrainConfig(objective="enum", epochs=400, batch_size=60, lr=0.05))
+    map_objective = model.log_marginal(x).sum() + model.log_prior()
+    grads = torch.autograd.grad(map_objective, [model.means, model.mixing_logits])
+    assert all(g.abs().max() < 0.05 for g in grads), grads
+    ml_grad = torch.autograd.grad(model.log_marginal(x).sum(), model.means)[0]
+    assert ml_grad.abs().max() > 1.0  # the prior pulled the means away from the maximum-likelihood point
+    with pytest.raises(ValueError, match="prior_scale must be positive"):
+        build_model(model_config("gmm", 2, "gaussian", prior_scale=0.0))
