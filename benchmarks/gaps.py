@@ -51,9 +51,11 @@ TRAIN_DEFAULTS = {
     "gmm": {"objective": "enum", "kl_warmup_epochs": 0.0, "lr": 1e-2},
     "sbn": {"objective": "tracegraph", "kl_warmup_epochs": 0.0, "lr": 3e-4},
 }
+#: Objectives without a KL term to warm up.
+NO_WARMUP = ("enum", "iwae", "iwae-stl", "iwae-dreg")
 #: The local family of each discrete model (Gaussian families fit the others).
 DISCRETE_LOCAL = {"gmm": "categorical", "sbn": "bernoulli"}
-TRAIN_OPTIONS = ("objective", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs", "resume")
+TRAIN_OPTIONS = ("objective", "num_particles", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs", "resume")
 LABELS = {
     "log_px": "log p(x)", "elbo_local": "L[q*]", "elbo_amortized": "L[q]",
     "approximation_gap": "approximation gap", "amortization_gap": "amortization gap", "inference_gap": "inference gap",
@@ -98,7 +100,8 @@ def make_parser() -> argparse.ArgumentParser:
     model.add_argument("--flow-layers", type=int, default=None, help="iaf, coupling guides: number of flows (default: 2)")
     model.add_argument("--flow-hidden", type=_sizes, default=None, help="iaf, coupling guides: flow hidden sizes (default: 100)")
     train = p.add_argument_group("training")
-    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO), captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs), tracegraph (TraceGraph_ELBO with the guide's baselines; default for sbn) or enum (exact marginal by TraceEnum_ELBO; default for gmm)")
+    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO), captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs), tracegraph (TraceGraph_ELBO with the guide's baselines; default for sbn), enum (exact marginal by TraceEnum_ELBO; default for gmm), iwae, iwae-stl, iwae-dreg (importance-weighted bound per datapoint with --num-particles K samples)")
+    train.add_argument("--num-particles", type=int, default=None, help="samples per datapoint per step: K for the iwae objectives (default: 1)")
     train.add_argument("--epochs", type=int, default=None, help="default: 100")
     train.add_argument("--batch-size", type=int, default=None, help="default: 100")
     train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
@@ -200,10 +203,12 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     if checkpoint:
         train = TrainConfig(**saved["train"])
     else:
-        defaults = TrainConfig(**{"kl_warmup_epochs": 10.0, "seed": args.seed, **TRAIN_DEFAULTS.get(name, {})})
+        objective = args.objective or TRAIN_DEFAULTS.get(name, {}).get("objective", "elbo")
+        warmup = 0.0 if objective in NO_WARMUP else 10.0  # warm-up scales an ELBO's KL; these bounds have none
+        defaults = TrainConfig(**{"kl_warmup_epochs": warmup, "seed": args.seed, **TRAIN_DEFAULTS.get(name, {})})
         train = TrainConfig(**{
             **defaults.to_dict(),
-            **{k: getattr(args, k) for k in ("objective", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs") if getattr(args, k) is not None},
+            **{k: getattr(args, k) for k in ("objective", "num_particles", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs") if getattr(args, k) is not None},
         })
     return data_cfg, model_cfg, train, checkpoint
 

@@ -20,7 +20,10 @@ torch optimizer can drive.
   maximizes the exact :math:`\log p(x)` (plus, for point estimates with priors, the
   model's ``log_prior()`` scaled by batch size over data size: MAP); the amortized guide of those sites is fitted
   at the same time to the exact (enumerated) ELBO with the model held fixed, i.e. it
-  minimizes :math:`KL(q(z|x) \| p(z|x))` and does not bias the model.
+  minimizes :math:`KL(q(z|x) \| p(z|x))` and does not bias the model;
+* ``iwae``, ``iwae-stl``, ``iwae-dreg`` — the importance-weighted bound with
+  ``num_particles`` = K samples, per datapoint, and its plain, STL and DReG
+  gradient estimators (:mod:`inference.iwae`).
 
 :func:`make_loss` gives the training loss module for any of these names.
 """
@@ -41,7 +44,8 @@ OBJECTIVES = {
 CAPTURED = "captured-elbo"
 TRACEGRAPH = "tracegraph"
 ENUM = "enum"
-TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED, TRACEGRAPH, ENUM)
+IMPORTANCE_WEIGHTED = ("iwae", "iwae-stl", "iwae-dreg")
+TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED, TRACEGRAPH, ENUM, *IMPORTANCE_WEIGHTED)
 
 
 def make_objective(name: str, num_particles: int = 1) -> pyro.infer.ELBO:
@@ -209,6 +213,10 @@ def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int 
     """The training loss ``-ELBO`` (summed over the batch) for objective ``name``, with ``set_latent_scale(beta)``."""
     if name == TRACEGRAPH:
         return TraceGraphLoss(model, guide, num_particles)
+    if name in IMPORTANCE_WEIGHTED:
+        from .iwae import IWAELoss
+
+        return IWAELoss(model, guide, num_particles, name)
     if name == ENUM:
         return EnumLoss(model, guide, num_particles)
     if name == CAPTURED:

@@ -127,6 +127,7 @@ ZOO = {
     "sbn": ["--model", "sbn", "--layers", "6,4", "--baseline", "nvil"],
     "hvae": ["--model", "hvae", "--latent-dims", "4,2", "--hidden", "8", "--upper-hidden", "6", "--guide", "coupling", "--flow-hidden", "6"],
     "ladder": ["--model", "ladder", "--latent-dims", "4,2", "--hidden", "8", "--upper-hidden", "6"],
+    "vae-iwae": ["--model", "vae", "--latent-dim", "3", "--hidden", "8", "--encoder-hidden", "8", "--objective", "iwae-dreg", "--num-particles", "5"],
     "vae-iaf": ["--model", "vae", "--latent-dim", "3", "--hidden", "8", "--encoder-hidden", "8", "--guide", "iaf",
                 "--flow-hidden", "6", "--local", "ffg,iaf,full", "--local-flow-hidden", "4"],
 }
