@@ -20,7 +20,11 @@ Gradient estimators, with normalized weights :math:`\tilde w_k = w_k / \sum_j w_
   whose expectation is zero; zero variance at the exact posterior;
 * ``iwae-dreg`` — doubly reparameterized (Tucker, Lawson, Gu & Maddison 2019): guide
   gradient :math:`\sum_k \tilde w_k^2 \, \partial \log w_k / \partial z_k \, \partial z_k/\partial\phi`,
-  model gradient :math:`\sum_k \tilde w_k \nabla_\theta \log w_k`.
+  model gradient :math:`\sum_k \tilde w_k \nabla_\theta \log w_k`;
+* ``vimco`` — for non-reparameterized (discrete) guides (Mnih & Rezende 2016): the
+  score term of sample k is weighted by :math:`\hat{\mathcal{L}}_K - \hat{\mathcal{L}}_{-k}`, where
+  :math:`\hat{\mathcal{L}}_{-k}` replaces :math:`\log w_k` by the mean of the other samples'
+  log weights: a per-sample leave-one-out baseline.
 
 STL and DReG need reparameterized guides whose parameters are ``nn.Module``
 parameters (they re-score :math:`z` with the parameters detached, through
@@ -36,7 +40,7 @@ from torch import nn
 
 from .program import SAMPLE_PLATE, ConventionError, ProgramInfo, inspect_program, per_datapoint_log_prob, trace_pair
 
-ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg")
+ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
 
 
 def detached(module: nn.Module):
@@ -97,6 +101,8 @@ class IWAELoss(nn.Module):
         bound = torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k), dtype=log_w.dtype))
         value = -(bound.sum() + global_term)
         reparam = all(guide_trace.nodes[n]["fn"].has_rsample for n in info.local_latents)
+        if self.estimator == "vimco":
+            return self._vimco(log_w, bound, value, global_term, guide_trace, info)
         if self.estimator == "iwae":
             surrogate = -bound.sum() - global_term
             if not reparam:  # the score-function term of the non-reparameterized sites
@@ -131,4 +137,22 @@ class IWAELoss(nn.Module):
         guide_part = (w_tilde.pow(2) * (log_p_z - log_q_stop)).sum()
         model_part = (w_tilde * log_p_theta).sum()
         surrogate = -(guide_part + model_part) - global_term
+        return surrogate + (value - surrogate).detach()
+
+    def _vimco(self, log_w, bound, value, global_term, guide_trace, info):
+        k = log_w.shape[0]
+        if k < 2:
+            raise ValueError(f"objective 'vimco' needs K = num_particles >= 2 for its leave-one-out baselines, got {k}")
+        lw = log_w.detach()
+        others_mean = (lw.sum(0, keepdim=True) - lw) / (k - 1)  # (K, N): mean log weight of the other samples
+        # row k of `swapped` is lw with its k-th entry replaced by others_mean[k]
+        eye = torch.eye(k, dtype=torch.bool, device=lw.device).unsqueeze(-1)
+        swapped = torch.where(eye, others_mean.unsqueeze(1), lw.unsqueeze(0))  # (K, K, N)
+        loo = torch.logsumexp(swapped, 1) - torch.log(torch.tensor(float(k), dtype=lw.dtype))
+        signal = bound.detach().unsqueeze(0) - loo  # (K, N)
+        score = 0.0
+        for n in info.local_latents:
+            if not guide_trace.nodes[n]["fn"].has_rsample:
+                score = score + per_datapoint_log_prob(n, guide_trace.nodes[n], info)
+        surrogate = -(bound.sum() + (signal * score).sum()) - global_term
         return surrogate + (value - surrogate).detach()

@@ -21,9 +21,9 @@ torch optimizer can drive.
   model's ``log_prior()`` scaled by batch size over data size: MAP); the amortized guide of those sites is fitted
   at the same time to the exact (enumerated) ELBO with the model held fixed, i.e. it
   minimizes :math:`KL(q(z|x) \| p(z|x))` and does not bias the model;
-* ``iwae``, ``iwae-stl``, ``iwae-dreg`` — the importance-weighted bound with
-  ``num_particles`` = K samples, per datapoint, and its plain, STL and DReG
-  gradient estimators (:mod:`inference.iwae`).
+* ``iwae``, ``iwae-stl``, ``iwae-dreg``, ``vimco`` — the importance-weighted bound with
+  ``num_particles`` = K samples, per datapoint, and its plain, STL, DReG and
+  VIMCO gradient estimators (:mod:`inference.iwae`).
 
 :func:`make_loss` gives the training loss module for any of these names.
 """
@@ -44,7 +44,7 @@ OBJECTIVES = {
 CAPTURED = "captured-elbo"
 TRACEGRAPH = "tracegraph"
 ENUM = "enum"
-IMPORTANCE_WEIGHTED = ("iwae", "iwae-stl", "iwae-dreg")
+IMPORTANCE_WEIGHTED = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
 TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED, TRACEGRAPH, ENUM, *IMPORTANCE_WEIGHTED)
 
 
