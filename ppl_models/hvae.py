@@ -32,18 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .guides import GaussianHead, features
-from .networks import mlp
+from .networks import check_layer_sizes, mlp
 from .vae import check_likelihood
 
 
 def check_latent_dims(latent_dims: Sequence[int]) -> list[int]:
-    dims = list(latent_dims)
-    if len(dims) < 1:
-        raise ValueError("a hierarchical VAE needs at least one latent layer, e.g. latent_dims=[100, 50]")
-    for d in dims:
-        if isinstance(d, bool) or int(d) != d or d <= 0:
-            raise ValueError(f"latent layer sizes must be positive integers, got {dims}")
-    return [int(d) for d in dims]
+    return check_layer_sizes(latent_dims, "a hierarchical VAE", "latent_dims=[100, 50]")
 
 
 class HierarchicalVAE(nn.Module):

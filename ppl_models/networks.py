@@ -27,3 +27,14 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "elu
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
+
+
+def check_layer_sizes(sizes: Sequence[int], what: str, example: str) -> list[int]:
+    """A non-empty list of positive integer layer sizes, or a ValueError naming ``what`` and the bad list."""
+    sizes = list(sizes)
+    if not sizes:
+        raise ValueError(f"{what} needs at least one latent layer, e.g. {example}")
+    for size in sizes:
+        if isinstance(size, bool) or int(size) != size or size <= 0:
+            raise ValueError(f"{what}: layer sizes must be positive integers, got {sizes}")
+    return [int(s) for s in sizes]

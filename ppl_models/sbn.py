@@ -26,19 +26,13 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .networks import mlp
+from .networks import check_layer_sizes, mlp
 
 BASELINES = ("none", "decaying", "neural", "nvil")
 
 
 def check_layers(layers: Sequence[int]) -> list[int]:
-    layers = list(layers)
-    if not layers:
-        raise ValueError("a sigmoid belief net needs at least one latent layer, e.g. layers=[200]")
-    for size in layers:
-        if isinstance(size, bool) or int(size) != size or size <= 0:
-            raise ValueError(f"SBN layer sizes must be positive integers, got {layers}")
-    return [int(s) for s in layers]
+    return check_layer_sizes(layers, "a sigmoid belief net", "layers=[200]")
 
 
 class SigmoidBeliefNet(nn.Module):

@@ -99,7 +99,7 @@ def test_bad_sbns_are_refused():
         model_config("sbn", 4, "bernoulli", layers=[5, 0])
     from ppl_models import SigmoidBeliefNet
 
-    with pytest.raises(ValueError, match="SBN layer sizes must be positive integers"):
+    with pytest.raises(ValueError, match="a sigmoid belief net: layer sizes must be positive integers, got \\[3, -1\\]"):
         SigmoidBeliefNet(4, [3, -1])
     with pytest.raises(ValueError, match="model 'sbn' supports likelihood bernoulli"):
         model_config("sbn", 4, "gaussian")
