@@ -31,15 +31,16 @@ from .program import SAMPLE_PLATE, Program, ProgramInfo, inspect_program, per_da
 MAX_CONFIGURATIONS = 4096
 
 
-def _base(fn):
-    while isinstance(fn, (torch.distributions.Independent,)):
+def unwrap_independent(fn):
+    """The distribution under any ``Independent`` (``.to_event``) wrappers."""
+    while isinstance(fn, torch.distributions.Independent):
         fn = fn.base_dist
     return fn
 
 
 def site_values(name: str, fn, event_shape: tuple[int, ...]) -> torch.Tensor:
     """Every value one datapoint's site ``name`` can take: shape ``(V, *event_shape)``."""
-    base = _base(fn)
+    base = unwrap_independent(fn)
     if not fn.support.is_discrete:
         raise ValueError(f"exact enumeration needs finite discrete latents; site {name!r} is a {type(base).__name__}")
     if isinstance(base, torch.distributions.Bernoulli):
@@ -103,7 +104,7 @@ def _expand_site(values: torch.Tensor, n: int, info: ProgramInfo) -> torch.Tenso
 def score_configurations(
     program: Program, x: torch.Tensor, values: dict[str, torch.Tensor], info: ProgramInfo, sites: tuple[str, ...]
 ) -> torch.Tensor:
-    """``sum over sites of log prob`` of ``program`` conditioned on each configuration: ``(C, len(x))``."""
+    """``sum over sites of log prob`` of ``program`` conditioned on each row of ``values`` (configurations, or samples that keep their graph): ``(C, len(x))``."""
     c = len(next(iter(values.values())))
     with pyro.plate(SAMPLE_PLATE, c, dim=info.sample_dim):
         trace = poutine.trace(poutine.condition(program, data=values)).get_trace(x)

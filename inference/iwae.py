@@ -38,6 +38,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .enumeration import score_configurations
 from .program import SAMPLE_PLATE, ConventionError, ProgramInfo, inspect_program, per_datapoint_log_prob, trace_pair
 
 ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
@@ -51,16 +52,6 @@ def detached(module: nn.Module):
         return torch.func.functional_call(module, params, args, kwargs)
 
     return program
-
-
-def _rescore(program, x, values: dict, info: ProgramInfo, num_samples: int, sites) -> torch.Tensor:
-    """Per-datapoint log density of ``program`` at ``values`` (which keep their graph): ``(K, N)``."""
-    with pyro.plate(SAMPLE_PLATE, num_samples, dim=info.sample_dim):
-        trace = poutine.trace(poutine.condition(program, data=values)).get_trace(x)
-    total = 0.0
-    for name in sites:
-        total = total + per_datapoint_log_prob(name, trace.nodes[name], info)
-    return total
 
 
 class IWAELoss(nn.Module):
@@ -120,7 +111,7 @@ class IWAELoss(nn.Module):
         frozen_guide = detached(self.guide)
         if info.global_latents:
             frozen_guide = poutine.condition(frozen_guide, data=theta)
-        log_q_stop = _rescore(frozen_guide, x, values, info, k, info.local_latents)  # parameters reach it only through z
+        log_q_stop = score_configurations(frozen_guide, x, values, info, info.local_latents)  # parameters reach it only through z
         if self.estimator == "iwae-stl":
             log_w_stl = log_p - log_q_stop
             w_tilde = torch.softmax(log_w.detach(), 0)
@@ -130,9 +121,9 @@ class IWAELoss(nn.Module):
         frozen_model = detached(self.model)
         if info.global_latents:
             frozen_model = poutine.condition(frozen_model, data=theta)
-        log_p_z = _rescore(frozen_model, x, values, info, k, info.local_latents + info.observed)
+        log_p_z = score_configurations(frozen_model, x, values, info, info.local_latents + info.observed)
         fixed = {n: v.detach() for n, v in values.items()}
-        log_p_theta = _rescore(model, x, fixed, info, k, info.local_latents + info.observed)
+        log_p_theta = score_configurations(model, x, fixed, info, info.local_latents + info.observed)
         w_tilde = torch.softmax(log_w.detach(), 0)
         guide_part = (w_tilde.pow(2) * (log_p_z - log_q_stop)).sum()
         model_part = (w_tilde * log_p_theta).sum()

@@ -40,7 +40,9 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import biject_to
 
-from .enumeration import MAX_CONFIGURATIONS, configurations, expand_grid, log_joint_on_grid, score_configurations
+from .enumeration import (
+    MAX_CONFIGURATIONS, configurations, expand_grid, log_joint_on_grid, score_configurations, unwrap_independent,
+)
 from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, chunk_size_for, elbo
 from .families import (
     FlowOptions, LocalGuide, SiteInfo, Start, check_family, check_family_fits, check_flow_options, init_params,
@@ -76,7 +78,7 @@ def site_infos(model: Program, guide: Program, x: torch.Tensor, info: ProgramInf
     out = {}
     for name in info.local_latents:
         fn = model_trace.nodes[name]["fn"]
-        base = _unwrap(fn)
+        base = unwrap_independent(fn)
         if not fn.support.is_discrete:
             out[name] = SiteInfo(tuple(fn.event_shape), fn.support, "continuous")
         elif isinstance(base, torch.distributions.Bernoulli):
@@ -88,26 +90,20 @@ def site_infos(model: Program, guide: Program, x: torch.Tensor, info: ProgramInf
     return out
 
 
-def _unwrap(fn):
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    return fn
-
-
 def _gaussian_params(fn) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Mean and scale of a diagonal Normal site (possibly mapped by fixed bijections); None for other families."""
-    base = _unwrap(fn)
+    base = unwrap_independent(fn)
     if isinstance(base, torch.distributions.TransformedDistribution):
         if any(isinstance(t, TransformModule) for t in base.transforms):
             return None  # a flow: its base is not the site's distribution
-        base = _unwrap(base.base_dist)
+        base = unwrap_independent(base.base_dist)
     if isinstance(base, torch.distributions.Normal):
         return base.loc, base.scale
     return None
 
 
 def _discrete_logits(fn) -> torch.Tensor | None:
-    base = _unwrap(fn)
+    base = unwrap_independent(fn)
     if isinstance(base, (torch.distributions.Bernoulli, torch.distributions.Categorical)):
         return base.logits
     return None
