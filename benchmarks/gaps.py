@@ -35,6 +35,7 @@ from inference.estimators import MAX_ELEMENTS, check_num_samples
 from inference.gaps import QUANTITIES, GapDecomposition, gap_decomposition
 from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
 from inference.local import AdamConfig, StoppingRule
+from inference.objectives import NO_WARMUP
 from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, TrainConfig, fit, resolve_device
 from inference.enumeration import exact_log_marginal, is_enumerable
 from inference.families import LOCAL_FAMILIES, FlowOptions
@@ -51,8 +52,6 @@ TRAIN_DEFAULTS = {
     "gmm": {"objective": "enum", "kl_warmup_epochs": 0.0, "lr": 1e-2},
     "sbn": {"objective": "tracegraph", "kl_warmup_epochs": 0.0, "lr": 3e-4},
 }
-#: Objectives without a KL term to warm up.
-NO_WARMUP = ("enum", "iwae", "iwae-stl", "iwae-dreg", "vimco")
 #: The local family of each discrete model (Gaussian families fit the others).
 DISCRETE_LOCAL = {"gmm": "categorical", "sbn": "bernoulli"}
 TRAIN_OPTIONS = ("objective", "num_particles", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup_epochs", "resume")
@@ -100,7 +99,7 @@ def make_parser() -> argparse.ArgumentParser:
     model.add_argument("--flow-layers", type=int, default=None, help="iaf, coupling guides: number of flows (default: 2)")
     model.add_argument("--flow-hidden", type=_sizes, default=None, help="iaf, coupling guides: flow hidden sizes (default: 100)")
     train = p.add_argument_group("training")
-    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO), captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs), tracegraph (TraceGraph_ELBO with the guide's baselines; default for sbn), enum (exact marginal by TraceEnum_ELBO; default for gmm), iwae, iwae-stl, iwae-dreg, vimco (importance-weighted bound per datapoint with --num-particles K samples)")
+    train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO), captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs), tracegraph (TraceGraph_ELBO with the guide's baselines; default for sbn), enum (exact marginal by TraceEnum_ELBO; default for gmm), iwae, iwae-stl, iwae-dreg, vimco (importance-weighted bound per datapoint with --num-particles K samples), rws, rws-sleep, rws-both (reweighted wake-sleep: wake, sleep or both guide updates), wake-sleep, renyi (Pyro's RenyiELBO, alpha=0, for comparison)")
     train.add_argument("--num-particles", type=int, default=None, help="samples per datapoint per step: K for the iwae objectives (default: 1)")
     train.add_argument("--epochs", type=int, default=None, help="default: 100")
     train.add_argument("--batch-size", type=int, default=None, help="default: 100")

@@ -33,13 +33,14 @@ parameters (they re-score :math:`z` with the parameters detached, through
 
 from __future__ import annotations
 
-import pyro
+import math
+
 import torch
 from pyro import poutine
 from torch import nn
 
 from .enumeration import score_configurations
-from .program import SAMPLE_PLATE, ConventionError, ProgramInfo, inspect_program, per_datapoint_log_prob, trace_pair
+from .program import ConventionError, ProgramInfo, inspect_program, per_datapoint_log_prob, sampled_log_densities
 
 ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
 
@@ -52,6 +53,29 @@ def detached(module: nn.Module):
         return torch.func.functional_call(module, params, args, kwargs)
 
     return program
+
+
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``log (1/K) sum_k exp(log_w_k)`` along ``dim`` (K = its size), by ``logsumexp``."""
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def draw_globals(model, guide, x: torch.Tensor, info: ProgramInfo) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Draw the global latents once, ``theta ~ q(theta)``; return ``log p(theta) - log q(theta)`` (float64) and ``theta``.
+
+    Both keep their graph (pathwise through a reparameterized ``q(theta)``). Without
+    global latents: ``(0, {})``.
+    """
+    term = x.new_zeros((), dtype=torch.float64)
+    if not info.global_latents:
+        return term, {}
+    names = list(info.global_latents)
+    global_trace = poutine.trace(poutine.block(guide, expose=names)).get_trace(x)
+    theta = {n: global_trace.nodes[n]["value"] for n in names}
+    prior_trace = poutine.trace(poutine.block(poutine.condition(model, data=theta), expose=names)).get_trace(x)
+    for n in names:
+        term = term + prior_trace.nodes[n]["fn"].log_prob(theta[n]).sum() - global_trace.nodes[n]["fn"].log_prob(theta[n]).sum()
+    return term, theta
 
 
 class IWAELoss(nn.Module):
@@ -76,20 +100,12 @@ class IWAELoss(nn.Module):
             self._info = inspect_program(self.model, self.guide, x)
         info, k = self._info, self.num_samples
         model, guide = self.model, self.guide
-        global_term = x.new_zeros((), dtype=torch.float64)
-        if info.global_latents:  # theta ~ q(theta) once, shared by every sample of every datapoint
-            global_trace = poutine.trace(poutine.block(guide, expose=list(info.global_latents))).get_trace(x)
-            theta = {n: global_trace.nodes[n]["value"] for n in info.global_latents}
-            prior_trace = poutine.trace(poutine.block(poutine.condition(model, data=theta), expose=list(info.global_latents))).get_trace(x)
-            for n in info.global_latents:
-                global_term = global_term + prior_trace.nodes[n]["fn"].log_prob(theta[n]).sum() - global_trace.nodes[n]["fn"].log_prob(theta[n]).sum()
+        global_term, theta = draw_globals(model, guide, x, info)
+        if theta:
             model, guide = poutine.condition(model, data=theta), poutine.condition(guide, data=theta)
-        with pyro.plate(SAMPLE_PLATE, k, dim=info.sample_dim):
-            model_trace, guide_trace = trace_pair(model, guide, x)
-        log_p = sum(per_datapoint_log_prob(n, model_trace.nodes[n], info) for n in info.local_latents + info.observed)
-        log_q = sum(per_datapoint_log_prob(n, guide_trace.nodes[n], info) for n in info.local_latents)
+        log_p, log_q, guide_trace = sampled_log_densities(model, guide, x, k, info)
         log_w = log_p - log_q  # (K, N)
-        bound = torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k), dtype=log_w.dtype))
+        bound = log_mean_exp(log_w)
         value = -(bound.sum() + global_term)
         reparam = all(guide_trace.nodes[n]["fn"].has_rsample for n in info.local_latents)
         if self.estimator == "vimco":
@@ -139,7 +155,7 @@ class IWAELoss(nn.Module):
         # row k of `swapped` is lw with its k-th entry replaced by others_mean[k]
         eye = torch.eye(k, dtype=torch.bool, device=lw.device).unsqueeze(-1)
         swapped = torch.where(eye, others_mean.unsqueeze(1), lw.unsqueeze(0))  # (K, K, N)
-        loo = torch.logsumexp(swapped, 1) - torch.log(torch.tensor(float(k), dtype=lw.dtype))
+        loo = log_mean_exp(swapped, 1)
         signal = bound.detach().unsqueeze(0) - loo  # (K, N)
         score = 0.0
         for n in info.local_latents:

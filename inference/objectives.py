@@ -23,7 +23,16 @@ torch optimizer can drive.
   minimizes :math:`KL(q(z|x) \| p(z|x))` and does not bias the model;
 * ``iwae``, ``iwae-stl``, ``iwae-dreg``, ``vimco`` — the importance-weighted bound with
   ``num_particles`` = K samples, per datapoint, and its plain, STL, DReG and
-  VIMCO gradient estimators (:mod:`inference.iwae`).
+  VIMCO gradient estimators (:mod:`inference.iwae`);
+* ``rws``, ``rws-sleep``, ``rws-both``, ``wake-sleep`` — reweighted wake-sleep with its
+  wake, sleep or mixed guide update, and classic wake-sleep (:mod:`inference.wake_sleep`);
+* ``renyi`` — Pyro's own :class:`pyro.infer.RenyiELBO` with ``alpha=0``, kept for
+  comparison only. Pyro sums the log weights over every plate not shared by all
+  sites: with only per-datapoint latents that is our per-datapoint IWAE bound, but a
+  global latent makes it combine the whole batch per particle,
+  :math:`\log \frac1K \sum_k \frac{p(\theta_k)}{q(\theta_k)} \prod_i w_{ik}`, a bound that
+  tightens far more slowly with K (pyro issue 3104); and it gives no gradient to
+  non-reparameterized guide sites (issue 3289).
 
 :func:`make_loss` gives the training loss module for any of these names.
 """
@@ -45,7 +54,11 @@ CAPTURED = "captured-elbo"
 TRACEGRAPH = "tracegraph"
 ENUM = "enum"
 IMPORTANCE_WEIGHTED = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
-TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED, TRACEGRAPH, ENUM, *IMPORTANCE_WEIGHTED)
+WAKE_SLEEP = ("rws", "rws-sleep", "rws-both", "wake-sleep")
+RENYI = "renyi"
+TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED, TRACEGRAPH, ENUM, *IMPORTANCE_WEIGHTED, *WAKE_SLEEP, RENYI)
+#: Objectives that are not an ELBO with a KL term, so KL warm-up does not apply to them.
+NO_WARMUP = (ENUM, *IMPORTANCE_WEIGHTED, *WAKE_SLEEP, RENYI)
 
 
 def make_objective(name: str, num_particles: int = 1) -> pyro.infer.ELBO:
@@ -209,6 +222,58 @@ class EnumLoss(nn.Module):
         return loss - (guide_elbo - guide_elbo.detach()).to(loss.dtype)
 
 
+class RenyiLoss(nn.Module):
+    """Pyro's ``RenyiELBO(alpha=0)`` with ``num_particles`` vectorized particles, as a loss module.
+
+    Pyro computes its gradient inside ``loss_and_grads`` by a backward pass of its own;
+    this module runs that pass into fresh gradient buffers and returns a tensor whose value
+    is Pyro's loss and whose gradient with respect to the model's and guide's parameters is
+    Pyro's, so any torch optimizer (and Lightning) can drive it unchanged.
+    """
+
+    def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int = 1):
+        super().__init__()
+        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
+            raise ValueError(f"objective {RENYI!r} needs num_particles >= 1, got {num_particles!r}")
+        self.model, self.guide = model, guide
+        # Pyro backpropagates only when the traces hold param sites: register the modules as Pyro does
+        self._names = (f"renyi{id(self)}_model", f"renyi{id(self)}_guide")
+        self.num_particles = int(num_particles)
+        self.objective: pyro.infer.RenyiELBO | None = None  # made on the first batch, when the plate nesting is known
+
+    def set_latent_scale(self, beta: float) -> None:
+        if beta != 1.0:
+            raise ValueError(f"objective {RENYI!r} is an importance-weighted bound; KL warm-up does not apply (set kl_warmup_epochs=0)")
+
+    def _registered(self, program, which: int):
+        def registered(x):
+            if isinstance(program, nn.Module):
+                pyro.module(self._names[which], program)
+            return program(x)
+
+        return registered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.objective is None:
+            from .program import inspect_program
+
+            nesting = inspect_program(self.model, self.guide, x).max_plate_nesting
+            k = self.num_particles
+            self.objective = pyro.infer.RenyiELBO(alpha=0.0, num_particles=k, vectorize_particles=k > 1, max_plate_nesting=nesting)
+        params = [p for p in self.parameters() if p.requires_grad]
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
+            loss = self.objective.loss_and_grads(self._registered(self.model, 0), self._registered(self.guide, 1), x)
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+        surrogate = sum((p * g).sum() for p, g in zip(params, grads)) if params else torch.zeros(())
+        return surrogate + (torch.as_tensor(loss, dtype=surrogate.dtype) - surrogate).detach()
+
+
 def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1) -> nn.Module:
     """The training loss ``-ELBO`` (summed over the batch) for objective ``name``, with ``set_latent_scale(beta)``."""
     if name == TRACEGRAPH:
@@ -217,6 +282,14 @@ def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int 
         from .iwae import IWAELoss
 
         return IWAELoss(model, guide, num_particles, name)
+    if name in WAKE_SLEEP:
+        from .wake_sleep import RWS_VARIANTS, RWSLoss, WakeSleepLoss
+
+        if name in RWS_VARIANTS:
+            return RWSLoss(model, guide, num_particles, insomnia=RWS_VARIANTS[name], name=name)
+        return WakeSleepLoss(model, guide, num_particles)
+    if name == RENYI:
+        return RenyiLoss(model, guide, num_particles)
     if name == ENUM:
         return EnumLoss(model, guide, num_particles)
     if name == CAPTURED:

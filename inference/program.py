@@ -213,6 +213,21 @@ def per_datapoint_log_prob(name: str, site: dict, info: ProgramInfo) -> torch.Te
     return log_prob.sum(other) if other else log_prob
 
 
+def sampled_log_densities(
+    model: Program, guide: Program, x: torch.Tensor, num_samples: int, info: ProgramInfo
+) -> tuple[torch.Tensor, torch.Tensor, poutine.Trace]:
+    """:func:`log_densities` and the guide trace the samples came from (their values and distributions)."""
+    with pyro.plate(SAMPLE_PLATE, num_samples, dim=info.sample_dim):
+        model_trace, guide_trace = trace_pair(model, guide, x)
+    log_p = torch.zeros(num_samples, len(x), dtype=torch.float64, device=x.device)
+    log_q = torch.zeros(num_samples, len(x), dtype=torch.float64, device=x.device)
+    for name in info.local_latents + info.observed:
+        log_p = log_p + per_datapoint_log_prob(name, model_trace.nodes[name], info)
+    for name in info.local_latents:
+        log_q = log_q + per_datapoint_log_prob(name, guide_trace.nodes[name], info)
+    return log_p, log_q, guide_trace
+
+
 def log_densities(
     model: Program, guide: Program, x: torch.Tensor, num_samples: int, info: ProgramInfo
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,14 +237,7 @@ def log_densities(
     to model and guide parameters (pathwise through reparameterized sites; ``log q`` also
     through the distribution's parameters, as score-function estimators need).
     """
-    with pyro.plate(SAMPLE_PLATE, num_samples, dim=info.sample_dim):
-        model_trace, guide_trace = trace_pair(model, guide, x)
-    log_p = torch.zeros(num_samples, len(x), dtype=torch.float64, device=x.device)
-    log_q = torch.zeros(num_samples, len(x), dtype=torch.float64, device=x.device)
-    for name in info.local_latents + info.observed:
-        log_p = log_p + per_datapoint_log_prob(name, model_trace.nodes[name], info)
-    for name in info.local_latents:
-        log_q = log_q + per_datapoint_log_prob(name, guide_trace.nodes[name], info)
+    log_p, log_q, _ = sampled_log_densities(model, guide, x, num_samples, info)
     return log_p, log_q
 
 

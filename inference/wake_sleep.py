@@ -1,0 +1,145 @@
+r"""Wake-sleep objectives, per datapoint and on mini-batches: reweighted wake-sleep and classic wake-sleep.
+
+Both fit the model and the guide with *different* objectives, so each loss below
+returns a value to report (a bound on :math:`\log p(x)`) and a surrogate whose
+gradient is the update of the method; neither is the gradient of the value.
+
+**Reweighted wake-sleep** (Bornschein & Bengio 2015), ``rws``: with
+:math:`z_{1..K} \sim q(z|x_i)` and per-datapoint normalized weights
+:math:`\tilde w_{ik} = w_{ik} / \sum_j w_{ij}`, :math:`w_{ik} = p(x_i, z_{ik}) / q(z_{ik}|x_i)`,
+
+* wake update of the model: :math:`\sum_k \tilde w_{ik} \nabla_\theta \log p(x_i, z_{ik})`,
+  which is exactly :math:`\nabla_\theta \mathcal{L}_K(x_i)`, the IWAE bound's gradient;
+* wake update of the guide: :math:`\sum_k \tilde w_{ik} \nabla_\phi \log q(z_{ik}|x_i)`,
+  a self-normalized estimate of :math:`-\nabla_\phi KL(p(z|x_i) \| q(z|x_i))`;
+* sleep update of the guide: :math:`\nabla_\phi \log q(z|x)` on a *dream*
+  :math:`(z, x) \sim p`, an unbiased estimate of :math:`-\nabla_\phi E_{p(x)} KL(p(z|x) \| q(z|x))`.
+
+``insomnia`` mixes the two guide updates (1: wake only, the variant Le et al. 2019
+recommend; 0: sleep only; 0.5: both, as in the paper). Registered as ``rws``
+(insomnia 1), ``rws-sleep`` (0) and ``rws-both`` (0.5). The reported value is the IWAE bound.
+
+The weights are normalized **per datapoint**, so any mini-batch works (Pyro's
+``ReweightedWakeSleep`` normalizes over the whole trace and refuses mini-batches).
+
+**Wake-sleep** (Hinton, Dayan, Frey & Neal 1995), ``wake-sleep``: the wake phase
+fits the model to :math:`z \sim q(z|x_i)` of real data,
+:math:`\frac1K \sum_k \nabla_\theta \log p(x_i, z_{ik})`; the sleep phase fits the
+guide to dreams, :math:`\nabla_\phi \log q(z|x)` with :math:`(z, x) \sim p`. The reported value is the ELBO.
+
+Samples are never differentiated through: every update is a score of fixed
+values, so both methods apply to discrete and continuous latents alike.
+Global latents are drawn once per step from their guide and shared by every sample,
+as in :mod:`inference.iwae`; they are fitted by the pathwise ELBO gradient of their
+factor plus the wake terms, and dreams draw them from the prior.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro import poutine
+from torch import nn
+
+from .enumeration import score_configurations
+from .iwae import draw_globals, log_mean_exp
+from .program import ConventionError, ProgramInfo, inspect_program, per_datapoint_log_prob, sampled_log_densities
+
+#: Registered names and the share of the wake update in each guide update (``insomnia``).
+RWS_VARIANTS = {"rws": 1.0, "rws-sleep": 0.0, "rws-both": 0.5}
+WAKE_SLEEP = "wake-sleep"
+
+
+def dream(model, x: torch.Tensor, info: ProgramInfo) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Draw ``(x', z') ~ p`` with ``len(x)`` datapoints: the model run with its observation ignored.
+
+    Returns ``x'`` shaped like ``x`` and the values of every latent site. The model must
+    observe ``x`` itself (up to a reshape) at a single site, or there is nothing to dream.
+    """
+    if len(info.observed) != 1:
+        raise ConventionError(
+            f"the sleep phase dreams x from the model, which needs exactly one observed site; this model has {list(info.observed)}"
+        )
+    with torch.no_grad():
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(x)
+    x_dream = trace.nodes[info.observed[0]]["value"]
+    if x_dream.numel() != x.numel():
+        raise ConventionError(
+            f"the sleep phase needs the observed site {info.observed[0]!r} to be x itself; it holds "
+            f"{tuple(x_dream.shape)} values for x of shape {tuple(x.shape)}"
+        )
+    latents = {n: trace.nodes[n]["value"] for n in info.local_latents + info.global_latents}
+    return x_dream.reshape(x.shape).to(x.dtype), latents
+
+
+def sleep_log_q(model, guide, x: torch.Tensor, info: ProgramInfo) -> torch.Tensor:
+    """``log q(z'|x')`` of the local latents of one dream per datapoint: shape ``(len(x),)``, differentiable in the guide."""
+    x_dream, latents = dream(model, x, info)
+    trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(x_dream)
+    total = sum(per_datapoint_log_prob(n, trace.nodes[n], info) for n in info.local_latents)
+    return total.reshape(-1)
+
+
+class _WakeSleepBase(nn.Module):
+    def __init__(self, model, guide, num_samples: int, name: str):
+        super().__init__()
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"objective {name!r} needs K = num_particles >= 1 samples per datapoint, got {num_samples!r}")
+        self.model, self.guide = model, guide
+        self.num_samples, self.name = int(num_samples), name
+        self._info: ProgramInfo | None = None
+
+    def set_latent_scale(self, beta: float) -> None:
+        if beta != 1.0:
+            raise ValueError(f"objective {self.name!r} is not an ELBO with a KL term; KL warm-up does not apply (set kl_warmup_epochs=0)")
+
+    def _wake(self, x: torch.Tensor):
+        """Samples of q for real data: (log_w (K, N) without graph, model log p at fixed z (K, N), guide at fixed z, globals' term)."""
+        if self._info is None:
+            self._info = inspect_program(self.model, self.guide, x)
+        info = self._info
+        global_term, theta = draw_globals(self.model, self.guide, x, info)
+        model, guide = self.model, self.guide
+        if theta:
+            model = poutine.condition(model, data=theta)
+            guide = poutine.condition(guide, data={n: v.detach() for n, v in theta.items()})
+        with torch.no_grad():
+            log_p, log_q, guide_trace = sampled_log_densities(model, guide, x, self.num_samples, info)
+        values = {n: guide_trace.nodes[n]["value"] for n in info.local_latents}
+        log_p_fixed = score_configurations(model, x, values, info, info.local_latents + info.observed)
+        return log_p - log_q, log_p_fixed, guide, values, global_term
+
+
+class RWSLoss(_WakeSleepBase):
+    """Reweighted wake-sleep: value ``-sum_i L_K(x_i)``, gradient the RWS updates (see the module docstring)."""
+
+    def __init__(self, model, guide, num_samples: int, insomnia: float = 1.0, name: str = "rws"):
+        super().__init__(model, guide, num_samples, name)
+        if not 0.0 <= insomnia <= 1.0:
+            raise ValueError(f"insomnia must lie in [0, 1], got {insomnia}")
+        self.insomnia = float(insomnia)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_w, log_p_fixed, guide, values, global_term = self._wake(x)
+        info = self._info
+        weights = torch.softmax(log_w, 0)  # per datapoint, over its K samples
+        surrogate = -(weights * log_p_fixed).sum() - global_term
+        if self.insomnia > 0:
+            log_q_fixed = score_configurations(guide, x, values, info, info.local_latents)
+            surrogate = surrogate - self.insomnia * (weights * log_q_fixed).sum()
+        if self.insomnia < 1:
+            surrogate = surrogate - (1 - self.insomnia) * sleep_log_q(self.model, self.guide, x, info).sum()
+        value = -(log_mean_exp(log_w).sum() + global_term)
+        return surrogate + (value - surrogate).detach()
+
+
+class WakeSleepLoss(_WakeSleepBase):
+    """Wake-sleep: value ``-sum_i ELBO(x_i)`` (K-sample average), gradient the wake (model) and sleep (guide) updates."""
+
+    def __init__(self, model, guide, num_samples: int = 1):
+        super().__init__(model, guide, num_samples, WAKE_SLEEP)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_w, log_p_fixed, _, _, global_term = self._wake(x)
+        surrogate = -log_p_fixed.mean(0).sum() - global_term - sleep_log_q(self.model, self.guide, x, self._info).sum()
+        value = -(log_w.mean(0).sum() + global_term)
+        return surrogate + (value - surrogate).detach()
