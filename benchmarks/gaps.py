@@ -30,7 +30,8 @@ from typing import Any
 import pyro
 import torch
 
-from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT, Data, load_dataset
+from benchmarks.datasets import Data, load_dataset
+from benchmarks.options import ARCHITECTURE, add_data_arguments, add_model_arguments
 from inference.estimators import MAX_ELEMENTS, check_num_samples
 from inference.gaps import QUANTITIES, GapDecomposition, gap_decomposition
 from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
@@ -39,13 +40,8 @@ from inference.objectives import NO_WARMUP
 from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, TrainConfig, fit, resolve_device
 from inference.enumeration import exact_log_marginal, is_enumerable
 from inference.families import LOCAL_FAMILIES, FlowOptions
-from ppl_models import GUIDES, LIKELIHOODS, MODEL_LIKELIHOODS, MODELS, build_model, model_config
+from ppl_models import MODEL_LIKELIHOODS, MODELS, build_model, model_config
 
-#: Options that describe the trained model; with --checkpoint they come from the checkpoint.
-ARCHITECTURE = (
-    "guide", "latent_dim", "latent_dims", "hidden", "upper_hidden", "encoder_hidden", "activation", "components",
-    "covariance", "prior_scale", "concentration", "layers", "baseline", "flow_layers", "flow_hidden",
-)
 MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", *ARCHITECTURE)
 #: Training defaults that differ by model (the rest come from TrainConfig).
 TRAIN_DEFAULTS = {
@@ -61,43 +57,10 @@ LABELS = {
 }
 
 
-def _sizes(text: str) -> list[int]:
-    if text.strip() in ("", "none"):
-        return []
-    try:
-        sizes = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"layer sizes must be comma-separated integers, got {text!r}") from None
-    if any(s <= 0 for s in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
-    return sizes
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gaps", description=__doc__.split("\n\n")[0])
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default=None, help="default: digits")
-    data.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding MNIST/raw (default: %(default)s)")
-    data.add_argument("--download", action="store_true", help="let torchvision download MNIST into --data-root")
-    data.add_argument("--binarization", choices=BINARIZATIONS, default=None, help="for --likelihood bernoulli (default: dynamic)")
-    model = p.add_argument_group("model")
-    model.add_argument("--model", choices=MODELS, default=None, help="default: vae")
-    model.add_argument("--guide", choices=GUIDES, default=None, help="amortized guide family: ffg (default), full, iaf, coupling for continuous latents; categorical (gmm) and bernoulli (sbn) are the discrete models' own")
-    model.add_argument("--likelihood", choices=LIKELIHOODS, default=None, help="default: bernoulli (gaussian for ppca and gmm)")
-    model.add_argument("--latent-dim", type=int, default=None, help="vae, ppca: latent size (default: 50 for vae, 5 for ppca)")
-    model.add_argument("--latent-dims", type=_sizes, default=None, help="hvae, ladder: latent sizes bottom-up (default: 100,50)")
-    model.add_argument("--hidden", type=_sizes, default=None, help="decoder hidden sizes, e.g. 200,200 (hvae/ladder: between x and z1)")
-    model.add_argument("--upper-hidden", type=_sizes, default=None, help="hvae, ladder: hidden sizes between latent layers (default: 100,100)")
-    model.add_argument("--encoder-hidden", type=_sizes, default=None, help="encoder hidden sizes ('none' for linear)")
-    model.add_argument("--activation", default=None, help="elu (default), relu, tanh, softplus")
-    model.add_argument("--components", type=int, default=None, help="gmm: number of components K (default: 10)")
-    model.add_argument("--covariance", default=None, help="gmm: diag (default) or full")
-    model.add_argument("--prior-scale", type=float, default=None, help="gmm: MAP with means ~ N(0, s^2) (default: no prior, maximum likelihood)")
-    model.add_argument("--concentration", type=float, default=None, help="gmm: MAP with weights ~ Dirichlet(alpha) (default: no prior)")
-    model.add_argument("--layers", type=_sizes, default=None, help="sbn: latent layer sizes bottom-up, e.g. 200,200 (default: 200)")
-    model.add_argument("--baseline", default=None, help="sbn: nvil (default), neural, decaying or none")
-    model.add_argument("--flow-layers", type=int, default=None, help="iaf, coupling guides: number of flows (default: 2)")
-    model.add_argument("--flow-hidden", type=_sizes, default=None, help="iaf, coupling guides: flow hidden sizes (default: 100)")
+    add_data_arguments(p)
+    add_model_arguments(p)
     train = p.add_argument_group("training")
     train.add_argument("--objective", default=None, help="elbo (Trace_ELBO, default), meanfield (TraceMeanField_ELBO), captured-elbo (Trace_ELBO's estimator replayed from a recorded graph; static, reparameterized programs), tracegraph (TraceGraph_ELBO with the guide's baselines; default for sbn), enum (exact marginal by TraceEnum_ELBO; default for gmm), iwae, iwae-stl, iwae-dreg, vimco (importance-weighted bound per datapoint with --num-particles K samples), rws, rws-sleep, rws-both (reweighted wake-sleep: wake, sleep or both guide updates), wake-sleep, renyi (Pyro's RenyiELBO, alpha=0, for comparison)")
     train.add_argument("--num-particles", type=int, default=None, help="samples per datapoint per step: K for the iwae objectives (default: 1)")

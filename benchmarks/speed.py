@@ -37,9 +37,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from benchmarks.datasets import DEFAULT_DATA_ROOT, load_dataset

@@ -87,6 +87,8 @@ class IWAELoss(nn.Module):
             raise ValueError(f"unknown importance-weighted estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"the importance-weighted bound needs K = num_particles >= 1, got {num_samples!r}")
+        if estimator == "vimco" and num_samples < 2:
+            raise ValueError(f"objective 'vimco' needs K = num_particles >= 2 for its leave-one-out baselines, got {num_samples}")
         self.model, self.guide = model, guide
         self.num_samples, self.estimator = int(num_samples), estimator
         self._info: ProgramInfo | None = None
@@ -148,8 +150,6 @@ class IWAELoss(nn.Module):
 
     def _vimco(self, log_w, bound, value, global_term, guide_trace, info):
         k = log_w.shape[0]
-        if k < 2:
-            raise ValueError(f"objective 'vimco' needs K = num_particles >= 2 for its leave-one-out baselines, got {k}")
         lw = log_w.detach()
         others_mean = (lw.sum(0, keepdim=True) - lw) / (k - 1)  # (K, N): mean log weight of the other samples
         # row k of `swapped` is lw with its k-th entry replaced by others_mean[k]

@@ -122,6 +122,12 @@ class AnnealedLoss(nn.Module):
         self.module.model.latent_scale = self.module.guide.latent_scale = beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        objective = self.module.elbo
+        if objective.vectorize_particles and objective.max_plate_nesting == float("inf"):
+            from .program import inspect_program  # tell Pyro the nesting instead of letting it guess (and log)
+
+            # Pyro counts the particle plate in max_plate_nesting when particles are vectorized
+            objective.max_plate_nesting = inspect_program(self.module.model, self.module.guide, x).max_plate_nesting + 1
         return self.module(x)
 
 

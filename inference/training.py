@@ -286,12 +286,14 @@ def fit(
     strategy: str = "auto",
     progress: bool = False,
     run_config: dict[str, Any] | None = None,
+    callbacks: tuple[pl.Callback, ...] | list[pl.Callback] = (),
 ) -> TrainResult:
     """Train ``(model, guide)`` on ``train_x`` by SVI with ``config``.
 
     With ``out_dir`` the last epoch is checkpointed to ``out_dir/checkpoints/last.ckpt``
     (atomically) and metrics go to ``out_dir/logs/metrics.csv``; ``resume=True``
-    continues from that checkpoint.
+    continues from that checkpoint. ``callbacks`` are extra Lightning callbacks (e.g.
+    per-epoch evaluation).
     """
     check_data(train_x, "training data")
     accelerator = accelerator_for(device)
@@ -313,7 +315,7 @@ def fit(
         check_resume_config(saved["config"], {"train": config.to_dict(), **run_config}, last)
         ckpt_path = last
 
-    callbacks: list[pl.Callback] = []
+    callbacks = list(callbacks)
     if ckpt_dir:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=-1, every_n_epochs=1, enable_version_counter=False))
     if progress:

@@ -8,7 +8,6 @@ over 64 pairs, and every expectation over dreams a sum over 8 x 8 (x, h) pairs.
 import itertools
 import math
 
-import pyro
 import pytest
 import torch
 

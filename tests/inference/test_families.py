@@ -58,7 +58,6 @@ def test_local_flows_are_vectorized_per_datapoint():
 
 def test_bad_local_families_are_refused():
     from inference.local import optimize_local
-    from tests.oracles import discrete_latent_pair
 
     model, guide = make_ppca()
     x = sample_ppca(model, 3)

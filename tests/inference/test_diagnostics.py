@@ -1,0 +1,79 @@
+"""Active units and gradient signal-to-noise ratios against known answers."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from inference.diagnostics import active_units, gradient_snr, posterior_means
+
+
+def linear_pair(scales=(1.0, 0.05, 0.0)):
+    """z ~ N(0, I_3), x ~ N(z_0, 1); guide mean = scales * x: the variance of the mean over x is scales^2 var(x)."""
+    s = torch.tensor(scales)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+            pyro.sample("x", dist.Normal(z[..., 0], 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(s * x.unsqueeze(-1), 0.5).to_event(1))
+
+    return model, guide
+
+
+def test_active_units_count_the_units_whose_posterior_mean_moves():
+    model, guide = linear_pair()
+    x = torch.linspace(-2, 2, 201)  # var(x) ~ 1.35: unit 0 varies by 1.35, unit 1 by 0.0034, unit 2 not at all
+    units = active_units(model, guide, x)
+    assert (units.active, units.total) == (1, 3)
+    torch.testing.assert_close(units.variances["z"], torch.tensor([1.0, 0.0025, 0.0], dtype=torch.float64) * x.double().var(), rtol=1e-5, atol=1e-9)
+    assert active_units(model, guide, x, threshold=0.001).active == 2
+
+
+def test_posterior_means_fall_back_to_samples_without_a_closed_form():
+    from pyro.distributions.transforms import AffineTransform
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):  # a transformed distribution: no .mean, mean 2x + 1
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.TransformedDistribution(dist.Normal(x, 1.0), [AffineTransform(1.0, 2.0)]))
+
+    x = torch.tensor([0.0, 1.0, -1.0])
+    means = posterior_means(guide, x, model, num_samples=4000)["z"][:, 0]
+    assert ((means - (2 * x + 1).double()).abs() < 3 * 2 / math.sqrt(4000)).all()
+
+
+def test_gradient_snr_is_mean_over_sd():
+    """loss = sum_j theta_j (1 + sigma_j eps_j): gradient 1 + sigma_j eps_j, SNR_j = 1 / sigma_j."""
+    theta = torch.nn.Parameter(torch.zeros(2))
+    phi = torch.nn.Parameter(torch.zeros(1))
+    sigma = torch.tensor([0.5, 2.0])
+
+    def loss(x):
+        return (theta * (1 + sigma * torch.randn(2))).sum() + (phi * 3.0).sum()  # phi: no noise, left out
+
+    draws = 4000
+    snr = gradient_snr(loss, torch.zeros(1), {"a": [theta], "b": [phi]}, draws=draws)
+    expected = (1 / sigma).mean().item()
+    se = math.sqrt(sum((1 + (1 / s) ** 2 / 2) / draws for s in sigma.tolist())) / 2
+    assert snr["a"].mean == pytest.approx(expected, abs=3 * se)
+    assert snr["a"].components == 2 and snr["b"].components == 0 and math.isnan(snr["b"].mean)
+
+
+def test_bad_settings_are_refused():
+    model, guide = linear_pair()
+    with pytest.raises(ValueError, match="at least 2 datapoints"):
+        active_units(model, guide, torch.zeros(1))
+    with pytest.raises(ValueError, match="threshold must be positive"):
+        active_units(model, guide, torch.zeros(3), threshold=0)
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        gradient_snr(lambda x: x.sum(), torch.zeros(1), {}, draws=1)
