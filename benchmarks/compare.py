@@ -31,7 +31,6 @@ import csv
 import json
 import math
 import os
-import platform
 import sys
 import time
 from typing import Any
@@ -41,7 +40,7 @@ import pyro
 import torch
 
 from benchmarks.datasets import Data, load_dataset
-from benchmarks.options import ARCHITECTURE, add_data_arguments, add_model_arguments
+from benchmarks.options import ARCHITECTURE, add_data_arguments, add_model_arguments, run_cli, run_info
 from inference.diagnostics import ACTIVE_THRESHOLD, active_units, gradient_snr
 from inference.estimators import MAX_ELEMENTS, check_num_samples, elbo, log_likelihood
 from inference.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -383,23 +382,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     atomic_write_json(os.path.join(args.out, "compare.json"), result)
     atomic_write_text(os.path.join(args.out, "compare.md"), markdown(result))
     plot(result, os.path.join(args.out, "compare.png"))
-    atomic_write_json(os.path.join(args.out, "run_info.json"), {
-        "seconds": time.perf_counter() - started, "python": platform.python_version(), "torch": torch.__version__,
-        "pyro": pyro.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
-    })
+    atomic_write_json(os.path.join(args.out, "run_info.json"), run_info(time.perf_counter() - started))
     print(markdown(result))
     print(f"wrote {os.path.join(args.out, 'compare.json')}, compare.md and compare.png ({time.perf_counter() - started:.0f} s)")
     return result
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(make_parser(), main, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from typing import Any
@@ -31,7 +30,7 @@ import pyro
 import torch
 
 from benchmarks.datasets import Data, load_dataset
-from benchmarks.options import ARCHITECTURE, add_data_arguments, add_model_arguments
+from benchmarks.options import ARCHITECTURE, add_data_arguments, add_model_arguments, run_cli, run_info
 from inference.estimators import MAX_ELEMENTS, check_num_samples
 from inference.gaps import QUANTITIES, GapDecomposition, gap_decomposition
 from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
@@ -332,11 +331,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "gaps.json"), result)
     atomic_write_text(os.path.join(args.out, "gaps.md"), render_markdown(result))
-    atomic_write_json(os.path.join(args.out, "run_info.json"), {
-        "seconds": {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started},
-        "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-        "machine": platform.machine(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
-    })
+    atomic_write_json(os.path.join(args.out, "run_info.json"), run_info(
+        {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started}
+    ))
     print(render_markdown(result))
     print(f"wrote {os.path.join(args.out, 'gaps.json')} and gaps.md ({time.perf_counter() - started:.0f} s)")
     return result
@@ -347,14 +344,7 @@ def _devices(text: str) -> int | str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(make_parser(), main, argv)
 
 
 if __name__ == "__main__":

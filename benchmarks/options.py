@@ -1,8 +1,12 @@
-"""Command-line options shared by the benchmarks: data and model architecture."""
+"""Command-line plumbing shared by the benchmarks: data and model options, the error-reporting entry point, run info."""
 
 from __future__ import annotations
 
 import argparse
+import platform
+import sys
+from collections.abc import Callable
+from typing import Any
 
 from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT
 from ppl_models import GUIDES, LIKELIHOODS, MODELS
@@ -54,3 +58,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--baseline", default=None, help="sbn: nvil (default), neural, decaying or none")
     model.add_argument("--flow-layers", type=int, default=None, help="iaf, coupling guides: number of flows (default: 2)")
     model.add_argument("--flow-hidden", type=sizes, default=None, help="iaf, coupling guides: flow hidden sizes (default: 100)")
+
+
+def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run ``main``; bad settings and missing data end with ``error: ...`` and exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_info(seconds: Any) -> dict[str, Any]:
+    """What produced a result: timings, versions, machine, threads and the command line."""
+    import pyro
+    import torch
+
+    return {
+        "seconds": seconds, "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
+        "machine": platform.machine(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+    }

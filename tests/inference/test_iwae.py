@@ -36,8 +36,8 @@ class LinearGuide(nn.Module):
             pyro.sample("z", dist.Normal(self.a * x + self.b, self.log_s.exp()))
 
 
-def exact_iwae_bound(model, guide, x0: float, k: int = 2, nodes: int = 40) -> torch.Tensor:
-    """L_K(x0) by K-dimensional Gauss-Hermite quadrature over the reparameterization noise (differentiable)."""
+def quadrature_nodes(model, guide, x0: float, nodes: int = 40, detach_z: bool = False):
+    """Gauss-Hermite nodes of the reparameterization noise: (weights, log p(x0, z), log q(z|x0)) at z = loc + scale * eps."""
     t, w = np.polynomial.hermite.hermgauss(nodes)
     eps = torch.tensor(t * math.sqrt(2.0), dtype=torch.float64)
     weights = torch.tensor(w / math.sqrt(math.pi), dtype=torch.float64)
@@ -45,8 +45,16 @@ def exact_iwae_bound(model, guide, x0: float, k: int = 2, nodes: int = 40) -> to
     loc = guide.a.double() * x + guide.b.double()
     scale = guide.log_s.double().exp()
     z = loc + scale * eps
-    log_w = (dist.Normal(model.m.double(), 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
-             - dist.Normal(loc, scale).log_prob(z))
+    if detach_z:
+        z = z.detach()
+    log_p = dist.Normal(model.m.double(), 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
+    return weights, log_p, dist.Normal(loc, scale).log_prob(z)
+
+
+def exact_iwae_bound(model, guide, x0: float, k: int = 2, nodes: int = 40) -> torch.Tensor:
+    """L_K(x0) by K-dimensional Gauss-Hermite quadrature over the reparameterization noise (differentiable)."""
+    weights, log_p, log_q = quadrature_nodes(model, guide, x0, nodes)
+    log_w = log_p - log_q
     grids = torch.meshgrid(*([log_w] * k), indexing="ij")
     wgrid = torch.meshgrid(*([weights] * k), indexing="ij")
     inner = torch.logsumexp(torch.stack(grids), 0) - math.log(k)

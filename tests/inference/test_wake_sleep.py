@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -11,7 +10,7 @@ import torch
 from inference.objectives import make_loss
 from inference.wake_sleep import dream
 from inference.program import inspect_program
-from tests.inference.test_iwae import Gaussian1D, LinearGuide, params
+from tests.inference.test_iwae import Gaussian1D, LinearGuide, params, quadrature_nodes
 
 
 def exact_rws_surrogate(model, guide, x0: float, k: int, insomnia: float = 1.0, nodes: int = 40) -> torch.Tensor:
@@ -19,15 +18,7 @@ def exact_rws_surrogate(model, guide, x0: float, k: int, insomnia: float = 1.0, 
 
     Its gradient is the exact expected RWS wake update (model and guide).
     """
-    t, w = np.polynomial.hermite.hermgauss(nodes)
-    eps = torch.tensor(t * math.sqrt(2.0), dtype=torch.float64)
-    weights = torch.tensor(w / math.sqrt(math.pi), dtype=torch.float64)
-    x = torch.tensor(x0, dtype=torch.float64)
-    loc = guide.a.double() * x + guide.b.double()
-    scale = guide.log_s.double().exp()
-    z = (loc + scale * eps).detach()
-    log_p = dist.Normal(model.m.double(), 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
-    log_q = dist.Normal(loc, scale).log_prob(z)
+    weights, log_p, log_q = quadrature_nodes(model, guide, x0, nodes, detach_z=True)
     grid = lambda v: torch.stack(torch.meshgrid(*([v] * k), indexing="ij"))  # noqa: E731
     prob = grid(weights).prod(0)
     w_tilde = torch.softmax(grid(log_p - log_q).detach(), 0)
