@@ -117,6 +117,22 @@ def elbo(
     return Estimate(shift + mean, stderr, count)
 
 
+def log_mean_exp_estimate(log_w: torch.Tensor) -> Estimate:
+    """:math:`\log \frac1S \sum_s w_{s,i}` of log weights ``(S, N)`` in float64, with the delta-method standard error."""
+    log_w = log_w.double()
+    count = log_w.shape[0]
+    log_s1, log_s2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
+    return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count)
+
+
+def _log_mean_stderr(log_s1: torch.Tensor, log_s2: torch.Tensor, count: int) -> torch.Tensor:
+    """Delta-method standard error of the log of a mean of ``count`` weights, from log sum w and log sum w^2."""
+    if count < 2:
+        return torch.full_like(log_s1, math.nan)
+    rel_var = (math.log(count) + log_s2 - 2 * log_s1).exp() - 1
+    return (rel_var.clamp(min=0) / (count - 1)).sqrt()
+
+
 def log_likelihood(
     model: Program,
     guide: Program,
@@ -139,10 +155,4 @@ def log_likelihood(
         log_s1 = c1 if log_s1 is None else torch.logaddexp(log_s1, c1)
         log_s2 = c2 if log_s2 is None else torch.logaddexp(log_s2, c2)
         count += len(lw)
-    value = log_s1 - math.log(count)
-    if count > 1:
-        rel_var = (math.log(count) + log_s2 - 2 * log_s1).exp() - 1
-        stderr = (rel_var.clamp(min=0) / (count - 1)).sqrt()
-    else:
-        stderr = torch.full_like(value, math.nan)
-    return Estimate(value, stderr, count)
+    return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count)

@@ -1,0 +1,100 @@
+"""Annealed importance sampling and BDMC against closed forms; the HMC kernel against a known Gaussian."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from inference.ais import HMCConfig, HMCState, adapt_step_size, ais, annealing_schedule, hmc_transition, value_and_grad
+from inference.bdmc import bdmc
+from tests.oracles import make_ppca, sample_ppca
+
+
+@pytest.mark.parametrize("adapt_rate", [0.0, 0.02])
+def test_hmc_leaves_a_correlated_gaussian_invariant(adapt_rate):
+    cov = torch.tensor([[1.0, 0.9], [0.9, 1.0]])
+    mu = torch.tensor([1.0, -2.0])
+    precision = torch.linalg.inv(cov)
+
+    def log_density(z):
+        d = z - mu
+        return -0.5 * ((d @ precision) * d).sum(-1), torch.zeros(z.shape[:-1])
+
+    chains = 20000
+    z = mu + torch.randn(chains, 2) @ torch.linalg.cholesky(cov).T  # exact draws: the kernel must keep them exact
+    state = HMCState(z, *value_and_grad(log_density, z))
+    hmc = HMCConfig(leapfrog_steps=5, step_size=0.3, adapt_rate=adapt_rate)
+    step = torch.full((chains,), hmc.step_size, dtype=torch.float64)
+    for _ in range(30):
+        state, accept = hmc_transition(state, log_density, step, hmc.leapfrog_steps)
+        step = adapt_step_size(step, accept, hmc)
+    assert 0.3 < accept.mean() < 1.0  # it moves
+    mean, sample_cov = state.z.mean(0), torch.cov(state.z.T)
+    assert ((mean - mu).abs() < 3 * torch.sqrt(cov.diag() / chains)).all()
+    cov_se = torch.sqrt((cov.diag().outer(cov.diag()) + cov**2) / chains)
+    assert ((sample_cov - cov).abs() < 3 * cov_se).all(), sample_cov
+
+
+def test_ais_is_within_a_tenth_of_a_nat_on_ppca_and_improves_with_more_distributions():
+    from tests.oracles import best_ffg_guide
+
+    model, guide = make_ppca(collinear=0.5)  # a correlated posterior: the best FFG alone is 0.6 nats off
+    x = sample_ppca(model, 6)
+    exact = model.log_marginal(x).double().detach()
+    fixed = HMCConfig(leapfrog_steps=5, step_size=0.1, adapt_rate=0.0)  # every transition exactly invariant
+    from_ffg = ais(model, best_ffg_guide(model, x), x, num_chains=100, num_steps=200, hmc=fixed, init="guide")
+    assert ((from_ffg.log_px.value - exact).abs() < 0.1).all(), from_ffg.log_px.value - exact
+    hmc = HMCConfig(leapfrog_steps=5, step_size=0.1)  # adapted toward 0.65 acceptance
+    coarse = ais(model, guide, x, num_chains=32, num_steps=3, schedule="linear", hmc=hmc)
+    fine = ais(model, guide, x, num_chains=32, num_steps=100, hmc=hmc)
+    assert (fine.log_px.value - exact).abs().mean() < (coarse.log_px.value - exact).abs().mean() / 3
+    assert (0.3 < fine.acceptance).all() and (fine.acceptance < 1).all()
+
+
+def test_bdmc_brackets_the_exact_log_marginal():
+    model, guide = make_ppca(collinear=0.5)
+    result = bdmc(model, guide, torch.zeros(24, 6), num_chains=16, num_steps=100, schedule="linear", hmc=HMCConfig(leapfrog_steps=5, step_size=0.1))
+    exact = model.log_marginal(result.x).double()
+    low, high = result.lower.value - exact, result.upper.value - exact
+    assert low.mean() < 3 * low.std() / math.sqrt(len(low))  # a lower bound in expectation
+    assert high.mean() > -3 * high.std() / math.sqrt(len(high))  # an upper bound in expectation
+    assert result.gap.mean() < 0.5
+
+
+def test_schedules_run_from_zero_to_one():
+    for name in ("linear", "sigmoid"):
+        betas = annealing_schedule(name, 50)
+        assert betas[0] == 0 and betas[-1] == 1 and (betas[1:] >= betas[:-1]).all() and len(betas) == 51
+    sigmoid = annealing_schedule("sigmoid", 100)
+    assert sigmoid[1] < 0.01 and sigmoid[50] == pytest.approx(0.5)  # slow at both ends
+
+
+def test_bad_settings_are_refused():
+    model, guide = make_ppca()
+    x = sample_ppca(model, 3)
+    with pytest.raises(ValueError, match="at least 1 chain, got num_chains=0"):
+        ais(model, guide, x, num_chains=0, num_steps=5)
+    with pytest.raises(ValueError, match="step size must be positive"):
+        HMCConfig(step_size=-0.1)
+    with pytest.raises(ValueError, match="must start at 0 and end at 1"):
+        ais(model, guide, x, schedule=torch.tensor([0.0, 0.5, 0.9]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ais(model, guide, x, schedule=torch.tensor([0.0, 0.6, 0.4, 1.0]))
+    with pytest.raises(ValueError, match="unknown annealing schedule 'cosine'"):
+        ais(model, guide, x, schedule="cosine")
+    with pytest.raises(ValueError, match="leapfrog_steps must be an integer >= 1"):
+        HMCConfig(leapfrog_steps=0)
+    from tests.oracles import discrete_latent_pair, global_latent_model
+
+    with pytest.raises(ValueError, match="real-valued latents; site 'c'"):
+        ais(*discrete_latent_pair(), torch.zeros(3), num_steps=2)
+
+    def global_guide(x):
+        theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(theta, 1.0))
+
+    with pytest.raises(ValueError, match="without global latents"):
+        ais(global_latent_model, global_guide, torch.zeros(3), num_steps=2)
