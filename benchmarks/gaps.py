@@ -32,7 +32,8 @@ import torch
 from benchmarks.datasets import Data, load_dataset
 from benchmarks.options import ARCHITECTURE, add_data_arguments, add_model_arguments, run_cli, run_info
 from inference.estimators import MAX_ELEMENTS, check_num_samples
-from inference.gaps import QUANTITIES, GapDecomposition, gap_decomposition
+from inference.ais import INITS, SCHEDULES, AISOptions, HMCConfig
+from inference.gaps import LOG_PX_METHODS, QUANTITIES, GapDecomposition, gap_decomposition
 from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
 from inference.local import AdamConfig, StoppingRule
 from inference.objectives import NO_WARMUP
@@ -56,8 +57,26 @@ LABELS = {
 }
 
 
+#: Published set-ups: defaults for every option not given on the command line.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # Cremer, Li & Duvenaud (2018): MNIST, encoder 784-200-200-(2x50), decoder 50-200-200-784, ELU, batch 100, Adam
+    # with the IWAE learning-rate schedule over 3280 epochs, KL warm-up; 1000 training and 1000 test points; local q*
+    # with Adam lr 1e-3, 50 samples per step, stop after 10 windows of 100 steps without improvement; AIS, 100 chains,
+    # 10,000 intermediate distributions, 10 leapfrog steps.
+    "cremer-mnist": {
+        "dataset": "mnist", "model": "vae", "likelihood": "bernoulli", "binarization": "dynamic", "latent_dim": 50,
+        "hidden": [200, 200], "encoder_hidden": [200, 200], "activation": "elu", "batch_size": 100, "lr": 1e-3,
+        "lr_schedule": "iwae", "epochs": 3280, "kl_warmup_epochs": 10.0, "num_points": 1000, "local_lr": 1e-3,
+        "local_samples": 50, "local_window": 100, "local_patience": 10, "log_px": "ais", "ais_chains": 100,
+        "ais_steps": 10_000, "ais_leapfrog": 10,
+    },
+}
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gaps", description=__doc__.split("\n\n")[0])
+    p.add_argument("--protocol", choices=("none", *PROTOCOLS), default="none",
+                   help="preset a published set-up; explicit options override it, e.g. --epochs 5 for a reduced budget (default: none)")
     add_data_arguments(p)
     add_model_arguments(p)
     train = p.add_argument_group("training")
@@ -83,6 +102,13 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--local", default=None, help=f"local q* families, comma-separated, the first defining the approximation gap: {', '.join(LOCAL_FAMILIES)} (default: the guide's family; categorical for gmm, bernoulli for sbn)")
     evaluation.add_argument("--local-flow-layers", type=int, default=2, help="local iaf/coupling q*: flows per datapoint (default: %(default)s)")
     evaluation.add_argument("--local-flow-hidden", type=int, default=100, help="local iaf/coupling q*: hidden units per flow, 0 for affine (default: %(default)s)")
+    evaluation.add_argument("--log-px", choices=LOG_PX_METHODS, default="iwae", help="log p(x) estimator: iwae (importance-weighted bound, proposal the best of q and q*) or ais (annealed importance sampling) (default: %(default)s)")
+    evaluation.add_argument("--ais-chains", type=int, default=100, help="AIS chains per datapoint (default: %(default)s)")
+    evaluation.add_argument("--ais-steps", type=int, default=1000, help="AIS intermediate distributions (default: %(default)s; the reference uses 10000)")
+    evaluation.add_argument("--ais-leapfrog", type=int, default=10, help="HMC leapfrog steps per AIS transition (default: %(default)s)")
+    evaluation.add_argument("--ais-step-size", type=float, default=0.05, help="initial HMC step size, adapted toward 0.65 acceptance (default: %(default)s)")
+    evaluation.add_argument("--ais-schedule", choices=SCHEDULES, default="sigmoid", help="annealing schedule (default: %(default)s)")
+    evaluation.add_argument("--ais-init", choices=INITS, default="prior", help="AIS initial distribution: the prior or the amortized guide (default: %(default)s)")
     evaluation.add_argument("--max-elements", type=int, default=MAX_ELEMENTS,
                             help="memory budget: tensor elements one chunk of samples may create (default: 2**26; raise it on a GPU)")
     run = p.add_argument_group("run")
@@ -106,6 +132,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.local_lr > 0:
         raise ValueError(f"--local-lr must be positive, got {args.local_lr}")
     check_num_samples(args.local_flow_layers, "--local-flow-layers")
+    ais_options(args)  # refuses bad AIS settings before any training
     if args.local_flow_hidden < 0:
         raise ValueError(f"--local-flow-hidden must be >= 0, got {args.local_flow_hidden}")
     for family in _families(args.local):
@@ -115,6 +142,15 @@ def check_args(args: argparse.Namespace) -> None:
         given = [o for o in TRAIN_OPTIONS if getattr(args, o) not in (None, False)]
         if given:
             raise ValueError(f"--checkpoint evaluates a trained model; drop the training option(s) {', '.join('--' + g.replace('_', '-') for g in given)}")
+
+
+def ais_options(args: argparse.Namespace) -> AISOptions:
+    """The AIS settings of the command line (checked)."""
+    check_num_samples(args.ais_chains, "--ais-chains")
+    check_num_samples(args.ais_steps, "--ais-steps")
+    hmc = HMCConfig(leapfrog_steps=args.ais_leapfrog, step_size=args.ais_step_size,
+                    max_step_size=max(HMCConfig.max_step_size, args.ais_step_size))
+    return AISOptions(args.ais_chains, args.ais_steps, args.ais_schedule, args.ais_init, hmc)
 
 
 def _families(text: str | None) -> list[str]:
@@ -253,6 +289,13 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"  local q* ({s.get('local_family', 'ffg')}): {100 * s['local_converged_fraction']:.0f}% stopped by the rule, {s['local_steps_mean']:.0f} steps on average; "
             f"a q* was the log p(x) proposal for {100 * s['log_px_proposal_local_fraction']:.0f}% of points"
         )
+        if "pareto_k_mean" in s:
+            flagged = s["pareto_k_high_points"]
+            lines.append(
+                f"  PSIS k̂ of the log p(x) weights: mean {s['pareto_k_mean']:.2f}, max {s['pareto_k_max']:.2f}; "
+                + (f"**{100 * s['pareto_k_high_fraction']:.0f}% of points above 0.7 (unreliable estimates): {', '.join(map(str, flagged[:20]))}"
+                   + (" ..." if len(flagged) > 20 else "") + "**" if flagged else "no point above 0.7")
+            )
         if "exact_log_px" in s:
             gap = s.get("exact_approximation_gap")
             lines.append(
@@ -260,7 +303,12 @@ def render_markdown(result: dict[str, Any]) -> str:
                 + (f", approximation gap {gap:.4f}" if gap is not None else "")
             )
     ev = cfg["evaluation"]
-    lines += ["", f"log p(x): IWAE bound with K={ev['log_px_samples']}; ELBOs with {ev['elbo_samples']} samples; "
+    if ev.get("log_px") == "ais":
+        estimator = (f"AIS with {ev['ais_chains']} chains, {ev['ais_steps']} {ev['ais_schedule']} steps from the {ev['ais_init']}, "
+                     f"HMC with {ev['ais_leapfrog']} leapfrog steps")
+    else:
+        estimator = f"IWAE bound with K={ev['log_px_samples']}"
+    lines += ["", f"log p(x): {estimator}; ELBOs with {ev['elbo_samples']} samples; "
               f"local q*: Adam lr {ev['local_lr']}, {ev['local_samples']} samples/step, stop after {ev['local_patience']} "
               f"windows of {ev['local_window']} steps without improvement (cap {ev['local_max_steps']})."]
     return "\n".join(lines) + "\n"
@@ -307,8 +355,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "local_samples": args.local_samples, "local_lr": args.local_lr, "local_window": args.local_window,
         "local_patience": args.local_patience, "local_max_steps": args.local_max_steps, "local_init": args.local_init,
         "max_elements": args.max_elements, "local_families": list(families),
-        "local_flow_layers": args.local_flow_layers, "local_flow_hidden": args.local_flow_hidden,
+        "local_flow_layers": args.local_flow_layers, "local_flow_hidden": args.local_flow_hidden, "log_px": args.log_px,
     }
+    if args.log_px == "ais":
+        evaluation.update(ais_chains=args.ais_chains, ais_steps=args.ais_steps, ais_leapfrog=args.ais_leapfrog,
+                          ais_step_size=args.ais_step_size, ais_schedule=args.ais_schedule, ais_init=args.ais_init)
     splits, seconds = {}, {}
     for i, (split, x) in enumerate(points.items()):
         t0 = time.perf_counter()
@@ -319,12 +370,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             rule=StoppingRule(args.local_window, args.local_patience, args.local_max_steps),
             init=args.local_init, max_elements=args.max_elements, progress=progress,
             local_families=families, flow=FlowOptions(args.local_flow_layers, args.local_flow_hidden),
+            log_px=args.log_px, ais_options=ais_options(args),
         )
         splits[split] = summarize_split(result, model, guide, x.to(device), args.max_elements)
         seconds[split] = time.perf_counter() - t0
 
     config = {
-        "data": data_cfg, "model": model_cfg, "train": train_cfg.to_dict(), "evaluation": evaluation,
+        "protocol": args.protocol, "data": data_cfg, "model": model_cfg, "train": train_cfg.to_dict(), "evaluation": evaluation,
         "seed": args.seed, "device": str(device), "checkpoint": args.checkpoint,
     }
     result = {"config": config, "splits": splits}
@@ -343,8 +395,20 @@ def _devices(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def protocol_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, its defaults set to the chosen ``--protocol`` (training presets dropped with ``--checkpoint``)."""
+    parser = make_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.protocol != "none":
+        preset = PROTOCOLS[known.protocol]
+        if known.checkpoint:  # the model is trained already: only the evaluation settings apply
+            preset = {k: v for k, v in preset.items() if k not in (*TRAIN_OPTIONS, *MODEL_OPTIONS)}
+        parser.set_defaults(**preset)
+    return parser
+
+
 def cli(argv: list[str] | None = None) -> int:
-    return run_cli(make_parser(), main, argv)
+    return run_cli(protocol_parser(argv), main, argv)
 
 
 if __name__ == "__main__":

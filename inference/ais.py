@@ -174,6 +174,24 @@ def adapt_step_size(step_size: torch.Tensor, accept_prob: torch.Tensor, hmc: HMC
     return (step_size * factor).clamp(hmc.min_step_size, hmc.max_step_size)
 
 
+@dataclass(frozen=True)
+class AISOptions:
+    """Everything that defines an AIS run but the programs and data (see :func:`ais`)."""
+
+    num_chains: int = 100
+    num_steps: int = 10_000
+    schedule: str = "sigmoid"
+    init: str = "prior"
+    hmc: HMCConfig = HMCConfig()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_chains, bool) or int(self.num_chains) != self.num_chains or self.num_chains < 1:
+            raise ValueError(f"AIS needs at least 1 chain, got num_chains={self.num_chains!r}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown AIS initial distribution {self.init!r}; choose from {', '.join(INITS)}")
+        annealing_schedule(self.schedule, self.num_steps)  # refuses unknown schedules and num_steps < 1
+
+
 class AISResult(NamedTuple):
     log_px: Estimate  #: per-datapoint log-mean-exp over chains, with its delta-method standard error
     log_weights: torch.Tensor  #: (chains, N) float64
@@ -343,7 +361,7 @@ def ais(
     if bar is not None:
         bar.close()
     log_w = torch.cat(weights, 1)
-    return AISResult(log_mean_exp_estimate(log_w), log_w, torch.cat(accepts), torch.cat(steps))
+    return AISResult(log_mean_exp_estimate(log_w, pareto=int(num_chains) > 1), log_w, torch.cat(accepts), torch.cat(steps))
 
 
 def datapoint_block(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, num_chains: int, max_elements: int) -> int:

@@ -3,6 +3,11 @@ r"""What a trained model/guide pair uses and how noisy its training gradients ar
 * :func:`active_units` — Burda, Grosse & Salakhutdinov (2016, section 5.2): a latent unit
   :math:`u` is *active* when its posterior mean moves with the data,
   :math:`A_u = \mathrm{Cov}_x\big(E_{q(z|x)}[z_u]\big) > 0.01`.
+* :func:`pareto_k` — Vehtari, Simpson, Gelman, Yao & Gabry (2024), *Pareto smoothed
+  importance sampling*: the shape :math:`\hat k` of a generalized Pareto fitted to the
+  largest importance weights of each datapoint (computed by ArviZ). Above 0.7 the
+  weights' variance is effectively infinite and an importance-weighted estimate
+  cannot be trusted, however small its standard error looks.
 * :func:`gradient_snr` — Rainforth et al. (2018), *Tighter variational bounds are not
   necessarily better*: for each parameter component :math:`\theta_j` and a gradient
   estimator :math:`\Delta`, :math:`\mathrm{SNR}_j = |E[\Delta_j]| / \mathrm{sd}[\Delta_j]`,
@@ -26,6 +31,31 @@ from .program import SAMPLE_PLATE, Program, check_data, inspect_program
 
 #: Burda et al. (2016): a unit is active when the variance of its posterior mean exceeds this.
 ACTIVE_THRESHOLD = 0.01
+#: Vehtari et al. (2024): importance weights with k-hat above this are unreliable.
+PARETO_K_THRESHOLD = 0.7
+
+
+#: Fewer weights leave ArviZ too short a tail (at most 4 weights) to fit; k-hat is then reported as NaN.
+MIN_PSIS_SAMPLES = 25
+
+
+def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
+    """PSIS k-hat per datapoint of log importance weights ``(S, N)``: shape ``(N,)`` (float64), computed by ArviZ.
+
+    NaN for every datapoint when ``S < MIN_PSIS_SAMPLES`` (no tail to fit).
+    """
+    import warnings
+
+    if log_weights.dim() != 2 or log_weights.shape[0] < 2:
+        raise ValueError(f"pareto_k needs log weights of shape (samples >= 2, datapoints), got {tuple(log_weights.shape)}")
+    if log_weights.shape[0] < MIN_PSIS_SAMPLES:
+        return torch.full((log_weights.shape[1],), math.nan, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ's import-time notice and its small-sample warnings
+        import arviz
+
+        _, k_hat = arviz.psislw(log_weights.detach().double().T.cpu().numpy())
+    return torch.as_tensor(k_hat, dtype=torch.float64).reshape(log_weights.shape[1])
 
 
 class ActiveUnits(NamedTuple):

@@ -33,6 +33,7 @@ class Estimate(NamedTuple):
     value: torch.Tensor  #: shape (N,), float64
     stderr: torch.Tensor  #: shape (N,), float64; NaN where it cannot be estimated (one sample)
     num_samples: int
+    pareto_k: torch.Tensor | None = None  #: (N,) PSIS shape estimate of the importance weights, where computed
 
 
 def check_num_samples(num_samples: int, name: str = "num_samples") -> int:
@@ -117,12 +118,20 @@ def elbo(
     return Estimate(shift + mean, stderr, count)
 
 
-def log_mean_exp_estimate(log_w: torch.Tensor) -> Estimate:
-    """:math:`\log \frac1S \sum_s w_{s,i}` of log weights ``(S, N)`` in float64, with the delta-method standard error."""
+def log_mean_exp_estimate(log_w: torch.Tensor, pareto: bool = False) -> Estimate:
+    r""":math:`\log \frac1S \sum_s w_{s,i}` of log weights ``(S, N)`` in float64, with the delta-method standard error.
+
+    With ``pareto=True`` the estimate also carries each datapoint's PSIS :math:`\hat k`.
+    """
     log_w = log_w.double()
     count = log_w.shape[0]
     log_s1, log_s2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
-    return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count)
+    k_hat = None
+    if pareto:
+        from .diagnostics import pareto_k
+
+        k_hat = pareto_k(log_w)
+    return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count, k_hat)
 
 
 def _log_mean_stderr(log_s1: torch.Tensor, log_s2: torch.Tensor, count: int) -> torch.Tensor:
@@ -141,18 +150,29 @@ def log_likelihood(
     *,
     chunk_size: int | None = None,
     max_elements: int = MAX_ELEMENTS,
+    pareto: bool = False,
 ) -> Estimate:
     r"""Importance-weighted estimate :math:`\log \frac1K \sum_{k=1}^K p(x_i, z_k)/q(z_k|x_i)`, ``z_k ~ q(z|x_i)``.
 
     A stochastic lower bound on :math:`\log p(x_i)` that tightens as ``K`` grows
     (Burda et al. 2016). The guide is the proposal; any guide following the
-    convention works, including a local (per-datapoint) one.
+    convention works, including a local (per-datapoint) one. With ``pareto=True`` the
+    weights are also kept (``8 K N`` bytes) and the estimate carries the PSIS
+    :math:`\hat k` of each datapoint's weights (:func:`inference.diagnostics.pareto_k`).
     """
     log_s1 = log_s2 = None
     count = 0
+    kept = []
     for lw in _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
+        if pareto:
+            kept.append(lw)
         c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
         log_s1 = c1 if log_s1 is None else torch.logaddexp(log_s1, c1)
         log_s2 = c2 if log_s2 is None else torch.logaddexp(log_s2, c2)
         count += len(lw)
-    return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count)
+    k_hat = None
+    if pareto:
+        from .diagnostics import pareto_k
+
+        k_hat = pareto_k(torch.cat(kept))
+    return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count, k_hat)

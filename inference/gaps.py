@@ -16,7 +16,10 @@ al. report :math:`\mathcal{L}[q^*_{FFG}]` and :math:`\mathcal{L}[q^*_{Flow}]` si
 :math:`\log p(x)` is estimated by the importance-weighted bound with ``K``
 samples whose proposal, per datapoint, is whichever of :math:`q` and the
 :math:`q^*`'s has the highest ELBO (chosen on independent samples, so the
-estimate stays a stochastic lower bound).
+estimate stays a stochastic lower bound), or (``log_px="ais"``) by annealed
+importance sampling (:mod:`inference.ais`). Either way each datapoint's weights get
+a PSIS :math:`\hat k` (:func:`inference.diagnostics.pareto_k`); the summary
+reports the share of points above 0.7, whose estimates are unreliable.
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from typing import NamedTuple
 
 import torch
 
+from .ais import AISOptions, ais
+from .diagnostics import PARETO_K_THRESHOLD
 from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, elbo, log_likelihood
 from .families import FlowOptions, check_family
 from .local import AdamConfig, LocalPosterior, StoppingRule, local_posterior
 from .program import Program
 
+LOG_PX_METHODS = ("iwae", "ais")
 QUANTITIES = ("log_px", "elbo_local", "elbo_amortized", "approximation_gap", "amortization_gap", "inference_gap")
 
 
@@ -44,6 +50,7 @@ class GapDecomposition(NamedTuple):
     local: LocalPosterior
     family: str = "ffg"  #: the family of ``local``, the q* of the approximation gap
     others: dict[str, LocalPosterior] | None = None  #: q* of further families, by name
+    log_px_method: str = "iwae"  #: "iwae" or "ais"
 
     def per_datapoint(self) -> dict[str, torch.Tensor]:
         """Every quantity of :data:`QUANTITIES` per datapoint; the gaps add up exactly."""
@@ -81,6 +88,13 @@ class GapDecomposition(NamedTuple):
         out["local_steps_mean"] = float(self.local.num_steps.double().mean())
         out["log_px_proposal_local_fraction"] = float(self.proposal_is_local.double().mean())
         out["log_px_samples"] = self.log_px.num_samples
+        out["log_px_method"] = self.log_px_method
+        if self.log_px.pareto_k is not None and not self.log_px.pareto_k.isnan().all():
+            k_hat = self.log_px.pareto_k
+            high = (k_hat > PARETO_K_THRESHOLD).nonzero().squeeze(-1)
+            out["pareto_k_mean"], out["pareto_k_max"] = float(k_hat.mean()), float(k_hat.max())
+            out["pareto_k_high_fraction"] = len(high) / n
+            out["pareto_k_high_points"] = [int(i) for i in high]
         out["local_family"] = self.family
         for name, other in (self.others or {}).items():
             v = other.elbo.value
@@ -104,11 +118,15 @@ def gap_decomposition(
     adam: AdamConfig = AdamConfig(),
     rule: StoppingRule = StoppingRule(),
     init: str = "encoder",
+    log_px: str = "iwae",
+    ais_options: AISOptions = AISOptions(),
     max_elements: int = MAX_ELEMENTS,
     progress: bool = False,
 ) -> GapDecomposition:
     """Estimate log p(x), L[q*] (for each of ``local_families``) and L[q] for every row of ``x`` (see module docstring)."""
     log_px_samples = check_num_samples(log_px_samples, "log_px_samples")
+    if log_px not in LOG_PX_METHODS:
+        raise ValueError(f"unknown log p(x) estimator {log_px!r}; choose from {', '.join(LOG_PX_METHODS)}")
     families = tuple(dict.fromkeys(check_family(f) for f in local_families))
     if not families:
         raise ValueError("local_families must name at least one family")
@@ -124,16 +142,23 @@ def gap_decomposition(
     candidates = [guide, *(f.guide for f in fits.values())]
     elbos = torch.stack([amortized.value, *(f.elbo.value for f in fits.values())])
     choice = len(elbos) - 1 - elbos.flip(0).argmax(0)  # ties go to the last, a q*
+    primary = fits[families[0]]
+    others = {f: fits[f] for f in families[1:]}
+    if log_px == "ais":
+        o = ais_options
+        estimate = ais(model, guide, x, num_chains=o.num_chains, num_steps=o.num_steps, schedule=o.schedule, hmc=o.hmc,
+                       init=o.init, max_elements=max_elements, progress=progress).log_px
+        return GapDecomposition(estimate, primary.elbo, amortized, torch.zeros_like(choice, dtype=torch.bool), primary, families[0], others, "ais")
     value = torch.empty_like(amortized.value)
     stderr = torch.empty_like(amortized.value)
+    k_hat = torch.empty_like(amortized.value)
     for k in [*range(1, len(candidates)), 0]:
         proposal, mask = candidates[k], choice == k
         if mask.any():
             index = mask.nonzero().squeeze(-1)
             proposal = proposal if k == 0 else proposal.subset(index)
-            est = log_likelihood(model, proposal, x[index], log_px_samples, max_elements=max_elements)
+            est = log_likelihood(model, proposal, x[index], log_px_samples, max_elements=max_elements, pareto=log_px_samples > 1)
             value[index], stderr[index] = est.value, est.stderr
-    log_px = Estimate(value, stderr, log_px_samples)
-    primary = fits[families[0]]
-    others = {f: fits[f] for f in families[1:]}
-    return GapDecomposition(log_px, primary.elbo, amortized, choice > 0, primary, families[0], others)
+            k_hat[index] = est.pareto_k if est.pareto_k is not None else math.nan
+    estimate = Estimate(value, stderr, log_px_samples, k_hat if log_px_samples > 1 else None)
+    return GapDecomposition(estimate, primary.elbo, amortized, choice > 0, primary, families[0], others, "iwae")

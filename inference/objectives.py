@@ -1,4 +1,4 @@
-"""Training objectives, selectable by name, and KL warm-up for any program.
+r"""Training objectives, selectable by name, and KL warm-up for any program.
 
 ``make_objective(name)`` returns a Pyro :class:`~pyro.infer.ELBO`; calling it on
 a (model, guide) pair gives Pyro's :class:`~pyro.infer.elbo.ELBOModule`, an

@@ -180,3 +180,39 @@ def test_layer_sizes_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         cli(["--model", "sbn", "--layers", "200,0"])
     assert "layer sizes must be positive" in capsys.readouterr().err
+
+
+def test_cremer_protocol_presets_and_overrides():
+    from benchmarks.gaps import protocol_parser, resolve
+
+    argv = ["--protocol", "cremer-mnist", "--epochs", "3"]
+    args = protocol_parser(argv).parse_args(argv)
+    data, model, train, _ = resolve(args)
+    assert (data["dataset"], data["likelihood"]) == ("mnist", "bernoulli")
+    assert (model["latent_dim"], model["hidden"], model["encoder_hidden"], model["activation"]) == (50, [200, 200], [200, 200], "elu")
+    assert (train.epochs, train.batch_size, train.lr, train.lr_schedule) == (3, 100, 1e-3, "iwae") and train.kl_warmup_epochs > 0
+    assert (args.num_points, args.log_px, args.ais_chains, args.ais_steps, args.ais_leapfrog) == (1000, "ais", 100, 10_000, 10)
+    assert (args.local_lr, args.local_samples, args.local_window, args.local_patience) == (1e-3, 50, 100, 10)
+    argv = ["--protocol", "cremer-mnist", "--checkpoint", "some.ckpt"]  # evaluation presets only
+    args = protocol_parser(argv).parse_args(argv)
+    assert args.epochs is None and args.dataset is None and args.num_points == 1000 and args.log_px == "ais"
+
+
+def test_ais_log_px_and_psis_flags_on_ppca(tmp_path):
+    out = str(tmp_path / "ais")
+    drop = {i + d for i, a in enumerate(TINY) if a in ("--hidden", "--latent-dim") for d in (0, 1)}  # options ppca lacks
+    ppca = [a for i, a in enumerate(TINY) if i not in drop]
+    code = cli([*ppca, "--model", "ppca", "--latent-dim", "2", "--log-px", "ais", "--ais-chains", "32", "--ais-steps", "100",
+                "--ais-leapfrog", "5", "--ais-init", "guide", "--out", out])
+    assert code == 0
+    for split in read(out)["splits"].values():
+        assert split["log_px_method"] == "ais"
+        assert abs(split["log_px"] - split["exact_log_px"]) < 0.1
+        assert 0 <= split["pareto_k_high_fraction"] <= 1 and len(split["pareto_k_high_points"]) == round(split["pareto_k_high_fraction"] * 6)
+    assert "log p(x): AIS with 32 chains, 100 sigmoid steps from the guide" in read(out, "gaps.md")
+    code, out = run(tmp_path, name="iwae")
+    split = read(out)["splits"]["test"]
+    assert split["log_px_method"] == "iwae" and split["pareto_k_max"] >= split["pareto_k_mean"]
+    assert "PSIS k̂ of the log p(x) weights" in read(out, "gaps.md")
+    code, _ = run(tmp_path, "--log-px", "ais", "--ais-chains", "0", name="bad")
+    assert code == 2
