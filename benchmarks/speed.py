@@ -22,6 +22,10 @@
     on all points at once) against a Python loop calling it one datapoint at a
     time, same stopping rule, same model, on MNIST points.
 
+(c) AIS: log-density-gradient evaluations per second of :func:`inference.ais.ais`
+    vectorized over datapoints x chains, against a Python loop calling it one
+    datapoint at a time with the same chains, schedule and HMC settings.
+
 Writes ``speed.json`` and ``speed.md`` into ``--out`` and prints the table.
 """
 
@@ -228,10 +232,15 @@ def training_step_speed(data: torch.Tensor, batch_size: int, repeats: int, block
 # ---- (b) local q* -----------------------------------------------------------------------
 
 
-def local_speed(train: torch.Tensor, points: torch.Tensor, rule: StoppingRule, seed: int) -> dict[str, Any]:
+def briefly_trained(train: torch.Tensor, seed: int):
+    """An MNIST-sized VAE trained for one epoch: the model the local q* and AIS timings run on."""
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", train.shape[1], "bernoulli"))
-    fit(model, guide, train, TrainConfig(epochs=1, batch_size=100))  # a briefly trained model
+    fit(model, guide, train, TrainConfig(epochs=1, batch_size=100))
+    return model, guide
+
+
+def local_speed(model, guide, points: torch.Tensor, rule: StoppingRule) -> dict[str, Any]:
     t0 = time.perf_counter()
     vec = optimize_local(model, guide, points, rule=rule)
     vectorized = time.perf_counter() - t0
@@ -246,6 +255,29 @@ def local_speed(train: torch.Tensor, points: torch.Tensor, rule: StoppingRule, s
         "vectorized_s": vectorized, "loop_s": loop, "speedup": loop / vectorized,
         "vectorized_mean_steps": float(vec.num_steps.double().mean()), "loop_mean_steps": sum(loop_steps) / len(loop_steps),
         "vectorized_converged": float(vec.converged.double().mean()),
+    }
+
+
+# ---- (c) AIS -----------------------------------------------------------------------------
+
+
+def ais_speed(model, guide, points: torch.Tensor, chains: int, steps: int, leapfrog: int) -> dict[str, Any]:
+    from inference.ais import HMCConfig, ais
+
+    hmc = HMCConfig(leapfrog_steps=leapfrog)
+    # every transition evaluates the gradient once per leapfrog step, plus once at each new temperature
+    evaluations = len(points) * chains * steps * (leapfrog + 1)
+    t0 = time.perf_counter()
+    ais(model, guide, points, num_chains=chains, num_steps=steps, hmc=hmc)
+    vectorized = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(len(points)):
+        ais(model, guide, points[i : i + 1], num_chains=chains, num_steps=steps, hmc=hmc)
+    loop = time.perf_counter() - t0
+    return {
+        "points": len(points), "chains": chains, "steps": steps, "leapfrog": leapfrog, "gradient_evaluations": evaluations,
+        "vectorized_s": vectorized, "loop_s": loop, "vectorized_evals_per_s": evaluations / vectorized,
+        "loop_evals_per_s": evaluations / loop, "speedup": loop / vectorized,
     }
 
 
@@ -285,6 +317,19 @@ def render(result: dict[str, Any]) -> str:
             f"| speed-up | {b['speedup']:.1f}x | |",
             "",
         ]
+    c = result.get("ais")
+    if c:
+        lines += [
+            f"AIS on {c['points']} MNIST points: {c['chains']} chains, {c['steps']} intermediate distributions, "
+            f"{c['leapfrog']} leapfrog steps ({c['gradient_evaluations']:,} per-chain gradient evaluations):",
+            "",
+            "| AIS | seconds | gradient evaluations / s |",
+            "|---|---:|---:|",
+            f"| vectorized (datapoints x chains in one tensor) | {c['vectorized_s']:.1f} | {c['vectorized_evals_per_s']:,.0f} |",
+            f"| per-datapoint Python loop | {c['loop_s']:.1f} | {c['loop_evals_per_s']:,.0f} |",
+            f"| speed-up | {c['speedup']:.1f}x | |",
+            "",
+        ]
     lines.append(f"Machine: {result['machine']}, torch {result['torch']} with {result['threads']} threads.")
     return "\n".join(lines) + "\n"
 
@@ -302,7 +347,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-window", type=int, default=50)
     p.add_argument("--local-patience", type=int, default=4)
     p.add_argument("--local-max-steps", type=int, default=1000)
-    p.add_argument("--skip", choices=("training", "local"), action="append", default=[])
+    p.add_argument("--ais-points", type=int, default=20, help="MNIST test points for the AIS timing (default: %(default)s)")
+    p.add_argument("--ais-chains", type=int, default=100)
+    p.add_argument("--ais-steps", type=int, default=20, help="intermediate distributions for the AIS timing (default: %(default)s)")
+    p.add_argument("--ais-leapfrog", type=int, default=10)
+    p.add_argument("--skip", choices=("training", "local", "ais"), action="append", default=[])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("results", "speed"))
     return p
@@ -323,9 +372,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             for objective in ("elbo", "captured-elbo")
         }
         print(render(result), flush=True)
+    if "local" not in args.skip or "ais" not in args.skip:
+        model, guide = briefly_trained(data.train[:10_000], args.seed)
     if "local" not in args.skip:
         rule = StoppingRule(args.local_window, args.local_patience, args.local_max_steps)
-        result["local"] = local_speed(data.train[:10_000], data.test[: args.local_points], rule, args.seed)
+        result["local"] = local_speed(model, guide, data.test[: args.local_points], rule)
+    if "ais" not in args.skip:
+        result["ais"] = ais_speed(model, guide, data.test[: args.ais_points], args.ais_chains, args.ais_steps, args.ais_leapfrog)
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "speed.json"), result)
     atomic_write_text(os.path.join(args.out, "speed.md"), render(result))

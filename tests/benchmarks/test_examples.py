@@ -14,7 +14,7 @@ EXAMPLES = {
     "gaps": TINY_GAPS,
     "compare": "--epochs 1 --objectives elbo,iwae --num-samples 1,2 --test-points 8 --log-px-samples 16 --elbo-samples 8 --snr-draws 3 --curve-points 8 --curve-samples 4 --latent-dim 2 --hidden 8 --encoder-hidden 8 --no-progress",
     "mixture": "--components 2 --pca-dims 2 --restarts 1 --steps 30",
-    "speed": f"--data-root {SHARED_DATA} --block 3 --repeats 2 --trainer-points 300 --trainer-epochs 2 --trainer-repeats 1 --local-points 2 --local-window 5 --local-patience 1 --local-max-steps 10",
+    "speed": f"--data-root {SHARED_DATA} --block 3 --repeats 2 --trainer-points 300 --trainer-epochs 2 --trainer-repeats 1 --local-points 2 --local-window 5 --local-patience 1 --local-max-steps 10 --ais-points 2 --ais-chains 3 --ais-steps 2 --ais-leapfrog 2",
 }
 NOT_EXPERIMENTS = {"__init__", "datasets", "options"}
 
