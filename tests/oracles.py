@@ -76,3 +76,44 @@ def discrete_latent_pair():
             pyro.sample("c", dist.Bernoulli(0.3))
 
     return model, guide
+
+
+class MixturePriorModel(torch.nn.Module):
+    """z ~ sum_k pi_k N(mu_k, s_k^2 I) (2-D), x | z ~ N(W z + b, sigma^2 I) (3-D): a multimodal posterior, exact log p(x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.tensor([0.0, 0.5, -0.3])
+        self.mu = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]])
+        self.s = torch.tensor([0.5, 0.7, 0.4])
+        self.weight = torch.tensor([[1.0, 0.3], [-0.5, 1.2], [0.8, -0.7]])
+        self.bias = torch.tensor([0.1, -0.2, 0.3])
+        self.sigma = 0.6
+
+    def prior(self):
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), dist.Normal(self.mu, self.s.unsqueeze(-1)).to_event(1))
+
+    def forward(self, x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", dist.Normal(z @ self.weight.T + self.bias, self.sigma).to_event(1), obs=x)
+
+    def log_marginal(self, x):
+        """log sum_k pi_k N(x; W mu_k + b, s_k^2 W W^T + sigma^2 I)."""
+        parts = []
+        for k in range(len(self.logits)):
+            cov = self.s[k] ** 2 * self.weight @ self.weight.T + self.sigma**2 * torch.eye(3)
+            parts.append(torch.log_softmax(self.logits, 0)[k] + dist.MultivariateNormal(self.weight @ self.mu[k] + self.bias, cov).log_prob(x))
+        return torch.logsumexp(torch.stack(parts), 0)
+
+    def sample(self, n, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        k = torch.multinomial(torch.softmax(self.logits, 0), n, replacement=True, generator=gen)
+        z = self.mu[k] + self.s[k].unsqueeze(-1) * torch.randn(n, 2, generator=gen)
+        return z @ self.weight.T + self.bias + self.sigma * torch.randn(n, 3, generator=gen)
+
+
+def standard_normal_guide(x):
+    """q(z|x) = N(0, I) in 2-D: a guide that ignores the data."""
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
