@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from .ais import HMCConfig, ais, anneal, annealing_schedule, check_schedule, datapoint_block, guide_block
+from .ais import AISOptions, ais, anneal, annealing_schedule, check_schedule, datapoint_block, guide_block
 from .ais import _layout as ais_layout
 from .estimators import MAX_ELEMENTS, Estimate, log_mean_exp_estimate
 from .program import Program, check_data, inspect_program
@@ -38,18 +38,18 @@ def bdmc(
     model: Program,
     guide: Program,
     x_template: torch.Tensor,
+    options: AISOptions = AISOptions(),
     *,
-    num_chains: int = 100,
-    num_steps: int = 10_000,
-    schedule: str | torch.Tensor = "sigmoid",
-    hmc: HMCConfig = HMCConfig(),
-    init: str = "prior",
     max_elements: int = MAX_ELEMENTS,
     progress: bool = False,
 ) -> BDMCResult:
-    """Simulate ``len(x_template)`` datapoints from the model and bound their :math:`\\log p(x)` from both sides."""
+    """Simulate ``len(x_template)`` datapoints from the model and bound their :math:`\log p(x)` from both sides.
+
+    ``options`` are the AIS settings of both directions (chains, steps, schedule, initial distribution, HMC).
+    """
     check_data(x_template)
-    betas = check_schedule(schedule if isinstance(schedule, torch.Tensor) else annealing_schedule(schedule, num_steps))
+    num_chains, hmc, init = options.num_chains, options.hmc, options.init
+    betas = check_schedule(annealing_schedule(options.schedule, options.num_steps))
     info = inspect_program(model, guide, x_template)
     x, latents = dream(model, x_template, info)
     lower = ais(model, guide, x, num_chains=num_chains, schedule=betas, hmc=hmc, init=init, max_elements=max_elements, progress=progress)

@@ -1,6 +1,5 @@
 """Annealed importance sampling against closed forms; the HMC kernel against a known Gaussian."""
 
-
 import pyro
 import pyro.distributions as dist
 import pytest
