@@ -11,8 +11,9 @@ order, for the same number of epochs (same seed), then measures on the test spli
 * gradient signal-to-noise ratio of the encoder (guide) and decoder (model)
   parameters under the objective's own estimator, at the end of training, on one
   fixed training batch (Rainforth et al. 2018);
-* wall time per training step; and, after every epoch, the IWAE bound with
-  ``--curve-samples`` samples on ``--curve-points`` test points (the learning curve).
+* wall time per training step; and, after every epoch (and every ``--curve-steps``
+  steps), the IWAE bound with ``--curve-samples`` samples on ``--curve-points`` test
+  points (the learning curve).
 
 Pairs that make no sense (``tracegraph`` with K > 1, ``vimco`` with K = 1, ...) are
 skipped with the reason recorded. Writes ``compare.json``, ``compare.md`` and
@@ -99,8 +100,9 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--log-px-samples", type=int, default=None, help="K for the test log p(x) (default: 5000)")
     ev.add_argument("--elbo-samples", type=int, default=100, help="samples for the test ELBO (default: %(default)s)")
     ev.add_argument("--snr-draws", type=int, default=100, help="gradient draws for the SNR (default: %(default)s)")
-    ev.add_argument("--curve-points", type=int, default=500, help="test points for the per-epoch curve (default: %(default)s)")
-    ev.add_argument("--curve-samples", type=int, default=100, help="K of the per-epoch curve's IWAE bound (default: %(default)s)")
+    ev.add_argument("--curve-points", type=int, default=500, help="test points for the learning curve (default: %(default)s)")
+    ev.add_argument("--curve-samples", type=int, default=100, help="K of the learning curve's IWAE bound (default: %(default)s)")
+    ev.add_argument("--curve-steps", type=int, default=None, help="also evaluate the curve every this many steps (default: once per epoch)")
     ev.add_argument("--max-elements", type=int, default=MAX_ELEMENTS, help="memory budget per chunk of samples (default: 2**26)")
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="cpu")
@@ -143,6 +145,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
         check_num_samples(k, "each K in --num-samples")
     for key in ("elbo_samples", "snr_draws", "curve_points", "curve_samples", "max_elements"):
         check_num_samples(getattr(args, key), "--" + key.replace("_", "-"))
+    if args.curve_steps is not None:
+        check_num_samples(args.curve_steps, "--curve-steps")
     if args.snr_draws < 2:
         raise ValueError(f"--snr-draws must be >= 2 to measure a standard deviation, got {args.snr_draws}")
     check_num_samples(_setting(args, "log_px_samples"), "--log-px-samples (K)")
@@ -166,13 +170,22 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     return data_cfg, model_cfg, train, objectives, counts
 
 
-class EpochCurve(pl.Callback):
-    """After every epoch: the IWAE bound with ``samples`` samples on fixed test points, and the wall time of the steps."""
+class LearningCurve(pl.Callback):
+    """The IWAE bound with ``samples`` samples on fixed test points after every epoch (and every ``every_steps`` steps),
+    and the wall time of the training steps alone.
 
-    def __init__(self, model, guide, x: torch.Tensor, samples: int, seed: int, max_elements: int):
+    Points are kept in ``path`` (rewritten atomically after each), so a resumed run keeps its earlier ones.
+    The evaluation draws from a forked random generator: training sees the same random numbers with or without it.
+    """
+
+    def __init__(self, model, guide, x: torch.Tensor, samples: int, seed: int, max_elements: int, path: str, every_steps: int | None = None):
         super().__init__()
         self.model, self.guide, self.x, self.samples, self.seed, self.max_elements = model, guide, x, samples, seed, max_elements
+        self.path, self.every_steps = path, every_steps
         self.points: list[dict[str, float]] = []
+        if os.path.exists(path):
+            with open(path) as f:
+                self.points = json.load(f)
         self.step_seconds = 0.0
         self.steps = 0
         self._t0 = 0.0
@@ -183,18 +196,22 @@ class EpochCurve(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.step_seconds += time.perf_counter() - self._t0
         self.steps += 1
+        step = trainer.global_step
+        if self.every_steps and step % self.every_steps == 0 and batch_idx + 1 < trainer.num_training_batches:
+            self._evaluate(trainer, pl_module, step)  # (the last batch of an epoch is evaluated at the epoch's end)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._evaluate(trainer, pl_module, trainer.global_step)
+
+    def _evaluate(self, trainer, pl_module, step: int) -> None:
         if not trainer.is_global_zero:
             return
-        epoch = trainer.current_epoch
         with torch.random.fork_rng(devices=[]):
-            pyro.set_rng_seed(self.seed * 7919 + epoch)
-            est = log_likelihood(self.model, self.guide, self.x.to(pl_module.device), self.samples, max_elements=self.max_elements)
-        value = est.value
-        point = {"epoch": epoch + 1, "bound": float(value.mean()), "bound_se": float(value.std() / math.sqrt(len(value)))}
-        self.points.append(point)
-        pl_module.log("curve_bound", point["bound"], sync_dist=False)
+            pyro.set_rng_seed(self.seed * 7919 + step)
+            value = log_likelihood(self.model, self.guide, self.x.to(pl_module.device), self.samples, max_elements=self.max_elements).value
+        epoch = trainer.current_epoch + (step - trainer.current_epoch * trainer.num_training_batches) / trainer.num_training_batches
+        self.points.append({"step": step, "epoch": round(epoch, 4), "bound": float(value.mean()), "bound_se": float(value.std() / math.sqrt(len(value)))})
+        atomic_write_json(self.path, self.points)
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -232,20 +249,13 @@ def evaluate(model, guide, objective: str, k: int, data: Data, x_test: torch.Ten
     return out
 
 
-def _read_curve(run_dir: str) -> list[dict[str, float]]:
-    """Per-epoch curve and training loss from the run's CSV log (which survives --resume)."""
+def _read_train_loss(run_dir: str) -> list[float]:
+    """The training loss of every epoch, from the run's CSV log (which survives --resume)."""
     path = os.path.join(run_dir, "logs", "metrics.csv")
     if not os.path.exists(path):
         return []
-    rows: dict[int, dict[str, float]] = {}
     with open(path) as f:
-        for row in csv.DictReader(f):
-            epoch = int(row["epoch"]) + 1
-            entry = rows.setdefault(epoch, {"epoch": epoch})
-            for key, name in (("curve_bound", "bound"), ("train_loss", "train_loss")):
-                if row.get(key):
-                    entry[name] = float(row[key])
-    return [rows[e] for e in sorted(rows)]
+        return [float(row["train_loss"]) for row in csv.DictReader(f) if row.get("train_loss")]
 
 
 def run_one(objective: str, k: int, data: Data, model_cfg, base: TrainConfig, args, log_px_samples: int, device, progress: bool) -> dict[str, Any]:
@@ -263,8 +273,11 @@ def run_one(objective: str, k: int, data: Data, model_cfg, base: TrainConfig, ar
     warmup = 0.0 if objective in NO_WARMUP else base.kl_warmup_epochs
     train = TrainConfig(**{**base.to_dict(), "objective": objective, "num_particles": k, "kl_warmup_epochs": warmup})
     x_curve = data.eval_points("test", min(args.curve_points, len(data.test)))
-    curve = EpochCurve(model, guide, x_curve, args.curve_samples, args.seed, args.max_elements)
     resume = args.resume and os.path.exists(os.path.join(run_dir, "checkpoints", "last.ckpt"))
+    curve_path = os.path.join(run_dir, "curve.json")
+    if not resume and os.path.exists(curve_path):
+        os.remove(curve_path)  # a fresh run: an earlier run's curve does not belong to it
+    curve = LearningCurve(model, guide, x_curve, args.curve_samples, args.seed, args.max_elements, curve_path, args.curve_steps)
     t0 = time.perf_counter()
     fit(model, guide, data.train, train, transform=data.transform, out_dir=run_dir, resume=resume, device=args.device,
         progress=progress, run_config={"model": model_cfg, "data": {"dataset": data.name}}, callbacks=[curve])
@@ -278,7 +291,8 @@ def run_one(objective: str, k: int, data: Data, model_cfg, base: TrainConfig, ar
         "steps": curve.steps, "seconds_per_step": curve.step_seconds / max(curve.steps, 1),
         **evaluate(model, guide, objective, k, data, x_test, args, log_px_samples, args.seed, device),
     }
-    result["curve"] = _read_curve(run_dir) or curve.points
+    result["curve"] = curve.points
+    result["train_loss"] = _read_train_loss(run_dir)
     atomic_write_json(done, result)
     return result
 
@@ -290,7 +304,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Inference algorithms compared: {model} on {cfg['data']['dataset']} ({cfg['data']['likelihood']}, {cfg['data']['binarization'] or 'continuous'})",
         "",
-        f"Same initialization, data order and seed; {cfg['train']['epochs']} epochs of batch {cfg['train']['batch_size']} "
+        f"Same initialization, data order and seed; {cfg['train']['epochs']} epoch{'s' if cfg['train']['epochs'] != 1 else ''} of batch {cfg['train']['batch_size']} "
         f"(Adam lr {cfg['train']['lr']}, {cfg['train']['lr_schedule']} schedule) for every run. "
         f"Test: {cfg['evaluation']['test_points']} points, log p̂(x) with K={cfg['evaluation']['log_px_samples']}, "
         f"ELBO with {cfg['evaluation']['elbo_samples']} samples; ± is the standard error over test points.",
@@ -299,7 +313,7 @@ def markdown(result: dict[str, Any]) -> str:
     header = "| objective | K | test log p̂(x) | test ELBO | active units | SNR encoder | SNR decoder | ms/step |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if published:
-        header += " published NLL |"
+        header += " published −log p(x) |"
         rule += "---:|"
     lines += [header, rule]
     for r in result["runs"]:
@@ -332,10 +346,10 @@ def plot(result: dict[str, Any], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in result["runs"]:
-        pts = [p for p in r["curve"] if "bound" in p]
-        ax.plot([p["epoch"] for p in pts], [p["bound"] for p in pts], marker="o" if len(pts) < 30 else None, label=f"{r['objective']} K={r['num_samples']}")
+        pts = r["curve"]
+        ax.plot([p["step"] for p in pts], [p["bound"] for p in pts], marker="o" if len(pts) < 30 else None, label=f"{r['objective']} K={r['num_samples']}")
     ev = result["config"]["evaluation"]
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("training step")
     ax.set_ylabel(f"test IWAE bound, K={ev['curve_samples']} (nats)")
     ax.set_title(f"{result['config']['model']['name']} on {result['config']['data']['dataset']}: {ev['curve_points']} test points")
     ax.grid(alpha=0.3)
@@ -374,6 +388,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "evaluation": {
             "test_points": args.test_points or len(data.test), "log_px_samples": log_px_samples, "elbo_samples": args.elbo_samples,
             "snr_draws": args.snr_draws, "curve_points": min(args.curve_points, len(data.test)), "curve_samples": args.curve_samples,
+            "curve_steps": args.curve_steps,
             "active_threshold": ACTIVE_THRESHOLD,
         },
     }

@@ -30,7 +30,7 @@ from pyro import poutine
 from torch import nn
 from torch.func import functional_call
 
-from .program import ProgramInfo, inspect_program, per_datapoint_log_prob, trace_pair
+from .program import ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, trace_pair
 
 
 class CaptureError(RuntimeError):
@@ -50,7 +50,7 @@ class ReparamELBO(nn.Module):
         """Check the pair once (convention, reparameterized guide sites)."""
         if self.info is not None:
             return
-        info = inspect_program(self.model, self.guide, x)
+        info = inspect_without_randomness(self.model, self.guide, x)
         _, guide_trace = trace_pair(self.model, self.guide, x)
         for name in info.local_latents + info.global_latents:
             if not guide_trace.nodes[name]["fn"].has_rsample:

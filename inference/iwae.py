@@ -40,7 +40,7 @@ from pyro import poutine
 from torch import nn
 
 from .enumeration import score_configurations
-from .program import ConventionError, ProgramInfo, inspect_program, per_datapoint_log_prob, sampled_log_densities
+from .program import ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities
 
 ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
 
@@ -99,7 +99,7 @@ class IWAELoss(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._info is None:
-            self._info = inspect_program(self.model, self.guide, x)
+            self._info = inspect_without_randomness(self.model, self.guide, x)
         info, k = self._info, self.num_samples
         model, guide = self.model, self.guide
         global_term, theta = draw_globals(model, guide, x, info)

@@ -124,10 +124,10 @@ class AnnealedLoss(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         objective = self.module.elbo
         if objective.vectorize_particles and objective.max_plate_nesting == float("inf"):
-            from .program import inspect_program  # tell Pyro the nesting instead of letting it guess (and log)
+            from .program import inspect_without_randomness  # tell Pyro the nesting instead of letting it guess (and log)
 
             # Pyro counts the particle plate in max_plate_nesting when particles are vectorized
-            objective.max_plate_nesting = inspect_program(self.module.model, self.module.guide, x).max_plate_nesting + 1
+            objective.max_plate_nesting = inspect_without_randomness(self.module.model, self.module.guide, x).max_plate_nesting + 1
         return self.module(x)
 
 
@@ -197,7 +197,8 @@ class EnumLoss(nn.Module):
         if self._enumerated is None:
             from pyro import poutine
 
-            trace = poutine.trace(self.model).get_trace(x)
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+                trace = poutine.trace(self.model).get_trace(x)
             self._enumerated = tuple(
                 name for name, site in trace.nodes.items()
                 if site["type"] == "sample" and not site["is_observed"] and site["infer"].get("enumerate") == "parallel"
@@ -212,12 +213,12 @@ class EnumLoss(nn.Module):
         from .enumeration import exact_elbo
 
         from .enumeration import configurations
-        from .program import inspect_program
+        from .program import inspect_without_randomness
 
         sites = self._sites(x)
         marginal = self.objective.differentiable_loss(self.model, poutine.block(self.guide, hide=list(sites)), x)
         if self._layout is None:
-            info = inspect_program(self.model, self.guide, x)
+            info = inspect_without_randomness(self.model, self.guide, x)
             self._layout = (info, configurations(self.model, self.guide, x, info))
         info, grid = self._layout
         guide_elbo = exact_elbo(self.model, self.guide, x, model_grad=False, info=info, grid=grid).sum()
@@ -261,9 +262,9 @@ class RenyiLoss(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.objective is None:
-            from .program import inspect_program
+            from .program import inspect_without_randomness
 
-            nesting = inspect_program(self.model, self.guide, x).max_plate_nesting
+            nesting = inspect_without_randomness(self.model, self.guide, x).max_plate_nesting
             k = self.num_particles
             self.objective = pyro.infer.RenyiELBO(alpha=0.0, num_particles=k, vectorize_particles=k > 1, max_plate_nesting=nesting)
         params = [p for p in self.parameters() if p.requires_grad]

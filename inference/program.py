@@ -180,6 +180,16 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
     return ProgramInfo(data_frame.dim, max(dims), tuple(local), tuple(global_), tuple(observed), event_shapes)
 
 
+def inspect_without_randomness(model: Program, guide: Program, x: torch.Tensor) -> ProgramInfo:
+    """:func:`inspect_program` under a forked random generator: the caller's random stream is left as it was.
+
+    Losses that inspect their programs lazily, on the first batch, use it so that a run
+    resumed from a checkpoint draws the same random numbers as the uninterrupted run.
+    """
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        return inspect_program(model, guide, x)
+
+
 def _check_unscaled(name: str, site: dict) -> None:
     scale = site["scale"]
     if not (isinstance(scale, (int, float)) and scale == 1.0):

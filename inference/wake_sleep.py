@@ -42,7 +42,7 @@ from torch import nn
 
 from .enumeration import score_configurations
 from .iwae import draw_globals, log_mean_exp
-from .program import ConventionError, ProgramInfo, inspect_program, per_datapoint_log_prob, sampled_log_densities
+from .program import ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities
 
 #: Registered names and the share of the wake update in each guide update (``insomnia``).
 RWS_VARIANTS = {"rws": 1.0, "rws-sleep": 0.0, "rws-both": 0.5}
@@ -95,7 +95,7 @@ class _WakeSleepBase(nn.Module):
     def _wake(self, x: torch.Tensor):
         """Samples of q for real data: (log_w (K, N) without graph, model log p at fixed z (K, N), guide at fixed z, globals' term)."""
         if self._info is None:
-            self._info = inspect_program(self.model, self.guide, x)
+            self._info = inspect_without_randomness(self.model, self.guide, x)
         info = self._info
         global_term, theta = draw_globals(self.model, self.guide, x, info)
         model, guide = self.model, self.guide
