@@ -79,13 +79,18 @@ def discrete_latent_pair():
 
 
 class MixturePriorModel(torch.nn.Module):
-    """z ~ sum_k pi_k N(mu_k, s_k^2 I) (2-D), x | z ~ N(W z + b, sigma^2 I) (3-D): a multimodal posterior, exact log p(x)."""
+    """z ~ sum_k pi_k N(mu_k, s_k^2 I) (2-D), x | z ~ N(W z + b, sigma^2 I) (3-D): a multimodal posterior, exact log p(x).
 
-    def __init__(self):
+    ``separated=True``: three narrow, well-separated modes; ``False``: three wide, overlapping ones.
+    """
+
+    def __init__(self, separated: bool = True):
         super().__init__()
         self.logits = torch.tensor([0.0, 0.5, -0.3])
-        self.mu = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]])
-        self.s = torch.tensor([0.5, 0.7, 0.4])
+        if separated:
+            self.mu, self.s = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]]), torch.tensor([0.5, 0.7, 0.4])
+        else:
+            self.mu, self.s = torch.tensor([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]]), torch.tensor([0.8, 1.0, 0.9])
         self.weight = torch.tensor([[1.0, 0.3], [-0.5, 1.2], [0.8, -0.7]])
         self.bias = torch.tensor([0.1, -0.2, 0.3])
         self.sigma = 0.6
