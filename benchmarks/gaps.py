@@ -285,9 +285,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     for split, s in result["splits"].items():
         mc = ", ".join(f"{LABELS[q]} {s[q + '_mc_se']:.4f}" for q in QUANTITIES)
         lines.append(f"- {split}: {mc}")
+        proposal = (f"; a q* was the log p(x) proposal for {100 * s['log_px_proposal_local_fraction']:.0f}% of points"
+                    if s.get("log_px_method", "iwae") == "iwae" else "")
         lines.append(
-            f"  local q* ({s.get('local_family', 'ffg')}): {100 * s['local_converged_fraction']:.0f}% stopped by the rule, {s['local_steps_mean']:.0f} steps on average; "
-            f"a q* was the log p(x) proposal for {100 * s['log_px_proposal_local_fraction']:.0f}% of points"
+            f"  local q* ({s.get('local_family', 'ffg')}): {100 * s['local_converged_fraction']:.0f}% stopped by the rule, "
+            f"{s['local_steps_mean']:.0f} steps on average{proposal}"
         )
         if "pareto_k_mean" in s:
             flagged = s["pareto_k_high_points"]
