@@ -47,8 +47,9 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 
+from .enumeration import score_configurations, score_site_groups
 from .estimators import MAX_ELEMENTS, Estimate, chunk_size_for, log_mean_exp_estimate
-from .program import SAMPLE_PLATE, Program, ProgramInfo, check_data, inspect_program, per_datapoint_log_prob
+from .program import SAMPLE_PLATE, Program, ProgramInfo, check_data, inspect_program, sample_batch_shape
 
 SCHEDULES = ("linear", "sigmoid")
 INITS = ("prior", "guide")
@@ -186,11 +187,15 @@ class AISOptions:
     hmc: HMCConfig = HMCConfig()
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_chains, bool) or int(self.num_chains) != self.num_chains or self.num_chains < 1:
-            raise ValueError(f"AIS needs at least 1 chain, got num_chains={self.num_chains!r}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown AIS initial distribution {self.init!r}; choose from {', '.join(INITS)}")
+        _check_chains_and_init(self.num_chains, self.init)
         annealing_schedule(self.schedule, self.num_steps)  # refuses unknown schedules and num_steps < 1
+
+
+def _check_chains_and_init(num_chains: int, init: str) -> None:
+    if isinstance(num_chains, bool) or int(num_chains) != num_chains or num_chains < 1:
+        raise ValueError(f"AIS needs at least 1 chain, got num_chains={num_chains!r}")
+    if init not in INITS:
+        raise ValueError(f"unknown AIS initial distribution {init!r}; choose from {', '.join(INITS)}")
 
 
 class AISResult(NamedTuple):
@@ -208,32 +213,23 @@ class _Layout(NamedTuple):
     sizes: tuple[int, ...]
 
     def unflatten(self, z: torch.Tensor, info: ProgramInfo) -> dict[str, torch.Tensor]:
-        c, n = z.shape[:2]
-        batch = [1] * (info.max_plate_nesting + 1)
-        batch[0] = c
-        batch[info.max_plate_nesting + 1 + info.data_dim] = n
-        out = {}
-        for name, event, part in zip(self.sites, self.event_shapes, z.split(list(self.sizes), -1)):
-            out[name] = part.reshape(tuple(batch) + event)
-        return out
+        """The flat state ``(C, N, D)`` as site values under the sample and data plates."""
+        batch = sample_batch_shape(z.shape[0], z.shape[1], info)
+        parts = z.split(list(self.sizes), -1)
+        return {name: part.reshape(batch + event) for name, event, part in zip(self.sites, self.event_shapes, parts)}
 
     def flatten(self, values: dict[str, torch.Tensor], c: int, n: int, info: ProgramInfo) -> torch.Tensor:
+        """Site values (broadcastable to ``c`` samples of ``n`` datapoints) as one flat state ``(c, n, D)``."""
         parts = []
         for name, event in zip(self.sites, self.event_shapes):
-            v = values[name].expand(_site_shape(c, n, info) + event)
+            v = values[name].expand(sample_batch_shape(c, n, info) + event)
             v = v.movedim(info.sample_dim - len(event), 0).movedim(info.data_dim - len(event), 1)
             parts.append(v.reshape(c, n, -1))
         return torch.cat(parts, -1)
 
 
-def _site_shape(c: int, n: int, info: ProgramInfo) -> tuple[int, ...]:
-    batch = [1] * (info.max_plate_nesting + 1)
-    batch[0] = c
-    batch[info.max_plate_nesting + 1 + info.data_dim] = n
-    return tuple(batch)
-
-
-def _layout(model: Program, x: torch.Tensor, info: ProgramInfo) -> _Layout:
+def latent_layout(model: Program, x: torch.Tensor, info: ProgramInfo) -> _Layout:
+    """The flat layout of the local latents; refuses global, non-real or nested-plate latents."""
     if info.global_latents:
         raise ValueError(f"AIS estimates log p(x) per datapoint and needs a model without global latents; this one has {list(info.global_latents)}")
     if not info.local_latents:
@@ -255,20 +251,6 @@ def _layout(model: Program, x: torch.Tensor, info: ProgramInfo) -> _Layout:
     return _Layout(info.local_latents, tuple(shapes), tuple(math.prod(s) for s in shapes))
 
 
-def _scores(program: Program, x: torch.Tensor, values: dict[str, torch.Tensor], info: ProgramInfo, groups: tuple[tuple[str, ...], ...]):
-    """One trace of ``program`` conditioned on ``values``; per-datapoint log-prob sums of each group of sites, ``(C, N)`` each."""
-    c = len(next(iter(values.values())))
-    with pyro.plate(SAMPLE_PLATE, c, dim=info.sample_dim):
-        trace = poutine.trace(poutine.condition(program, data=values)).get_trace(x)
-    out = []
-    for sites in groups:
-        total = torch.zeros(c, len(x), dtype=torch.float64, device=x.device)
-        for name in sites:
-            total = total + per_datapoint_log_prob(name, trace.nodes[name], info)
-        out.append(total)
-    return out
-
-
 def _initial(model: Program, guide: Program, x: torch.Tensor, chains: int, info: ProgramInfo, init: str) -> dict[str, torch.Tensor]:
     program = model if init == "prior" else guide
     with torch.no_grad(), pyro.plate(SAMPLE_PLATE, chains, dim=info.sample_dim):
@@ -281,11 +263,8 @@ def _annealed_density(model, guide, x, info, layout, init: str, beta: float) -> 
 
     def log_density(z: torch.Tensor):
         values = layout.unflatten(z, info)
-        log_prior, log_lik = _scores(model, x, values, info, (info.local_latents, info.observed))
-        if init == "prior":
-            log_q0 = log_prior
-        else:
-            (log_q0,) = _scores(guide, x, values, info, (info.local_latents,))
+        log_prior, log_lik = score_site_groups(model, x, values, info, (info.local_latents, info.observed))
+        log_q0 = log_prior if init == "prior" else score_configurations(guide, x, values, info, info.local_latents)
         d = log_prior + log_lik - log_q0
         return log_q0 + beta * d, d
 
@@ -340,13 +319,10 @@ def ais(
     or ``"guide"`` (the amortized q as the initial distribution).
     """
     check_data(x)
-    if isinstance(num_chains, bool) or int(num_chains) != num_chains or num_chains < 1:
-        raise ValueError(f"AIS needs at least 1 chain, got num_chains={num_chains!r}")
-    if init not in INITS:
-        raise ValueError(f"unknown AIS initial distribution {init!r}; choose from {', '.join(INITS)}")
+    _check_chains_and_init(num_chains, init)
     betas = check_schedule(schedule if isinstance(schedule, torch.Tensor) else annealing_schedule(schedule, num_steps))
     info = inspect_program(model, guide, x)
-    layout = _layout(model, x, info)
+    layout = latent_layout(model, x, info)
     block = datapoint_block(model, guide, x, info, int(num_chains), max_elements)
     bar = _progress(len(betas) - 1, math.ceil(len(x) / block)) if progress else None
     weights, accepts, steps = [], [], []

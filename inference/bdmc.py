@@ -15,8 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from .ais import AISOptions, ais, anneal, annealing_schedule, check_schedule, datapoint_block, guide_block
-from .ais import _layout as ais_layout
+from .ais import AISOptions, ais, anneal, annealing_schedule, check_schedule, datapoint_block, guide_block, latent_layout
 from .estimators import MAX_ELEMENTS, Estimate, log_mean_exp_estimate
 from .program import Program, check_data, inspect_program
 from .wake_sleep import dream
@@ -53,7 +52,7 @@ def bdmc(
     info = inspect_program(model, guide, x_template)
     x, latents = dream(model, x_template, info)
     lower = ais(model, guide, x, num_chains=num_chains, schedule=betas, hmc=hmc, init=init, max_elements=max_elements, progress=progress)
-    layout = ais_layout(model, x, info)
+    layout = latent_layout(model, x, info)
     block = datapoint_block(model, guide, x, info, int(num_chains), max_elements)
     reverse = []
     for begin in range(0, len(x), block):

@@ -25,7 +25,7 @@ import torch
 from pyro import poutine
 
 from .estimators import MAX_ELEMENTS, chunk_size_for
-from .program import SAMPLE_PLATE, Program, ProgramInfo, inspect_program, per_datapoint_log_prob
+from .program import SAMPLE_PLATE, Program, ProgramInfo, inspect_program, per_datapoint_log_prob, sample_batch_shape
 
 #: Default bound on the number of joint configurations (12 binary units).
 MAX_CONFIGURATIONS = 4096
@@ -95,23 +95,30 @@ def configurations(
 def _expand_site(values: torch.Tensor, n: int, info: ProgramInfo) -> torch.Tensor:
     """Shape a ``(C, *event_shape)`` grid as a site value under the sample and data plates."""
     c, event = values.shape[0], tuple(values.shape[1:])
-    batch = [1] * (info.max_plate_nesting + 1)
-    batch[0] = c
-    batch[info.max_plate_nesting + 1 + info.data_dim] = n
-    return values.reshape((c,) + (1,) * info.max_plate_nesting + event).expand(tuple(batch) + event)
+    return values.reshape((c,) + (1,) * info.max_plate_nesting + event).expand(sample_batch_shape(c, n, info) + event)
 
 
 def score_configurations(
     program: Program, x: torch.Tensor, values: dict[str, torch.Tensor], info: ProgramInfo, sites: tuple[str, ...]
 ) -> torch.Tensor:
     """``sum over sites of log prob`` of ``program`` conditioned on each row of ``values`` (configurations, or samples that keep their graph): ``(C, len(x))``."""
+    return score_site_groups(program, x, values, info, (sites,))[0]
+
+
+def score_site_groups(
+    program: Program, x: torch.Tensor, values: dict[str, torch.Tensor], info: ProgramInfo, groups: tuple[tuple[str, ...], ...]
+) -> list[torch.Tensor]:
+    """:func:`score_configurations` for several groups of sites from one trace of the program: one ``(C, len(x))`` sum per group."""
     c = len(next(iter(values.values())))
     with pyro.plate(SAMPLE_PLATE, c, dim=info.sample_dim):
         trace = poutine.trace(poutine.condition(program, data=values)).get_trace(x)
-    total = torch.zeros(c, len(x), dtype=torch.float64, device=x.device)
-    for name in sites:
-        total = total + per_datapoint_log_prob(name, trace.nodes[name], info)
-    return total
+    totals = []
+    for sites in groups:
+        total = torch.zeros(c, len(x), dtype=torch.float64, device=x.device)
+        for name in sites:
+            total = total + per_datapoint_log_prob(name, trace.nodes[name], info)
+        totals.append(total)
+    return totals
 
 
 def expand_grid(grid: dict[str, torch.Tensor], n: int, info: ProgramInfo) -> dict[str, torch.Tensor]:

@@ -210,9 +210,7 @@ class EnumLoss(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from pyro import poutine
 
-        from .enumeration import exact_elbo
-
-        from .enumeration import configurations
+        from .enumeration import configurations, exact_elbo
         from .program import inspect_without_randomness
 
         sites = self._sites(x)

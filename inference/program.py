@@ -180,6 +180,15 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
     return ProgramInfo(data_frame.dim, max(dims), tuple(local), tuple(global_), tuple(observed), event_shapes)
 
 
+def sample_batch_shape(num_samples: int, num_points: int, info: ProgramInfo) -> tuple[int, ...]:
+    """The batch shape of a per-datapoint site under the sample plate: ``num_samples`` at the sample dim,
+    ``num_points`` at the data dim, 1 at every other plate dim."""
+    batch = [1] * (info.max_plate_nesting + 1)
+    batch[0] = num_samples
+    batch[info.max_plate_nesting + 1 + info.data_dim] = num_points
+    return tuple(batch)
+
+
 def inspect_without_randomness(model: Program, guide: Program, x: torch.Tensor) -> ProgramInfo:
     """:func:`inspect_program` under a forked random generator: the caller's random stream is left as it was.
 
