@@ -107,3 +107,19 @@ def test_bad_settings_are_refused():
 
     with pytest.raises(ValueError, match="without global latents"):
         ais(global_latent_model, global_guide, torch.zeros(3), num_steps=2)
+
+
+def test_ais_error_on_a_mixture_prior_shrinks_with_more_distributions():
+    from tests.oracles import MixturePriorModel, standard_normal_guide
+
+    model = MixturePriorModel(separated=False)
+    x = model.sample(6, seed=1)
+    exact = model.log_marginal(x).double()
+    hmc = HMCConfig(leapfrog_steps=5, step_size=0.1)
+    errors = {}
+    for steps in (3, 30, 300):
+        pyro.set_rng_seed(0)
+        result = ais(model, standard_normal_guide, x, num_chains=32, num_steps=steps, schedule="linear", hmc=hmc)
+        errors[steps] = (result.log_px.value - exact).abs().mean()
+    assert errors[300] < errors[30] < errors[3], errors
+    assert errors[300] < errors[3] / 5, errors
