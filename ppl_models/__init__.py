@@ -104,6 +104,8 @@ def model_config(name: str, data_dim: int, likelihood: str, **overrides: Any) ->
             _positive_int(key, config[key])
     for key in ("latent_dims", "layers", "hidden", "encoder_hidden", "upper_hidden", "flow_hidden", "baseline_hidden"):
         if key in config:
+            if not isinstance(config[key], list):
+                raise ValueError(f"{key} must be a list of positive integers (layer sizes), got {config[key]!r}")
             for size in config[key]:
                 _positive_int(f"{key} entries", size)
     return config

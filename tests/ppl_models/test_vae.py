@@ -46,6 +46,8 @@ def test_bad_names_and_sizes_are_refused():
         model_config("vae", 4, "bernoulli", latent_dim=0)
     with pytest.raises(ValueError, match="hidden entries must be a positive integer, got 0"):
         build_model(model_config("vae", 4, "bernoulli", hidden=[0]))
+    with pytest.raises(ValueError, match="hidden must be a list of positive integers .layer sizes., got 16"):
+        model_config("vae", 4, "bernoulli", hidden=16)
     with pytest.raises(ValueError, match="unknown activation"):
         mlp(2, [3], 1, "gelu")
     with pytest.raises(ValueError, match="no option 'depth'"):
