@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from inference.ais import HMCConfig, HMCState, adapt_step_size, ais, annealing_schedule, hmc_transition, value_and_grad
-from tests.oracles import make_ppca, sample_ppca
+from tests.oracles import (
+    MixturePriorModel, best_ffg_guide, discrete_latent_pair, global_latent_model, make_ppca, sample_ppca,
+    standard_normal_guide,
+)
 
 
 @pytest.mark.parametrize("adapt_rate", [0.0, 0.02])
@@ -35,8 +38,6 @@ def test_hmc_leaves_a_correlated_gaussian_invariant(adapt_rate):
 
 
 def test_ais_is_within_a_tenth_of_a_nat_on_ppca_and_improves_with_more_distributions():
-    from tests.oracles import best_ffg_guide
-
     model, guide = make_ppca(collinear=0.5)  # a correlated posterior: the best FFG alone is 0.6 nats off
     x = sample_ppca(model, 6)
     exact = model.log_marginal(x).double().detach()
@@ -51,8 +52,6 @@ def test_ais_is_within_a_tenth_of_a_nat_on_ppca_and_improves_with_more_distribut
 
 
 def test_ais_is_within_a_tenth_of_a_nat_on_an_overlapping_mixture_prior():
-    from tests.oracles import MixturePriorModel, standard_normal_guide
-
     model = MixturePriorModel(separated=False)
     x = model.sample(6)
     result = ais(model, standard_normal_guide, x, num_chains=64, num_steps=200, hmc=HMCConfig(leapfrog_steps=5, step_size=0.1))
@@ -63,8 +62,6 @@ def test_ais_is_within_a_tenth_of_a_nat_on_an_overlapping_mixture_prior():
 def test_ais_is_consistent_on_a_well_separated_mixture_prior():
     """Three well-separated modes: HMC chains do not cross between them, so the weights vary a lot (measured: errors
     up to 0.23 nats with 100 chains and 1000 steps); the check is against the estimate's own standard error."""
-    from tests.oracles import MixturePriorModel, standard_normal_guide
-
     model = MixturePriorModel()
     x = model.sample(3)
     result = ais(model, standard_normal_guide, x, num_chains=64, num_steps=300, hmc=HMCConfig(leapfrog_steps=5, step_size=0.1))
@@ -95,8 +92,6 @@ def test_bad_settings_are_refused():
         ais(model, guide, x, schedule="cosine")
     with pytest.raises(ValueError, match="leapfrog_steps must be an integer >= 1"):
         HMCConfig(leapfrog_steps=0)
-    from tests.oracles import discrete_latent_pair, global_latent_model
-
     with pytest.raises(ValueError, match="real-valued latents; site 'c'"):
         ais(*discrete_latent_pair(), torch.zeros(3), num_steps=2)
 
@@ -110,8 +105,6 @@ def test_bad_settings_are_refused():
 
 
 def test_ais_error_on_a_mixture_prior_shrinks_with_more_distributions():
-    from tests.oracles import MixturePriorModel, standard_normal_guide
-
     model = MixturePriorModel(separated=False)
     x = model.sample(6, seed=1)
     exact = model.log_marginal(x).double()
