@@ -321,8 +321,10 @@ def ais_speed(model, guide, points: torch.Tensor, chains: int, steps: int, leapf
     from inference.ais import HMCConfig, ais
 
     hmc = HMCConfig(leapfrog_steps=leapfrog)
-    # every transition evaluates the gradient once per leapfrog step, plus once at each new temperature
-    evaluations = len(points) * chains * steps * (leapfrog + 1)
+    # every transition evaluates the gradient once per leapfrog step, plus once at each new temperature, for the weighted
+    # chains and for the pilot run's chains that adapt the step sizes (hmc.pilot_chains per datapoint)
+    pilot = hmc.pilot_chains if hmc.adapt_rate > 0 else 0
+    evaluations = len(points) * (chains + pilot) * steps * (leapfrog + 1)
     t0 = time.perf_counter()
     ais(model, guide, points, num_chains=chains, num_steps=steps, hmc=hmc)
     vectorized = time.perf_counter() - t0
@@ -331,7 +333,8 @@ def ais_speed(model, guide, points: torch.Tensor, chains: int, steps: int, leapf
         ais(model, guide, points[i : i + 1], num_chains=chains, num_steps=steps, hmc=hmc)
     loop = time.perf_counter() - t0
     return {
-        "points": len(points), "chains": chains, "steps": steps, "leapfrog": leapfrog, "gradient_evaluations": evaluations,
+        "points": len(points), "chains": chains, "pilot_chains": pilot, "steps": steps, "leapfrog": leapfrog,
+        "gradient_evaluations": evaluations,
         "vectorized_s": vectorized, "loop_s": loop, "vectorized_evals_per_s": evaluations / vectorized,
         "loop_evals_per_s": evaluations / loop, "speedup": loop / vectorized,
     }

@@ -23,17 +23,17 @@ from .bdmc import bdmc
 from .diagnostics import active_units, gradient_snr, pareto_k
 from .enumeration import exact_elbo, exact_log_marginal
 from .estimators import Estimate, elbo, log_likelihood
-from .families import LOCAL_FAMILIES, FlowOptions, LocalGuide
+from .families import LOCAL_FAMILIES, FlowOptions, LocalGuide, ParametrizedGuide, own_family
 from .gaps import GapDecomposition, gap_decomposition
 from .io import CheckpointError, load_checkpoint
 from .local import AdamConfig, StoppingRule, local_posterior, optimize_local
-from .program import ConventionError, ProgramInfo, inspect_program, log_weights
+from .program import ConventionError, ProgramInfo, inspect_program, log_weights, with_stopped_parameters
 from .training import TrainConfig, fit
 
 __all__ = [
     "AISOptions", "HMCConfig", "ais", "bdmc", "active_units", "gradient_snr", "pareto_k",
     "AdamConfig", "CheckpointError", "ConventionError", "Estimate", "FlowOptions", "GapDecomposition", "LOCAL_FAMILIES",
-    "LocalGuide", "ProgramInfo", "StoppingRule", "TrainConfig", "elbo", "exact_elbo", "exact_log_marginal", "fit",
-    "gap_decomposition", "inspect_program", "load_checkpoint", "local_posterior", "log_likelihood", "log_weights",
-    "optimize_local",
+    "LocalGuide", "ParametrizedGuide", "ProgramInfo", "StoppingRule", "TrainConfig", "elbo", "exact_elbo", "exact_log_marginal",
+    "fit", "gap_decomposition", "inspect_program", "load_checkpoint", "local_posterior", "log_likelihood", "log_weights",
+    "optimize_local", "own_family", "with_stopped_parameters",
 ]

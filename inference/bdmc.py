@@ -15,7 +15,10 @@ from typing import NamedTuple
 
 import torch
 
-from .ais import AISOptions, ais, anneal, annealing_schedule, check_schedule, datapoint_block, guide_block, latent_layout
+from .ais import (
+    AISOptions, _initial, _progress, anneal, annealing_schedule, check_initial, check_schedule, datapoint_block, guide_block,
+    latent_layout, pilot_chains, pilot_count,
+)
 from .estimators import MAX_ELEMENTS, Estimate, log_mean_exp_estimate
 from .program import Program, check_data, inspect_program
 from .wake_sleep import dream
@@ -47,21 +50,33 @@ def bdmc(
     ``options`` are the AIS settings of both directions (chains, steps, schedule, initial distribution, HMC).
     """
     check_data(x_template)
-    num_chains, hmc, init = options.num_chains, options.hmc, options.init
+    num_chains, hmc, init = int(options.num_chains), options.hmc, options.init
     betas = check_schedule(annealing_schedule(options.schedule, options.num_steps))
     info = inspect_program(model, guide, x_template)
     x, latents = dream(model, x_template, info)
-    lower = ais(model, guide, x, num_chains=num_chains, schedule=betas, hmc=hmc, init=init, max_elements=max_elements, progress=progress)
     layout = latent_layout(model, x, info)
-    block = datapoint_block(model, guide, x, info, int(num_chains), max_elements)
-    reverse = []
+    check_initial(init, info)
+    block = datapoint_block(model, guide, x, info, num_chains + pilot_count(hmc), max_elements)
+    bar = _progress(2 * (len(betas) - 1), -(-len(x) // block)) if progress else None
+    forward, reverse = [], []
     for begin in range(0, len(x), block):
         xb = x[begin : begin + block]
+        gb = guide_block(guide, begin, begin + len(xb), len(x))
+        pilot = pilot_chains(model, gb, xb, hmc, info, layout, init)
+        with torch.no_grad():
+            z0 = layout.flatten(_initial(model, gb, xb, num_chains, info, init), num_chains, len(xb), info)
+        run = anneal(model, gb, xb, z0, betas, hmc, info, layout, init, bar, pilot_z0=pilot)
+        forward.append(run.log_weights)
+        steps = run.step_sizes  # (T, n): the step size at beta_1 .. beta_T
         part = {n: latents[n].narrow(info.data_dim - len(ev), begin, len(xb)) for n, ev in zip(layout.sites, layout.event_shapes)}
         start = layout.flatten(part, 1, len(xb), info)  # the simulating latents: exact posterior samples
-        z0 = start.expand(int(num_chains), *start.shape[1:]).contiguous()
-        log_w, _, _, _ = anneal(model, guide_block(guide, begin, begin + len(xb), len(x)), xb, z0, betas.flip(0), hmc, info, layout, init)
-        reverse.append(log_w)
+        z_star = start.expand(num_chains, *start.shape[1:]).contiguous()
+        # reverse transitions target beta_{T-1}, ..., beta_0 with the forward step size at each (beta_0: beta_1's)
+        reverse_steps = torch.cat([steps.flip(0)[1:], steps[:1]])
+        reverse.append(anneal(model, gb, xb, z_star, betas.flip(0), hmc, info, layout, init, bar, step_sizes=reverse_steps).log_weights)
+    if bar is not None:
+        bar.close()
+    lower = log_mean_exp_estimate(torch.cat(forward, 1), pareto=num_chains > 1)
     inverse = log_mean_exp_estimate(torch.cat(reverse, 1))  # estimates log(1 / p(x))
     upper = Estimate(-inverse.value, inverse.stderr, inverse.num_samples)
-    return BDMCResult(x, latents, lower.log_px, upper)
+    return BDMCResult(x, latents, lower, upper)

@@ -44,6 +44,7 @@ class ReparamELBO(nn.Module):
         super().__init__()
         self.model, self.guide = model, guide
         self.register_buffer("latent_scale", torch.ones(()), persistent=False)
+        self.register_buffer("global_share", torch.ones(()), persistent=False)  # B/N: the batch's share of the global factor
         self.info: ProgramInfo | None = None
 
     def prepare(self, x: torch.Tensor) -> None:
@@ -51,6 +52,11 @@ class ReparamELBO(nn.Module):
         if self.info is not None:
             return
         info = inspect_without_randomness(self.model, self.guide, x)
+        if info.enumerated or info.auxiliary or info.global_auxiliary:
+            raise CaptureError(
+                "the captured ELBO scores only plain latent sites; this pair has enumerated or auxiliary sites: "
+                "train with objective 'iwae' (K = 1 is the same ELBO) instead"
+            )
         _, guide_trace = trace_pair(self.model, self.guide, x)
         for name in info.local_latents + info.global_latents:
             if not guide_trace.nodes[name]["fn"].has_rsample:
@@ -70,10 +76,11 @@ class ReparamELBO(nn.Module):
                 per_datapoint_log_prob(name, model_trace.nodes[name], info)
                 - per_datapoint_log_prob(name, guide_trace.nodes[name], info)
             ).sum()
+        global_ = 0.0
         for name in info.global_latents:
             m, g = model_trace.nodes[name], guide_trace.nodes[name]
-            latent = latent + m["fn"].log_prob(m["value"]).sum() - g["fn"].log_prob(g["value"]).sum()
-        return -(observed + self.latent_scale * latent)
+            global_ = global_ + m["fn"].log_prob(m["value"]).sum() - g["fn"].log_prob(g["value"]).sum()
+        return -(observed + self.latent_scale * (latent + self.global_share * global_))
 
 
 class CapturedELBO(nn.Module):
@@ -82,6 +89,7 @@ class CapturedELBO(nn.Module):
     def __init__(self, model: nn.Module, guide: nn.Module):
         super().__init__()
         self.loss = ReparamELBO(model, guide)
+        self.dataset_size: int | None = None  #: N, set by the trainer: the global factor counts B/N per batch
         self._graphs: dict[tuple, torch.fx.GraphModule] = {}
 
     @property
@@ -132,6 +140,9 @@ class CapturedELBO(nn.Module):
         return graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .iwae import global_share
+
+        self.loss.global_share.fill_(global_share(len(x), self.dataset_size))
         key = (tuple(x.shape), x.dtype, x.device)
         graph = self._graphs.get(key)
         if graph is None:

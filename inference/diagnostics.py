@@ -2,7 +2,9 @@ r"""What a trained model/guide pair uses and how noisy its training gradients ar
 
 * :func:`active_units` — Burda, Grosse & Salakhutdinov (2016, section 5.2): a latent unit
   :math:`u` is *active* when its posterior mean moves with the data,
-  :math:`A_u = \mathrm{Cov}_x\big(E_{q(z|x)}[z_u]\big) > 0.01`.
+  :math:`A_u = \mathrm{Cov}_x\big(E_{q(z|x)}[z_u]\big) > 0.01`. A Bernoulli unit's mean is its
+  probability; a categorical site counts one unit per category, whose "mean" is
+  :math:`q(z = k \mid x)` (the mean of the one-hot encoding).
 * :func:`pareto_k` — Vehtari, Simpson, Gelman, Yao & Gabry (2024), *Pareto smoothed
   importance sampling*: the shape :math:`\hat k` of a generalized Pareto fitted to the
   largest importance weights of each datapoint (computed by ArviZ). Above 0.7 the
@@ -66,9 +68,20 @@ class ActiveUnits(NamedTuple):
 
 
 def _site_mean(site: dict) -> torch.Tensor:
-    """The mean of the site's distribution where it is known in closed form, else the drawn value."""
+    """The mean of the site's distribution where it is known in closed form, else the drawn value.
+
+    A categorical site has no mean: its "mean" is the vector of category probabilities (the
+    mean of its one-hot encoding), one unit per category.
+    """
+    fn = site["fn"]
+    base = fn
+    while isinstance(base, torch.distributions.Independent):
+        base = base.base_dist
+    if isinstance(base, torch.distributions.Categorical):
+        probs = base.probs
+        return probs.expand(site["value"].shape + probs.shape[-1:])
     try:
-        return site["fn"].mean
+        return fn.mean.expand(site["value"].shape)
     except NotImplementedError:  # flows and other transformed distributions
         return site["value"]
 
@@ -86,8 +99,8 @@ def posterior_means(guide: Program, x: torch.Tensor, model: Program, num_samples
     out = {}
     for name in info.local_latents:
         site = trace.nodes[name]
-        mean = _site_mean(site).expand(site["value"].shape)
-        event = len(site["fn"].event_shape)
+        mean = _site_mean(site)
+        event = mean.dim() - (site["value"].dim() - len(site["fn"].event_shape))  # a categorical's categories are an event dim
         # (S, ..., N, ..., *event) -> average the samples, keep datapoints and units
         mean = mean.movedim(info.sample_dim - event, 0).mean(0)
         mean = mean.movedim(info.data_dim - event, 0)

@@ -20,12 +20,11 @@ from __future__ import annotations
 import itertools
 import math
 
-import pyro
 import torch
 from pyro import poutine
 
 from .estimators import MAX_ELEMENTS, chunk_size_for
-from .program import SAMPLE_PLATE, Program, ProgramInfo, inspect_program, per_datapoint_log_prob, sample_batch_shape
+from .program import Program, ProgramInfo, inspect_program, sample_batch_shape, score_configurations, score_site_groups
 
 #: Default bound on the number of joint configurations (12 binary units).
 MAX_CONFIGURATIONS = 4096
@@ -38,8 +37,11 @@ def unwrap_independent(fn):
     return fn
 
 
-def site_values(name: str, fn, event_shape: tuple[int, ...]) -> torch.Tensor:
-    """Every value one datapoint's site ``name`` can take: shape ``(V, *event_shape)``."""
+def site_values(name: str, fn, event_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Every value one datapoint's site ``name`` can take: shape ``(V, *event_shape)``.
+
+    Bernoulli values take ``dtype`` (the site's own, so a float64 program stays float64); categories are integers.
+    """
     base = unwrap_independent(fn)
     if not fn.support.is_discrete:
         raise ValueError(f"exact enumeration needs finite discrete latents; site {name!r} is a {type(base).__name__}")
@@ -52,73 +54,52 @@ def site_values(name: str, fn, event_shape: tuple[int, ...]) -> torch.Tensor:
     elements = math.prod(event_shape)
     if arity**elements > 2**62:
         raise ValueError(f"site {name!r} has {arity}^{elements} values: far too many to enumerate")
-    dtype = torch.long if isinstance(base, torch.distributions.Categorical) else torch.get_default_dtype()
+    dtype = torch.long if isinstance(base, torch.distributions.Categorical) else (dtype or torch.get_default_dtype())
     grid = torch.tensor(list(itertools.product(range(arity), repeat=elements)), dtype=dtype)
     return grid.reshape((len(grid), *event_shape))
 
 
 def configurations(
-    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, max_configurations: int = MAX_CONFIGURATIONS
+    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, max_configurations: int = MAX_CONFIGURATIONS,
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The joint grid of values of every local latent: ``{site: (C, *per_point_shape)}``.
+    """The joint grid of values of the local latents ``names`` (default: all): ``{site: (C, *per_point_shape)}``.
 
-    Refuses models with global latents, continuous local latents, local sites that
+    Refuses models with global latents, continuous sites among ``names``, local sites that
     sit in plates nested inside the data plate, or more than ``max_configurations``
     joint configurations.
     """
+    names = info.local_latents if names is None else tuple(names)
     if info.global_latents:
         raise ValueError(f"exact enumeration handles per-datapoint latents only; the model has global latents {info.global_latents}")
-    if not info.local_latents:
+    if not names:
         raise ValueError("the model has no per-datapoint latents to enumerate")
     with torch.no_grad():  # the model alone: only the sites' distributions and shapes matter here
         model_trace = poutine.trace(model).get_trace(x[:1])
     grids, sizes = [], []
-    for name in info.local_latents:
+    for name in names:
         site = model_trace.nodes[name]
         fn = site["fn"]
         batch_dims = site["value"].dim() - len(fn.event_shape)
         if batch_dims > 1 and any(s != 1 for s in site["value"].shape[: batch_dims - 1]):
             raise ValueError(f"site {name!r} sits in a plate nested in the data plate; exact enumeration does not support that")
-        grid = site_values(name, fn, tuple(fn.event_shape))
+        grid = site_values(name, fn, tuple(fn.event_shape), site["value"].dtype)
         grids.append(grid)
         sizes.append(len(grid))
     total = math.prod(sizes)
     if total > max_configurations:
         raise ValueError(
-            f"exact enumeration would need {total} joint configurations of {', '.join(info.local_latents)}, "
+            f"exact enumeration would need {total} joint configurations of {', '.join(names)}, "
             f"more than max_configurations={max_configurations} (about {int(math.log2(max_configurations))} binary units)"
         )
     index = torch.cartesian_prod(*[torch.arange(s) for s in sizes]).reshape(total, len(sizes))
-    return {name: grid[index[:, k]].to(x.device) for k, (name, grid) in enumerate(zip(info.local_latents, grids))}
+    return {name: grid[index[:, k]].to(x.device) for k, (name, grid) in enumerate(zip(names, grids))}
 
 
 def _expand_site(values: torch.Tensor, n: int, info: ProgramInfo) -> torch.Tensor:
     """Shape a ``(C, *event_shape)`` grid as a site value under the sample and data plates."""
     c, event = values.shape[0], tuple(values.shape[1:])
     return values.reshape((c,) + (1,) * info.max_plate_nesting + event).expand(sample_batch_shape(c, n, info) + event)
-
-
-def score_configurations(
-    program: Program, x: torch.Tensor, values: dict[str, torch.Tensor], info: ProgramInfo, sites: tuple[str, ...]
-) -> torch.Tensor:
-    """``sum over sites of log prob`` of ``program`` conditioned on each row of ``values`` (configurations, or samples that keep their graph): ``(C, len(x))``."""
-    return score_site_groups(program, x, values, info, (sites,))[0]
-
-
-def score_site_groups(
-    program: Program, x: torch.Tensor, values: dict[str, torch.Tensor], info: ProgramInfo, groups: tuple[tuple[str, ...], ...]
-) -> list[torch.Tensor]:
-    """:func:`score_configurations` for several groups of sites from one trace of the program: one ``(C, len(x))`` sum per group."""
-    c = len(next(iter(values.values())))
-    with pyro.plate(SAMPLE_PLATE, c, dim=info.sample_dim):
-        trace = poutine.trace(poutine.condition(program, data=values)).get_trace(x)
-    totals = []
-    for sites in groups:
-        total = torch.zeros(c, len(x), dtype=torch.float64, device=x.device)
-        for name in sites:
-            total = total + per_datapoint_log_prob(name, trace.nodes[name], info)
-        totals.append(total)
-    return totals
 
 
 def expand_grid(grid: dict[str, torch.Tensor], n: int, info: ProgramInfo) -> dict[str, torch.Tensor]:

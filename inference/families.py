@@ -14,7 +14,19 @@ them independent. The families, for every local latent site of a model:
 * ``coupling`` — the same with RealNVP affine couplings (Dinh et al. 2017), Pyro's
   :class:`~pyro.distributions.transforms.AffineCoupling` with a per-datapoint hypernetwork;
 * ``bernoulli`` / ``categorical`` — factorized discrete posteriors (per-datapoint logits)
-  for Bernoulli or categorical latents.
+  for Bernoulli or categorical latents;
+* ``guide`` — the amortized guide's *own* family (:func:`own_family`): the family in which
+  the gap decomposition seeks q*. A guide declares it (see :mod:`ppl_models.guides`)
+  either by naming one of the families above (``local_family``) or by exposing its
+  per-datapoint encoder outputs (``variational_params(x)`` and ``forward(x, params)``),
+  which :class:`ParametrizedGuide` replaces by free per-datapoint parameters. A guide that
+  declares nothing gets the product of each site's default (``ffg`` for continuous,
+  ``bernoulli``/``categorical`` for discrete sites).
+
+A family name covers the sites it fits: a Gaussian family is applied to the continuous
+sites and a discrete site gets its own discrete family, so a model with a cluster ``c``
+and a style ``z`` per datapoint gets categorical(c) × FFG(z) for ``ffg`` and
+``categorical`` alike.
 
 The per-datapoint networks are batched matrix products over the datapoint dim,
 never one flow object per datapoint. Flows start at the identity (zero output
@@ -38,7 +50,8 @@ from .program import Program
 
 GAUSSIAN = ("ffg", "full", "iaf", "coupling")
 DISCRETE = ("bernoulli", "categorical")
-LOCAL_FAMILIES = (*GAUSSIAN, *DISCRETE)
+OWN = "guide"
+LOCAL_FAMILIES = (OWN, *GAUSSIAN, *DISCRETE)
 FLOWS = ("iaf", "coupling")
 
 
@@ -72,17 +85,38 @@ def check_flow_options(options: FlowOptions) -> FlowOptions:
     return options
 
 
-def check_family_fits(family: str, sites: dict[str, SiteInfo]) -> None:
-    """Refuse a family that cannot describe a site: Gaussians for discrete latents, and so on."""
+def site_families(family: str, sites: dict[str, SiteInfo]) -> dict[str, str]:
+    """The family of each site under ``family``: Gaussian families for the continuous sites, each discrete site its own kind.
+
+    Refuses a family that fits no site, or a site it cannot describe (``full`` and flows
+    need vector-valued sites; flows at least 2 dimensions). Every suggested fix works.
+    """
+    continuous = [n for n, s in sites.items() if s.kind == "continuous"]
+    if family in GAUSSIAN and not continuous:
+        name, site = next(iter(sites.items()))
+        raise ValueError(f"local family {family!r} is for continuous latents; site {name!r} is {site.kind} (use --local {site.kind})")
+    if family in DISCRETE and not any(s.kind == family for s in sites.values()):
+        name, site = next((n, s) for n, s in sites.items() if s.kind != family)
+        what = "a continuous latent" if site.kind == "continuous" else f"a {site.kind} latent"
+        fix = "ffg" if site.kind == "continuous" else site.kind
+        raise ValueError(f"local family {family!r} does not fit site {name!r}, {what} (use --local {fix})")
+    out = {}
     for name, site in sites.items():
-        if family in GAUSSIAN and site.kind != "continuous":
-            raise ValueError(f"local family {family!r} is for continuous latents; site {name!r} is {site.kind} (use --local {site.kind})")
-        if family in DISCRETE and site.kind != family:
-            raise ValueError(f"local family {family!r} does not fit site {name!r}, a {site.kind} latent")
-        if family in ("full", *FLOWS) and len(site.event_shape) != 1:
-            raise ValueError(f"local family {family!r} needs vector-valued sites; {name!r} has event shape {site.event_shape}")
-        if family in FLOWS and site.event_shape[0] < 2:
-            raise ValueError(f"local family {family!r} needs at least 2 dimensions per site; {name!r} has {site.event_shape[0]}")
+        if site.kind != "continuous":
+            out[name] = site.kind
+            continue
+        chosen = family if family in GAUSSIAN else "ffg"
+        if chosen in ("full", *FLOWS) and len(site.event_shape) != 1:
+            raise ValueError(f"local family {chosen!r} needs vector-valued sites; {name!r} has event shape {site.event_shape} (use --local ffg)")
+        if chosen in FLOWS and site.event_shape[0] < 2:
+            raise ValueError(f"local family {chosen!r} needs at least 2 dimensions per site; {name!r} has {site.event_shape[0]} (use --local ffg)")
+        out[name] = chosen
+    return out
+
+
+def check_family_fits(family: str, sites: dict[str, SiteInfo]) -> None:
+    """Refuse a family that cannot describe the sites (see :func:`site_families`)."""
+    site_families(family, sites)
 
 
 # ---------------------------------------------------------------- per-datapoint networks
@@ -232,47 +266,39 @@ def init_params(family: str, site: SiteInfo, start: Start, options: FlowOptions)
 
 
 def local_program(
-    family: str,
+    families: dict[str, str],
     tensors: dict[str, dict[str, torch.Tensor]],
     sites: dict[str, SiteInfo],
     data_dim: int,
     options: FlowOptions = FlowOptions(),
     global_guide: Program | None = None,
 ) -> Program:
-    """The guide program of a local family with the given per-datapoint parameter tensors."""
+    """The guide program of per-site local families with the given per-datapoint parameter tensors."""
 
     def guide(x: torch.Tensor) -> None:
         if global_guide is not None:
             global_guide(x)
         with pyro.plate("data", len(x), dim=data_dim):
             for name, p in tensors.items():
-                pyro.sample(name, site_distribution(family, sites[name], p, options))
+                pyro.sample(name, site_distribution(families[name], sites[name], p, options))
 
     return guide
 
 
-class LocalGuide(nn.Module):
-    """A per-datapoint guide of one :data:`LOCAL_FAMILIES` member over every local latent site.
+class PerDatapointGuide(nn.Module):
+    """Parameters with one row per datapoint, in one flat list (``tensors``) that optimizers and subsets work on.
 
-    Row ``i`` of every parameter belongs to datapoint ``x[i]``; ``guide(x)`` needs
-    ``len(x)`` equal to the number of rows. Global latents, if the model has any,
-    are drawn from ``global_guide``.
+    Row ``i`` of every parameter belongs to datapoint ``x[i]``; ``guide(x)`` needs ``len(x)``
+    equal to the number of rows. Subclasses say how a list of such tensors becomes a program.
     """
 
-    def __init__(
-        self,
-        family: str,
-        tensors: dict[str, dict[str, torch.Tensor]],
-        sites: dict[str, SiteInfo],
-        data_dim: int,
-        options: FlowOptions = FlowOptions(),
-        global_guide: Program | None = None,
-    ):
+    family: str  #: the name the family is reported under
+    sites: dict[str, SiteInfo]
+
+    def __init__(self, keys: list[tuple[str, str]], flat: list[torch.Tensor]):
         super().__init__()
-        self.family = check_family(family)
-        self.sites, self.data_dim, self.options, self.global_guide = dict(sites), data_dim, options, global_guide
-        self.keys = [(name, key) for name, p in tensors.items() for key in p]
-        self.tensors = nn.ParameterList([nn.Parameter(tensors[n][k].detach().clone()) for n, k in self.keys])
+        self.keys = list(keys)
+        self.tensors = nn.ParameterList([nn.Parameter(t.detach().clone()) for t in flat])
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -282,31 +308,26 @@ class LocalGuide(nn.Module):
     def num_points(self) -> int:
         return self.tensors[0].shape[0]
 
-    @property
-    def reparameterized(self) -> bool:
-        return self.family in GAUSSIAN
-
     def params(self, name: str) -> dict[str, torch.Tensor]:
-        """The per-datapoint parameters of site ``name`` (first dim = datapoint)."""
+        """The per-datapoint parameters grouped under ``name`` (first dim = datapoint)."""
         if name not in self.names:
-            raise KeyError(f"no local site {name!r}; sites: {', '.join(self.names)}")
+            raise KeyError(f"no parameters {name!r}; have: {', '.join(self.names)}")
         return {k: t for (n, k), t in zip(self.keys, self.tensors) if n == name}
 
     def nested(self, flat: list[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-        """``flat`` tensors (in this guide's order) as ``{site: {param: tensor}}``."""
+        """``flat`` tensors (in this guide's order) as ``{name: {param: tensor}}``."""
         out: dict[str, dict[str, torch.Tensor]] = {}
         for (n, k), t in zip(self.keys, flat):
             out.setdefault(n, {})[k] = t
         return out
 
-    def program(self, flat: list[torch.Tensor]) -> Program:
-        """The guide program with parameters ``flat`` (e.g. a subset of rows) in place of this guide's."""
-        return local_program(self.family, self.nested(flat), self.sites, self.data_dim, self.options, self.global_guide)
+    def program(self, flat: list[torch.Tensor]) -> Program:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-    def with_tensors(self, flat: list[torch.Tensor]) -> LocalGuide:
-        return LocalGuide(self.family, self.nested(flat), self.sites, self.data_dim, self.options, self.global_guide)
+    def with_tensors(self, flat: list[torch.Tensor]) -> PerDatapointGuide:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-    def subset(self, index: torch.Tensor) -> LocalGuide:
+    def subset(self, index: torch.Tensor) -> PerDatapointGuide:
         """A new guide holding only the rows ``index``."""
         return self.with_tensors([t[index] for t in self.tensors])
 
@@ -314,3 +335,107 @@ class LocalGuide(nn.Module):
         if len(x) != self.num_points:
             raise ValueError(f"this local guide holds parameters for {self.num_points} datapoints; got a batch of {len(x)}")
         self.program(list(self.tensors))(x)
+
+
+class LocalGuide(PerDatapointGuide):
+    """A per-datapoint guide of :data:`LOCAL_FAMILIES` members over every local latent site (one family per site).
+
+    ``family`` is one family name (resolved per site by :func:`site_families`) or a dict
+    ``{site: family}``. Global latents, if the model has any, are drawn from ``global_guide``.
+    """
+
+    def __init__(
+        self,
+        family: str | dict[str, str],
+        tensors: dict[str, dict[str, torch.Tensor]],
+        sites: dict[str, SiteInfo],
+        data_dim: int,
+        options: FlowOptions = FlowOptions(),
+        global_guide: Program | None = None,
+    ):
+        keys = [(name, key) for name, p in tensors.items() for key in p]
+        super().__init__(keys, [tensors[n][k] for n, k in keys])
+        if isinstance(family, str):
+            self.families = site_families(check_family(family), sites) if family != OWN else None
+            label = family
+        else:
+            self.families, label = dict(family), "+".join(dict.fromkeys(family.values()))
+        if self.families is None:
+            raise ValueError("LocalGuide takes concrete families; for the guide's own family use inference.local.init_local")
+        self.family = label
+        self.sites, self.data_dim, self.options, self.global_guide = dict(sites), data_dim, options, global_guide
+
+    @property
+    def reparameterized(self) -> bool:
+        return all(f in GAUSSIAN for f in self.families.values())
+
+    def program(self, flat: list[torch.Tensor]) -> Program:
+        """The guide program with parameters ``flat`` (e.g. a subset of rows) in place of this guide's."""
+        return local_program(self.families, self.nested(flat), self.sites, self.data_dim, self.options, self.global_guide)
+
+    def with_tensors(self, flat: list[torch.Tensor]) -> LocalGuide:
+        guide = LocalGuide(self.families, self.nested(flat), self.sites, self.data_dim, self.options, self.global_guide)
+        guide.family = self.family
+        return guide
+
+
+class ParametrizedGuide(PerDatapointGuide):
+    """An amortized guide's own family per datapoint: ``guide(x, params)`` with free per-datapoint ``params``.
+
+    ``params`` start at the encoder's output ``guide.variational_params(x)``; everything
+    else the guide computes (networks that take no ``x``, such as the upper conditionals
+    of a bottom-up hierarchical guide, or model networks the ladder guide reads) stays
+    fixed. The guide is held by reference (its parameters are not this module's).
+    """
+
+    def __init__(
+        self, guide: nn.Module, params: dict[str, torch.Tensor], sites: dict[str, SiteInfo], label: str, reparameterized: bool
+    ):
+        keys = [("params", k) for k in params]
+        super().__init__(keys, [params[k] for _, k in keys])
+        self._guide = (guide,)
+        self.sites, self.family = dict(sites), label
+        self.reparameterized = bool(reparameterized)  #: every local site the guide samples has a reparameterized sampler
+
+    def program(self, flat: list[torch.Tensor]) -> Program:
+        guide, params = self._guide[0], dict(zip((k for _, k in self.keys), flat))
+
+        def program(x: torch.Tensor) -> None:
+            guide(x, params=params)
+
+        return program
+
+    def with_tensors(self, flat: list[torch.Tensor]) -> ParametrizedGuide:
+        return ParametrizedGuide(self._guide[0], dict(zip((k for _, k in self.keys), flat)), self.sites, self.family, self.reparameterized)
+
+
+def own_family(guide: object) -> tuple[str, FlowOptions | None]:
+    """The amortized guide's own per-datapoint family: ``(name, flow options)``.
+
+    ``name`` is a :data:`LOCAL_FAMILIES` member the guide declares (``local_family``),
+    ``"params"`` for a guide that exposes ``variational_params`` (:class:`ParametrizedGuide`),
+    or ``"default"`` for a guide that declares nothing (the product of per-site defaults).
+    """
+    declared = getattr(guide, "local_family", None)
+    if declared is not None:
+        if declared not in LOCAL_FAMILIES or declared == OWN:
+            raise ValueError(f"guide {type(guide).__name__} declares local_family={declared!r}; choose from {', '.join(LOCAL_FAMILIES[1:])}")
+        flow = None
+        if declared in FLOWS:
+            layers, hidden = getattr(guide, "local_flow", (FlowOptions.layers, [FlowOptions.hidden]))
+            hidden = list(hidden)
+            if len(hidden) > 1:
+                raise ValueError(
+                    f"the guide's flows have hidden layers {hidden}; per-datapoint flows have one hidden layer, so its own "
+                    "family cannot be fitted per datapoint: train the guide with one hidden layer per flow (--flow-hidden 100)"
+                )
+            flow = check_flow_options(FlowOptions(int(layers), int(hidden[0]) if hidden else 0))
+        return declared, flow
+    if callable(getattr(guide, "variational_params", None)):
+        return "params", None
+    return "default", None
+
+
+def own_family_label(guide: object) -> str:
+    """How reports name the guide's own family (``family_name``, else the declared family, else ``guide``)."""
+    return getattr(guide, "family_name", None) or getattr(guide, "local_family", None) or OWN

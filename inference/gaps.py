@@ -8,16 +8,23 @@ member of its family found for that datapoint alone (:mod:`inference.local`):
     = \underbrace{\log p(x) - \mathcal{L}[q^*]}_{\text{approximation gap}}
     + \underbrace{\mathcal{L}[q^*] - \mathcal{L}[q]}_{\text{amortization gap}}.
 
-:math:`q^*` is sought in the family ``local_families[0]`` (FFG by default); further
-families (e.g. a flow, whose optimum approximates the best achievable bound)
-are fitted too and reported beside it as ``elbo_local_<family>``, as Cremer et
-al. report :math:`\mathcal{L}[q^*_{FFG}]` and :math:`\mathcal{L}[q^*_{Flow}]` side by side.
+:math:`q^*` is always sought in the amortized guide's *own* family
+(:func:`inference.families.own_family`: an FFG encoder's q* is a free FFG, a flow
+encoder's a per-datapoint flow of the same size, the ladder guide's free bottom-up
+statistics merged with the model's top-down networks), so that the amortization gap
+compares q with the best member of *its* family and is never negative beyond noise.
+Further families (``local_families``, e.g. a flow whose optimum approximates the
+best achievable bound) are fitted too and reported beside it as
+``elbo_local_<family>``, never instead of it, as Cremer et al. report
+:math:`\mathcal{L}[q^*_{FFG}]` and :math:`\mathcal{L}[q^*_{Flow}]` side by side.
 
 :math:`\log p(x)` is estimated by the importance-weighted bound with ``K``
 samples whose proposal, per datapoint, is whichever of :math:`q` and the
 :math:`q^*`'s has the highest ELBO (chosen on independent samples, so the
 estimate stays a stochastic lower bound), or (``log_px="ais"``) by annealed
-importance sampling (:mod:`inference.ais`). Either way each datapoint's weights get
+importance sampling (:mod:`inference.ais`), or (``log_px="max"``) by both, reporting
+the one with the higher mean over the evaluated points (both are stochastic lower
+bounds; Cremer et al.'s code reports the larger of the two dataset averages). Either way each datapoint's weights get
 a PSIS :math:`\hat k` (:func:`inference.diagnostics.pareto_k`); the summary
 reports the share of points above 0.7, whose estimates are unreliable.
 """
@@ -32,11 +39,11 @@ import torch
 from .ais import AISOptions, ais
 from .diagnostics import PARETO_K_THRESHOLD
 from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, elbo, log_likelihood
-from .families import FlowOptions, check_family
+from .families import OWN, FlowOptions, check_family
 from .local import AdamConfig, LocalPosterior, StoppingRule, local_posterior
 from .program import Program
 
-LOG_PX_METHODS = ("iwae", "ais")
+LOG_PX_METHODS = ("iwae", "ais", "max")
 QUANTITIES = ("log_px", "elbo_local", "elbo_amortized", "approximation_gap", "amortization_gap", "inference_gap")
 
 
@@ -48,9 +55,10 @@ class GapDecomposition(NamedTuple):
     elbo_amortized: Estimate
     proposal_is_local: torch.Tensor  #: (N,) bool: a q* (not q) was the proposal for log p(x)
     local: LocalPosterior
-    family: str = "ffg"  #: the family of ``local``, the q* of the approximation gap
+    family: str = "ffg"  #: the name of ``local``'s family (the guide's own), the q* of the approximation gap
     others: dict[str, LocalPosterior] | None = None  #: q* of further families, by name
-    log_px_method: str = "iwae"  #: "iwae" or "ais"
+    log_px_method: str = "iwae"  #: "iwae" or "ais": the estimator of ``log_px``
+    log_px_estimates: dict[str, Estimate] | None = None  #: with ``log_px="max"``, both estimates, by estimator
 
     def per_datapoint(self) -> dict[str, torch.Tensor]:
         """Every quantity of :data:`QUANTITIES` per datapoint; the gaps add up exactly."""
@@ -95,6 +103,10 @@ class GapDecomposition(NamedTuple):
             out["pareto_k_mean"], out["pareto_k_max"] = float(k_hat.mean()), float(k_hat.max())
             out["pareto_k_high_fraction"] = len(high) / n
             out["pareto_k_high_points"] = [int(i) for i in high]
+        for name, est in (self.log_px_estimates or {}).items():
+            out[f"log_px_{name}"] = float(est.value.mean())
+            out[f"log_px_{name}_se"] = float(est.value.std() / math.sqrt(n)) if n > 1 else math.nan
+            out[f"log_px_{name}_mc_se"] = float(est.stderr.pow(2).sum().sqrt() / n)
         out["local_family"] = self.family
         for name, other in (self.others or {}).items():
             v = other.elbo.value
@@ -113,7 +125,7 @@ def gap_decomposition(
     log_px_samples: int = 5000,
     elbo_samples: int = 1000,
     local_samples: int = 50,
-    local_families: tuple[str, ...] = ("ffg",),
+    local_families: tuple[str, ...] = (),
     flow: FlowOptions = FlowOptions(),
     adam: AdamConfig = AdamConfig(),
     rule: StoppingRule = StoppingRule(),
@@ -123,42 +135,60 @@ def gap_decomposition(
     max_elements: int = MAX_ELEMENTS,
     progress: bool = False,
 ) -> GapDecomposition:
-    """Estimate log p(x), L[q*] (for each of ``local_families``) and L[q] for every row of ``x`` (see module docstring)."""
+    """Estimate log p(x), L[q*] and L[q] for every row of ``x`` (see module docstring).
+
+    q* is fitted in the guide's own family; ``local_families`` are further families fitted and
+    reported beside it (a family named like the guide's own is not fitted twice).
+    """
     log_px_samples = check_num_samples(log_px_samples, "log_px_samples")
     if log_px not in LOG_PX_METHODS:
         raise ValueError(f"unknown log p(x) estimator {log_px!r}; choose from {', '.join(LOG_PX_METHODS)}")
-    families = tuple(dict.fromkeys(check_family(f) for f in local_families))
-    if not families:
-        raise ValueError("local_families must name at least one family")
+    extras = [check_family(f) for f in local_families]
     amortized = elbo(model, guide, x, elbo_samples, max_elements=max_elements)
-    fits = {
-        family: local_posterior(
+
+    def fit(family: str) -> LocalPosterior:
+        return local_posterior(
             model, guide, x, family=family, num_samples=local_samples, eval_samples=elbo_samples, adam=adam, rule=rule,
             init=init, flow=flow, max_elements=max_elements, progress=progress,
         )
-        for family in families
-    }
+
+    own = fit(OWN)
+    fits = {own.guide.family: own}
+    for family in extras:
+        if family != OWN and family not in fits:
+            fits[family] = fit(family)
+    families = tuple(fits)
     # per datapoint, the proposal with the highest ELBO: q (index 0) or one of the q*'s
     candidates = [guide, *(f.guide for f in fits.values())]
     elbos = torch.stack([amortized.value, *(f.elbo.value for f in fits.values())])
     choice = len(elbos) - 1 - elbos.flip(0).argmax(0)  # ties go to the last, a q*
     primary = fits[families[0]]
     others = {f: fits[f] for f in families[1:]}
-    if log_px == "ais":
+    estimates: dict[str, Estimate] = {}
+    if log_px in ("iwae", "max"):
+        estimates["iwae"] = _iwae_log_px(model, candidates, choice, x, log_px_samples, max_elements)
+    if log_px in ("ais", "max"):
         o = ais_options
-        estimate = ais(model, guide, x, num_chains=o.num_chains, num_steps=o.num_steps, schedule=o.schedule, hmc=o.hmc,
-                       init=o.init, max_elements=max_elements, progress=progress).log_px
-        return GapDecomposition(estimate, primary.elbo, amortized, torch.zeros_like(choice, dtype=torch.bool), primary, families[0], others, "ais")
-    value = torch.empty_like(amortized.value)
-    stderr = torch.empty_like(amortized.value)
-    k_hat = torch.empty_like(amortized.value)
+        estimates["ais"] = ais(model, guide, x, num_chains=o.num_chains, num_steps=o.num_steps, schedule=o.schedule, hmc=o.hmc,
+                               init=o.init, max_elements=max_elements, progress=progress).log_px
+    # "max": both are stochastic lower bounds; the one with the higher mean over these points is reported, as Cremer et al. do
+    method = max(estimates, key=lambda name: float(estimates[name].value.mean()))
+    proposal_is_local = choice > 0 if method == "iwae" else torch.zeros_like(choice, dtype=torch.bool)
+    return GapDecomposition(
+        estimates[method], primary.elbo, amortized, proposal_is_local, primary, families[0], others, method,
+        estimates if log_px == "max" else None,
+    )
+
+
+def _iwae_log_px(model, candidates, choice: torch.Tensor, x: torch.Tensor, num_samples: int, max_elements: int) -> Estimate:
+    """The importance-weighted bound of every datapoint with ``candidates[choice[i]]`` as its proposal (index 0: the amortized q)."""
+    value, stderr, k_hat = (torch.empty(len(x), dtype=torch.float64, device=x.device) for _ in range(3))
     for k in [*range(1, len(candidates)), 0]:
         proposal, mask = candidates[k], choice == k
         if mask.any():
             index = mask.nonzero().squeeze(-1)
             proposal = proposal if k == 0 else proposal.subset(index)
-            est = log_likelihood(model, proposal, x[index], log_px_samples, max_elements=max_elements, pareto=log_px_samples > 1)
+            est = log_likelihood(model, proposal, x[index], num_samples, max_elements=max_elements, pareto=num_samples > 1)
             value[index], stderr[index] = est.value, est.stderr
             k_hat[index] = est.pareto_k if est.pareto_k is not None else math.nan
-    estimate = Estimate(value, stderr, log_px_samples, k_hat if log_px_samples > 1 else None)
-    return GapDecomposition(estimate, primary.elbo, amortized, choice > 0, primary, families[0], others, "iwae")
+    return Estimate(value, stderr, num_samples, k_hat if num_samples > 1 else None)

@@ -16,19 +16,33 @@ Gradient estimators, with normalized weights :math:`\tilde w_k = w_k / \sum_j w_
   sites it adds the score-function term :math:`\hat{\mathcal{L}}_K \sum_k \nabla \log q(z_k)`,
   so discrete guides get their gradient (unlike ``RenyiELBO(alpha=0)``, pyro issue 3289);
 * ``iwae-stl`` — "sticking the landing" (Roeder, Wu & Duvenaud 2017): the guide's
-  parameters reach :math:`\log q` only through :math:`z`, dropping the score term
-  whose expectation is zero; zero variance at the exact posterior;
+  parameters reach :math:`\log q` only through :math:`z`. At K = 1 the dropped score term has
+  expectation zero and the estimator is unbiased, with zero variance at the exact
+  posterior; for K > 1 the dropped term :math:`-\sum_k \tilde w_k \nabla_\phi \log q_\phi(z_k)` does
+  *not* average to zero and STL is biased for the IWAE bound (Tucker et al. 2019);
 * ``iwae-dreg`` — doubly reparameterized (Tucker, Lawson, Gu & Maddison 2019): guide
   gradient :math:`\sum_k \tilde w_k^2 \, \partial \log w_k / \partial z_k \, \partial z_k/\partial\phi`,
-  model gradient :math:`\sum_k \tilde w_k \nabla_\theta \log w_k`;
+  model gradient :math:`\sum_k \tilde w_k \nabla_\theta \log w_k`; unbiased for every K;
 * ``vimco`` — for non-reparameterized (discrete) guides (Mnih & Rezende 2016): the
   score term of sample k is weighted by :math:`\hat{\mathcal{L}}_K - \hat{\mathcal{L}}_{-k}`, where
   :math:`\hat{\mathcal{L}}_{-k}` replaces :math:`\log w_k` by the mean of the other samples'
   log weights: a per-sample leave-one-out baseline.
 
-STL and DReG need reparameterized guides whose parameters are ``nn.Module``
-parameters (they re-score :math:`z` with the parameters detached, through
-:func:`torch.func.functional_call`).
+STL and DReG evaluate :math:`\log q_{\bar\phi}(z)` (and DReG :math:`\log p_{\bar\theta}(x, z)`) with
+*every* parameter stopped, by parameter rather than by module
+(:func:`inference.program.with_stopped_parameters`): the guide's own, any model
+network the guide reads (the ladder VAE's top-down networks), parameters read through
+``pyro.param``, flow networks that run lazily inside ``log_prob``, and the global latents
+:math:`\theta`, on which the re-scored programs are conditioned detached. A parameter
+used by both programs gets both gradients: the model's (through :math:`\log p` at fixed
+:math:`z`) and the guide's (through :math:`z` only). So both need model and guide to be
+``nn.Module``s (or to read their parameters with ``pyro.param``).
+
+**Mini-batches.** With a dataset of N points (``dataset_size``, set by
+:func:`inference.training.fit`) and a batch of B, the loss is the batch's share of the
+full-data objective: the global factor is counted ``B/N`` times per batch, so the
+expected loss over batches is the full-data loss times B/N, and global latents
+are fitted to the posterior of the whole dataset.
 """
 
 from __future__ import annotations
@@ -39,20 +53,21 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .enumeration import score_configurations
-from .program import ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities
+from .program import (
+    ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities, score_configurations,
+    with_stopped_parameters,
+)
 
 ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
 
 
-def detached(module: nn.Module):
-    """``module`` as a program whose parameters are cut from the graph (inputs keep theirs)."""
-    params = {name: p.detach() for name, p in module.named_parameters()}
-
-    def program(*args, **kwargs):
-        return torch.func.functional_call(module, params, args, kwargs)
-
-    return program
+def global_share(batch_size: int, dataset_size: int | None) -> float:
+    """``B/N``: how often a batch of B counts the global factor, so that N/B batches count it once (1 without N)."""
+    if dataset_size is None:
+        return 1.0
+    if isinstance(dataset_size, bool) or int(dataset_size) != dataset_size or dataset_size < batch_size:
+        raise ValueError(f"dataset_size must be an integer >= the batch size {batch_size}, got {dataset_size!r}")
+    return batch_size / int(dataset_size)
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -69,12 +84,14 @@ def draw_globals(model, guide, x: torch.Tensor, info: ProgramInfo) -> tuple[torc
     term = x.new_zeros((), dtype=torch.float64)
     if not info.global_latents:
         return term, {}
-    names = list(info.global_latents)
-    global_trace = poutine.trace(poutine.block(guide, expose=names)).get_trace(x)
-    theta = {n: global_trace.nodes[n]["value"] for n in names}
-    prior_trace = poutine.trace(poutine.block(poutine.condition(model, data=theta), expose=names)).get_trace(x)
-    for n in names:
-        term = term + prior_trace.nodes[n]["fn"].log_prob(theta[n]).sum() - global_trace.nodes[n]["fn"].log_prob(theta[n]).sum()
+    latents, guide_sites = list(info.global_latents), list(info.guide_global_sites)
+    global_trace = poutine.trace(poutine.block(guide, expose=guide_sites)).get_trace(x)
+    theta = {n: global_trace.nodes[n]["value"] for n in guide_sites}  # auxiliary values too, so a re-run draws the same theta
+    prior_trace = poutine.trace(poutine.block(poutine.condition(model, data=theta), expose=latents)).get_trace(x)
+    for n in latents:
+        term = term + prior_trace.nodes[n]["fn"].log_prob(theta[n]).sum()
+    for n in guide_sites:
+        term = term - global_trace.nodes[n]["fn"].log_prob(theta[n]).sum()
     return term, theta
 
 
@@ -91,6 +108,7 @@ class IWAELoss(nn.Module):
             raise ValueError(f"objective 'vimco' needs K = num_particles >= 2 for its leave-one-out baselines, got {num_samples}")
         self.model, self.guide = model, guide
         self.num_samples, self.estimator = int(num_samples), estimator
+        self.dataset_size: int | None = None  #: N, set by the trainer: the global factor counts B/N per batch
         self._info: ProgramInfo | None = None
 
     def set_latent_scale(self, beta: float) -> None:
@@ -101,50 +119,43 @@ class IWAELoss(nn.Module):
         if self._info is None:
             self._info = inspect_without_randomness(self.model, self.guide, x)
         info, k = self._info, self.num_samples
+        share = global_share(len(x), self.dataset_size)
         model, guide = self.model, self.guide
         global_term, theta = draw_globals(model, guide, x, info)
+        global_term = share * global_term
         if theta:
             model, guide = poutine.condition(model, data=theta), poutine.condition(guide, data=theta)
         log_p, log_q, guide_trace = sampled_log_densities(model, guide, x, k, info)
         log_w = log_p - log_q  # (K, N)
         bound = log_mean_exp(log_w)
         value = -(bound.sum() + global_term)
-        reparam = all(guide_trace.nodes[n]["fn"].has_rsample for n in info.local_latents)
+        sites = info.guide_local_sites
+        reparam = all(guide_trace.nodes[n]["fn"].has_rsample for n in sites)
         if self.estimator == "vimco":
             return self._vimco(log_w, bound, value, global_term, guide_trace, info)
         if self.estimator == "iwae":
             surrogate = -bound.sum() - global_term
             if not reparam:  # the score-function term of the non-reparameterized sites
                 score = sum(
-                    per_datapoint_log_prob(n, guide_trace.nodes[n], info)
-                    for n in info.local_latents if not guide_trace.nodes[n]["fn"].has_rsample
+                    per_datapoint_log_prob(n, guide_trace.nodes[n], info) for n in sites if not guide_trace.nodes[n]["fn"].has_rsample
                 )
                 surrogate = surrogate - (bound.detach() * score).sum()
             return surrogate + (value - surrogate).detach()
         if not reparam:
             raise ValueError(f"objective {self.estimator!r} needs a reparameterized guide; use 'iwae' (or 'vimco' for discrete latents)")
         if not isinstance(self.guide, nn.Module) or not isinstance(self.model, nn.Module):
-            raise ConventionError(f"objective {self.estimator!r} needs model and guide to be nn.Modules (it re-scores with detached parameters)")
-        values = {n: guide_trace.nodes[n]["value"] for n in info.local_latents}
-        frozen_guide = detached(self.guide)
-        if info.global_latents:
-            frozen_guide = poutine.condition(frozen_guide, data=theta)
-        log_q_stop = score_configurations(frozen_guide, x, values, info, info.local_latents)  # parameters reach it only through z
-        if self.estimator == "iwae-stl":
-            log_w_stl = log_p - log_q_stop
-            w_tilde = torch.softmax(log_w.detach(), 0)
-            surrogate = -(w_tilde * log_w_stl).sum() - global_term
-            return surrogate + (value - surrogate).detach()
-        # DReG: the guide through z with squared weights; the model with the usual weights, z held fixed
-        frozen_model = detached(self.model)
-        if info.global_latents:
-            frozen_model = poutine.condition(frozen_model, data=theta)
-        log_p_z = score_configurations(frozen_model, x, values, info, info.local_latents + info.observed)
-        fixed = {n: v.detach() for n, v in values.items()}
-        log_p_theta = score_configurations(model, x, fixed, info, info.local_latents + info.observed)
+            raise ConventionError(f"objective {self.estimator!r} needs model and guide to be nn.Modules (it re-scores with stopped parameters)")
+        values = {n: guide_trace.nodes[n]["value"] for n in sites}  # the samples, with their graph
+        log_q_stop, log_p_stop = stopped_log_densities(self.model, self.guide, x, values, theta, info, model_too=self.estimator == "iwae-dreg")
         w_tilde = torch.softmax(log_w.detach(), 0)
-        guide_part = (w_tilde.pow(2) * (log_p_z - log_q_stop)).sum()
-        model_part = (w_tilde * log_p_theta).sum()
+        if self.estimator == "iwae-stl":
+            surrogate = -(w_tilde * (log_p - log_q_stop)).sum() - global_term
+            return surrogate + (value - surrogate).detach()
+        # DReG: the guide through z with squared weights; the model (and theta in its model role) with the usual weights, z held fixed
+        fixed = {n: v.detach() for n, v in values.items() if n in info.local_latents}
+        log_p_fixed = score_configurations(model, x, fixed, info, info.local_latents + info.observed)
+        guide_part = (w_tilde.pow(2) * (log_p_stop - log_q_stop)).sum()
+        model_part = (w_tilde * log_p_fixed).sum()
         surrogate = -(guide_part + model_part) - global_term
         return surrogate + (value - surrogate).detach()
 
@@ -158,8 +169,33 @@ class IWAELoss(nn.Module):
         loo = log_mean_exp(swapped, 1)
         signal = bound.detach().unsqueeze(0) - loo  # (K, N)
         score = 0.0
-        for n in info.local_latents:
+        for n in info.guide_local_sites:
             if not guide_trace.nodes[n]["fn"].has_rsample:
                 score = score + per_datapoint_log_prob(n, guide_trace.nodes[n], info)
         surrogate = -(bound.sum() + (signal * score).sum()) - global_term
         return surrogate + (value - surrogate).detach()
+
+
+def stopped_log_densities(
+    model: nn.Module, guide: nn.Module, x: torch.Tensor, values: dict[str, torch.Tensor], theta: dict[str, torch.Tensor],
+    info: ProgramInfo, model_too: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r""":math:`\log q_{\bar\phi}(z \mid x, \bar\theta)` and :math:`\log p_{\bar\theta}(x, z)` at the samples ``values``, every parameter stopped.
+
+    Gradients reach the result only through ``values`` (the reparameterized samples). The
+    global latents are conditioned on detached, and the scoring runs inside
+    :func:`inference.program.with_stopped_parameters`, so flows that evaluate their
+    networks in ``log_prob`` and guides that read model networks are stopped as well.
+    Returns ``(log_q, log_p or None)``, each ``(K, N)``.
+    """
+    stop_theta = {n: v.detach() for n, v in theta.items()}
+
+    def score():
+        g = poutine.condition(guide, data=stop_theta) if stop_theta else guide
+        log_q = score_configurations(g, x, values, info, info.guide_local_sites)
+        if not model_too:
+            return log_q, None
+        m = poutine.condition(model, data=stop_theta) if stop_theta else model
+        return log_q, score_configurations(m, x, values, info, info.local_latents + info.observed)
+
+    return with_stopped_parameters((model, guide), score)

@@ -1,9 +1,10 @@
 r"""Local (per-datapoint) posterior optimization: the :math:`q^*` of the gap decomposition.
 
 For each datapoint :math:`x_i` separately, with the model frozen, find the best
-member of a variational family (:mod:`inference.families`: FFG by default,
-full-covariance Gaussian, IAF or coupling flows, factorized Bernoulli or
-categorical for discrete latents),
+member of a variational family (:mod:`inference.families`: by default the
+amortized guide's own family, its per-datapoint outputs set free; or an FFG,
+full-covariance Gaussian, IAF or coupling flow, factorized Bernoulli or
+categorical family, per site),
 
 .. math:: q^*_i = \arg\max_{\phi_i} \mathcal{L}(x_i; \phi_i),
 
@@ -24,6 +25,9 @@ latents have at most ``max_configurations`` joint values (then, for a single
 categorical site, :math:`q^*` is the exact posterior in closed form); otherwise
 the score-function estimator with the leave-one-out baseline
 :math:`b_s = \frac{1}{S-1}\sum_{t \ne s} \log w_t` (as in VIMCO, Mnih & Rezende 2016).
+With discrete and continuous sites together, the discrete part is enumerated (each
+configuration with its own reparameterized draws of the rest) or, with too many
+configurations, scored with the same baseline.
 """
 
 from __future__ import annotations
@@ -40,14 +44,16 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import biject_to
 
-from .enumeration import (
-    MAX_CONFIGURATIONS, configurations, expand_grid, log_joint_on_grid, score_configurations, unwrap_independent,
-)
+from .enumeration import MAX_CONFIGURATIONS, configurations, expand_grid, log_joint_on_grid, unwrap_independent
 from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, chunk_size_for, elbo
 from .families import (
-    FlowOptions, LocalGuide, SiteInfo, Start, check_family, check_family_fits, check_flow_options, init_params,
+    OWN, FlowOptions, LocalGuide, ParametrizedGuide, PerDatapointGuide, SiteInfo, Start, check_family, check_flow_options,
+    init_params, own_family, own_family_label, site_families,
 )
-from .program import Program, ProgramInfo, check_data, inspect_program, log_densities, log_weights, trace_pair
+from .program import (
+    SAMPLE_PLATE, Program, ProgramInfo, check_data, inspect_program, log_prob_sum, log_weights, sampled_log_densities,
+    score_configurations, trace_pair,
+)
 
 INITS = ("encoder", "prior")
 
@@ -161,19 +167,57 @@ def init_local(
     guide: Program,
     x: torch.Tensor,
     info: ProgramInfo,
-    family: str = "ffg",
+    family: str = OWN,
     init: str = "encoder",
     options: FlowOptions = FlowOptions(),
-) -> LocalGuide:
-    """A :class:`LocalGuide` of ``family`` for the rows of ``x``, started by :func:`starting_point`."""
+) -> PerDatapointGuide:
+    """A per-datapoint guide of ``family`` for the rows of ``x``, started by :func:`starting_point`.
+
+    ``family="guide"`` (the default) is the amortized guide's own family (:func:`inference.families.own_family`):
+    a :class:`ParametrizedGuide` started at the encoder's output, or the :class:`LocalGuide`
+    family the guide declares (with its own flow size), or, for a guide that declares
+    nothing, the product of per-site defaults.
+    """
     check_family(family)
     check_flow_options(options)
     sites = site_infos(model, guide, x, info)
-    check_family_fits(family, sites)
+    label = family
+    if family == OWN:
+        own, own_flow = own_family(guide)
+        label = own_family_label(guide)
+        if own == "params":
+            return _parametrized_start(model, guide, x, info, sites, init, label)
+        family = "ffg" if own == "default" else own
+        options = own_flow or options
+        if own == "default":
+            label = OWN
+    families = site_families(family, sites)
     start = starting_point(model, guide, x, info, sites, init)
-    tensors = {name: init_params(family, sites[name], start[name], options) for name in sites}
-    global_guide = poutine.block(guide, expose=list(info.global_latents)) if info.global_latents else None
-    return LocalGuide(family, tensors, sites, info.data_dim, options, global_guide)
+    tensors = {name: init_params(families[name], sites[name], start[name], options) for name in sites}
+    global_guide = poutine.block(guide, expose=list(info.guide_global_sites)) if info.global_latents else None
+    local = LocalGuide(families, tensors, sites, info.data_dim, options, global_guide)
+    if label != OWN:  # otherwise the families themselves name it, e.g. "categorical+ffg"
+        local.family = label
+    return local
+
+
+def _parametrized_start(model, guide, x, info, sites, init, label) -> ParametrizedGuide:
+    """The guide's own family, its per-datapoint parameters started at the encoder's output."""
+    if init != "encoder":
+        raise ValueError(
+            f"the own family of {type(guide).__name__} (free per-datapoint encoder outputs) starts at the encoder's output; "
+            f"init={init!r} is defined for the ffg, full and flow families (e.g. --local ffg --local-init prior)"
+        )
+    with torch.no_grad():
+        params = {k: v.detach().clone() for k, v in guide.variational_params(x).items()}
+    for key, value in params.items():
+        if value.dim() == 0 or value.shape[0] != len(x):
+            raise ValueError(f"{type(guide).__name__}.variational_params(x) must give one row per datapoint; {key!r} has shape {tuple(value.shape)}")
+    local = ParametrizedGuide(guide, params, sites, label, reparameterized=False)
+    with torch.no_grad():
+        _, trace = trace_pair(model, local, x)
+    local.reparameterized = all(trace.nodes[n]["fn"].has_rsample for n in info.guide_local_sites)
+    return local
 
 
 @contextlib.contextmanager
@@ -202,7 +246,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step: int, config: AdamConfig)
 class LocalFit(NamedTuple):
     """Result of :func:`optimize_local`."""
 
-    guide: LocalGuide  #: the optimized per-datapoint guide
+    guide: PerDatapointGuide  #: the optimized per-datapoint guide
     num_steps: torch.Tensor  #: (N,) steps each datapoint took
     converged: torch.Tensor  #: (N,) True where the stopping rule fired (False: hit max_steps)
     best_window_elbo: torch.Tensor  #: (N,) best window-averaged training ELBO
@@ -212,44 +256,78 @@ GRADIENTS = ("auto", "exact", "score")
 
 
 class _Objective:
-    """One step's per-datapoint ELBO (for the stopping rule) and the surrogate to differentiate."""
+    """One step's per-datapoint ELBO (for the stopping rule) and the surrogate to differentiate.
 
-    def __init__(self, model, guide, local: LocalGuide, x, info, num_samples, gradient, max_configurations, max_elements):
+    Modes: ``pathwise`` (every site reparameterized); ``exact`` (every site discrete and the
+    joint enumerable: the exact ELBO); ``score`` (discrete, too many configurations: the
+    score function with a leave-one-out baseline); ``mixed`` (discrete and continuous sites:
+    the discrete sites enumerated, each configuration with ``num_samples`` reparameterized
+    draws of the rest, :math:`\mathcal{L} = \sum_c q(c)\, \frac1S \sum_s \log w(c, z_s)`); ``mixed-score``
+    (the same with the discrete sites sampled and their score term added).
+    """
+
+    def __init__(self, model, guide, local: PerDatapointGuide, x, info, num_samples, gradient, max_configurations, max_elements):
         self.model, self.local, self.info, self.num_samples = model, local, info, num_samples
         self.grid = self.log_joint = None
+        self.discrete = tuple(n for n, s in local.sites.items() if s.kind != "continuous")
         if local.reparameterized:
             self.mode = "pathwise"
             return
+        mixed = len(self.discrete) < len(local.sites)
         enumerable = True
         try:
-            grid = configurations(model, guide, x, info, max_configurations)
+            grid = configurations(model, guide, x, info, max_configurations, names=self.discrete)
         except ValueError:
             if gradient == "exact":
                 raise
             enumerable = False
         if enumerable and gradient != "score":
-            self.mode = "exact"
+            self.mode = "mixed" if mixed else "exact"
             self.grid = grid
-            self.log_joint = log_joint_on_grid(model, guide, x, info, grid, max_elements)  # (C, N): the model is frozen
+            if not mixed:
+                self.log_joint = log_joint_on_grid(model, guide, x, info, grid, max_elements)  # (C, N): the model is frozen
         else:
             if num_samples < 2:
                 raise ValueError(f"the score-function estimator with a leave-one-out baseline needs num_samples >= 2, got {num_samples}")
-            self.mode = "score"
+            self.mode = "mixed-score" if mixed else "score"
+
+    @property
+    def samples_per_step(self) -> int:
+        """Vectorized samples one step draws per datapoint."""
+        if self.mode == "exact":
+            return 1
+        return self.num_samples * (len(next(iter(self.grid.values()))) if self.mode == "mixed" else 1)
 
     def __call__(self, sub: list[torch.Tensor], x: torch.Tensor, active_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         program = self.local.program(sub)
+        info = self.info
         if self.mode == "pathwise":
-            point = log_weights(self.model, program, x, self.num_samples, self.info).mean(0)
+            point = log_weights(self.model, program, x, self.num_samples, info).mean(0)
             return point, point
         if self.mode == "exact":
-            values = expand_grid(self.grid, len(x), self.info)
-            log_q = score_configurations(program, x, values, self.info, self.info.local_latents)
+            values = expand_grid(self.grid, len(x), info)
+            log_q = score_configurations(program, x, values, info, info.guide_local_sites)
             point = (log_q.exp() * (self.log_joint[:, active_rows] - log_q)).sum(0)
             return point, point
-        log_p, log_q = log_densities(self.model, program, x, self.num_samples, self.info)
+        if self.mode == "mixed":
+            c, s = len(next(iter(self.grid.values()))), self.num_samples
+            shape = (c * s, len(x))
+            values = expand_grid({k: v.repeat_interleave(s, 0) for k, v in self.grid.items()}, len(x), info)
+            with pyro.plate(SAMPLE_PLATE, c * s, dim=info.sample_dim):  # the discrete sites set, the others drawn
+                trace = poutine.trace(poutine.condition(program, data=values)).get_trace(x)
+            drawn = {n: trace.nodes[n]["value"] for n in info.guide_local_sites}
+            log_p = score_configurations(self.model, x, drawn, info, info.local_latents + info.observed)
+            log_q = log_prob_sum(trace, info.guide_local_sites, info, shape)
+            log_qc = log_prob_sum(trace, self.discrete, info, shape).reshape(c, s, len(x))[:, 0]
+            point = (log_qc.exp() * (log_p - log_q).reshape(c, s, len(x)).mean(1)).sum(0)
+            return point, point
+        log_p, log_q, trace = sampled_log_densities(self.model, program, x, self.num_samples, info)
         signal = (log_p - log_q).detach()
         baseline = (signal.sum(0, keepdim=True) - signal) / (len(signal) - 1)
-        return signal.mean(0), ((signal - baseline) * log_q).mean(0)
+        if self.mode == "score":
+            return signal.mean(0), ((signal - baseline) * log_q).mean(0)
+        log_qc = log_prob_sum(trace, self.discrete, info, signal.shape)
+        return signal.mean(0), (log_p - log_q).mean(0) + ((signal - baseline) * log_qc).mean(0)
 
 
 def optimize_local(
@@ -257,11 +335,11 @@ def optimize_local(
     guide: Program,
     x: torch.Tensor,
     *,
-    family: str = "ffg",
+    family: str = OWN,
     num_samples: int = 50,
     adam: AdamConfig = AdamConfig(),
     rule: StoppingRule = StoppingRule(),
-    init: str | LocalGuide = "encoder",
+    init: str | PerDatapointGuide = "encoder",
     flow: FlowOptions = FlowOptions(),
     gradient: str = "auto",
     max_configurations: int = MAX_CONFIGURATIONS,
@@ -270,6 +348,7 @@ def optimize_local(
 ) -> LocalFit:
     """Optimize a per-datapoint guide of ``family`` for every row of ``x`` at once (see module docstring).
 
+    ``family`` defaults to the amortized guide's own family (``"guide"``, see :func:`init_local`).
     ``num_samples`` samples per step estimate each datapoint's ELBO gradient
     (unused by exact enumeration); ``gradient`` picks the discrete-latent gradient:
     ``"auto"`` (exact when enumerable), ``"exact"`` or ``"score"``. Converged
@@ -286,10 +365,13 @@ def optimize_local(
     info = inspect_program(model, guide, x)
     if not info.local_latents:
         raise ValueError("the model has no per-datapoint latent sites: there is nothing to optimize locally")
-    local = init if isinstance(init, LocalGuide) else init_local(model, guide, x, info, family, init, flow)
+    local = init if isinstance(init, PerDatapointGuide) else init_local(model, guide, x, info, family, init, flow)
+    if isinstance(local, LocalGuide):  # its sites are the latents themselves: the amortized guide's auxiliary sites are gone
+        info = info._replace(auxiliary=())
     objective = _Objective(model, guide, local, x, info, num_samples, gradient, max_configurations, max_elements)
     n = len(x)
-    if objective.mode == "exact" and len(local.names) == 1 and local.sites[local.names[0]].kind == "categorical":
+    single_categorical = isinstance(local, LocalGuide) and len(local.names) == 1 and local.sites[local.names[0]].kind == "categorical"
+    if objective.mode == "exact" and single_categorical:
         # one categorical site: the family holds the exact posterior, q*(z = c) = p(x, z = c) / p(x)
         logits = objective.log_joint.T.to(local.tensors[0].dtype)
         best = objective.log_joint.logsumexp(0)
@@ -300,8 +382,24 @@ def optimize_local(
     elif objective.mode == "exact":
         group = max(1, max_elements // (8 * max(1, objective.log_joint.shape[0] * sum(math.prod(s.event_shape) for s in local.sites.values()))))
     else:
-        group = max(1, chunk_size_for(info, x[:1], model, local.subset(torch.arange(1)), max_elements) // num_samples)
+        group = max(1, chunk_size_for(info, x[:1], model, local.subset(torch.arange(1)), max_elements) // objective.samples_per_step)
+    with frozen(model, guide):
+        return fit_per_datapoint(local, objective, x, rule, adam, group, progress)
 
+
+def fit_per_datapoint(
+    local: PerDatapointGuide, objective, x: torch.Tensor, rule: StoppingRule, adam: AdamConfig, group: int, progress: bool = False
+) -> LocalFit:
+    """Elementwise Adam on every datapoint's parameters at once, each stopped by ``rule`` on its own.
+
+    ``objective(params, x_rows, rows)`` returns, for the datapoints ``rows`` (their indices in
+    ``x``) with parameter rows ``params``, the per-datapoint ELBO estimate that feeds the
+    rule and a surrogate whose gradient the step ascends. Datapoints are processed in
+    groups of ``group``; a datapoint that stops is written back and leaves the computation,
+    so its parameters never change again and no datapoint's result depends on which
+    others share its group.
+    """
+    n = len(x)
     # Full-size results, written back when a datapoint stops; the loop works on compact copies
     # holding only the active datapoints, so a step does no gather or scatter.
     final = [p.detach().clone() for p in local.tensors]
@@ -309,54 +407,84 @@ def optimize_local(
     exp_avg = [torch.zeros_like(p) for p in params]
     exp_avg_sq = [torch.zeros_like(p) for p in params]
     x_active = x
-    window_sum = torch.zeros(n, dtype=torch.float64, device=x.device)
-    best = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
-    bad_windows = torch.zeros(n, dtype=torch.long, device=x.device)
-    num_steps = torch.zeros(n, dtype=torch.long, device=x.device)
+    window = WindowRule(rule, n, x.device)
     active = torch.arange(n, device=x.device)
     bar = _progress(rule.max_steps, progress, local.family)
-    with frozen(model, guide):
-        for step in range(1, rule.max_steps + 1):
-            for start in range(0, len(active), group):
-                rows = slice(start, start + group)
-                sub = [p[rows].detach().requires_grad_() for p in params]
-                point_elbo, surrogate = objective(sub, x_active[rows], active[rows])
-                grads = torch.autograd.grad(surrogate.sum(), sub, allow_unused=True)
-                with torch.no_grad():
-                    for k, g in enumerate(grads):
-                        if g is None:
-                            continue
-                        params[k][rows], exp_avg[k][rows], exp_avg_sq[k][rows] = adam_update(
-                            params[k][rows], g, exp_avg[k][rows], exp_avg_sq[k][rows], step, adam
-                        )
-                window_sum[start : start + len(point_elbo)] += point_elbo.detach()
-            if step % rule.window == 0:
-                mean = window_sum[: len(active)] / rule.window
-                improved = mean > best[active]
-                best[active] = torch.where(improved, mean, best[active])
-                bad_windows[active] = torch.where(improved, 0, bad_windows[active] + 1)
-                window_sum.zero_()
-                keep = bad_windows[active] < rule.patience
-                if not keep.all():
-                    done = active[~keep]
-                    num_steps[done] = step
-                    for full, compact in zip(final, params):
-                        full[done] = compact[~keep]
-                    active, x_active = active[keep], x_active[keep]
-                    params, exp_avg, exp_avg_sq = ([t[keep] for t in ts] for ts in (params, exp_avg, exp_avg_sq))
-                if bar is not None:
-                    bar.set_postfix(active=len(active))
-            if bar is not None:
-                bar.update(1)
-            if len(active) == 0:
-                break
+    step = 0
+    for step in range(1, rule.max_steps + 1):
+        for start in range(0, len(active), group):
+            rows = slice(start, start + group)
+            sub = [p[rows].detach().requires_grad_() for p in params]
+            point_elbo, surrogate = objective(sub, x_active[rows], active[rows])
+            grads = torch.autograd.grad(surrogate.sum(), sub, allow_unused=True)
+            with torch.no_grad():
+                for k, g in enumerate(grads):
+                    if g is None:
+                        continue
+                    params[k][rows], exp_avg[k][rows], exp_avg_sq[k][rows] = adam_update(
+                        params[k][rows], g, exp_avg[k][rows], exp_avg_sq[k][rows], step, adam
+                    )
+            window.record(slice(start, start + len(point_elbo)), point_elbo.detach())
+        keep = window.end_of_step(step, active)
+        if keep is not None and not keep.all():
+            done = active[~keep]
+            for full, compact in zip(final, params):
+                full[done] = compact[~keep]
+            active, x_active = active[keep], x_active[keep]
+            params, exp_avg, exp_avg_sq = ([t[keep] for t in ts] for ts in (params, exp_avg, exp_avg_sq))
+        if bar is not None:
+            if keep is not None:
+                bar.set_postfix(active=len(active))
+            bar.update(1)
+        if len(active) == 0:
+            break
     if bar is not None:
         bar.close()
-    num_steps[active] = step  # the datapoints still running hit max_steps
+    window.num_steps[active] = step  # the datapoints still running hit max_steps
     for full, compact in zip(final, params):
         full[active] = compact
-    converged = bad_windows >= rule.patience
-    return LocalFit(local.with_tensors(final), num_steps, converged, best)
+    return LocalFit(local.with_tensors(final), window.num_steps, window.converged, window.best)
+
+
+class WindowRule:
+    """The state of :class:`StoppingRule` for N datapoints: window sums, best window average, windows without improvement.
+
+    The ELBO estimates of each step are added to the running window (:meth:`record`); at
+    the end of every ``window``-th step (:meth:`end_of_step`) each active datapoint's window
+    average is compared with its best: a strictly higher average is an improvement and
+    resets its count, anything else adds one; a datapoint stops once ``patience`` windows in
+    a row have not improved. A datapoint whose estimates never change therefore stops after
+    exactly ``window * (patience + 1)`` steps (the first window sets its best).
+    """
+
+    def __init__(self, rule: StoppingRule, n: int, device):
+        self.rule = rule
+        self.sums = torch.zeros(n, dtype=torch.float64, device=device)  #: running window sums of the active datapoints, in order
+        self.best = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
+        self.bad_windows = torch.zeros(n, dtype=torch.long, device=device)
+        self.num_steps = torch.zeros(n, dtype=torch.long, device=device)
+
+    def record(self, rows: slice, values: torch.Tensor) -> None:
+        """Add one step's ELBO estimates of the active datapoints at positions ``rows``."""
+        self.sums[rows] += values
+
+    def end_of_step(self, step: int, active: torch.Tensor) -> torch.Tensor | None:
+        """After ``step``: None within a window; at its end, the mask over ``active`` of datapoints that go on."""
+        if step % self.rule.window:
+            return None
+        mean = self.sums[: len(active)] / self.rule.window
+        improved = mean > self.best[active]
+        self.best[active] = torch.where(improved, mean, self.best[active])
+        self.bad_windows[active] = torch.where(improved, 0, self.bad_windows[active] + 1)
+        self.sums.zero_()
+        keep = self.bad_windows[active] < self.rule.patience
+        self.num_steps[active[~keep]] = step
+        return keep
+
+    @property
+    def converged(self) -> torch.Tensor:
+        """(N,) True where the rule fired (False: the datapoint hit ``max_steps``)."""
+        return self.bad_windows >= self.rule.patience
 
 
 def _progress(total: int, enabled: bool, family: str = "ffg"):
@@ -370,7 +498,7 @@ def _progress(total: int, enabled: bool, family: str = "ffg"):
 class LocalPosterior(NamedTuple):
     """Result of :func:`local_posterior`: the fit and its evaluated ELBO L[q*]."""
 
-    guide: LocalGuide
+    guide: PerDatapointGuide
     elbo: Estimate
     num_steps: torch.Tensor
     converged: torch.Tensor
@@ -381,7 +509,7 @@ def local_posterior(
     guide: Program,
     x: torch.Tensor,
     *,
-    family: str = "ffg",
+    family: str = OWN,
     num_samples: int = 50,
     eval_samples: int = 1000,
     adam: AdamConfig = AdamConfig(),

@@ -35,6 +35,16 @@ torch optimizer can drive.
   non-reparameterized guide sites (issue 3289).
 
 :func:`make_loss` gives the training loss module for any of these names.
+
+**Mini-batches and global latents.** Every loss has a ``dataset_size`` (N, set by
+:func:`inference.training.fit`). On a batch of B datapoints the loss is the batch's
+share of the full-data objective: the per-datapoint terms of the batch plus ``B/N``
+times the global factor :math:`\log p(\theta) - \log q(\theta)` (for Pyro's objectives, the
+global sites are scaled by ``B/N``). Summed over the N/B batches of an epoch the
+global factor is counted once, so global latents are fitted to the posterior given the
+whole dataset, not given one batch. Without global latents nothing changes. Pyro's
+``RenyiELBO`` combines the weights of the whole batch and has no such share: ``renyi``
+refuses global latents on mini-batches.
 """
 
 from __future__ import annotations
@@ -43,6 +53,9 @@ import pyro.infer
 import torch
 from pyro.poutine.messenger import Messenger
 from torch import nn
+
+from .iwae import global_share
+from .program import inspect_without_randomness
 
 OBJECTIVES = {
     "elbo": pyro.infer.Trace_ELBO,
@@ -89,18 +102,35 @@ class LatentScale(Messenger):
             msg["scale"] = self.scale * msg["scale"]
 
 
+class GlobalShare(Messenger):
+    """Multiply the log density of every latent site *outside* ``pyro.plate("data")`` by ``share`` = B/N.
+
+    Applied to model and guide, a mini-batch of B out of N datapoints then counts the
+    global factor :math:`\log p(\theta) - \log q(\theta)` B/N times, its share of the full-data objective.
+    """
+
+    def __init__(self, share: float):
+        super().__init__()
+        self.share = share
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"] and not any(f.name == "data" for f in msg["cond_indep_stack"]):
+            msg["scale"] = self.share * msg["scale"]
+
+
 class Annealed(nn.Module):
-    """A program whose latent sites are scaled by ``latent_scale`` (no handler at all when it is 1)."""
+    """A program whose latent sites are scaled by ``latent_scale`` and its global sites by ``global_share`` (no handler when both are 1)."""
 
     def __init__(self, program: nn.Module):
         super().__init__()
         self.program = program
         self.latent_scale = 1.0
+        self.global_share = 1.0
 
     def forward(self, x: torch.Tensor):
-        if self.latent_scale == 1.0:
+        if self.latent_scale == 1.0 and self.global_share == 1.0:
             return self.program(x)
-        with LatentScale(self.latent_scale):
+        with LatentScale(self.latent_scale), GlobalShare(self.global_share):
             return self.program(x)
 
 
@@ -114,19 +144,30 @@ def kl_weight(step: int, warmup_steps: int) -> float:
 class AnnealedLoss(nn.Module):
     """``ELBOModule`` of a Pyro objective on annealed copies of the programs."""
 
-    def __init__(self, objective: pyro.infer.ELBO, model: nn.Module, guide: nn.Module):
+    def __init__(self, objective: pyro.infer.ELBO, model: nn.Module, guide: nn.Module, name: str = "elbo"):
         super().__init__()
         self.module = objective(Annealed(model), Annealed(guide))
+        self.name = name
+        self.dataset_size: int | None = None  #: N, set by the trainer: global sites count B/N per batch
+        self._checked = False
 
     def set_latent_scale(self, beta: float) -> None:
         self.module.model.latent_scale = self.module.guide.latent_scale = beta
 
+    def set_entropy_scale(self, beta: float) -> None:
+        """Scale only the guide's terms, :math:`E_q[\log p(x, z) - \beta \log q(z|x)]` (the warm-up of Cremer et al.'s code)."""
+        if self.name == "meanfield" and beta != 1.0:
+            raise ValueError("objective 'meanfield' uses analytic KL terms, which cannot scale the entropy alone; use 'elbo'")
+        self.module.model.latent_scale, self.module.guide.latent_scale = 1.0, beta
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._checked:
+            refuse_enumerated(self.module.model.program, self.module.guide.program, x, self.name)
+            self._checked = True
+        self.module.model.global_share = self.module.guide.global_share = global_share(len(x), self.dataset_size)
         objective = self.module.elbo
         if objective.vectorize_particles and objective.max_plate_nesting == float("inf"):
-            from .program import inspect_without_randomness  # tell Pyro the nesting instead of letting it guess (and log)
-
-            # Pyro counts the particle plate in max_plate_nesting when particles are vectorized
+            # tell Pyro the nesting instead of letting it guess (and log); Pyro counts the particle plate in max_plate_nesting when particles are vectorized
             objective.max_plate_nesting = inspect_without_randomness(self.module.model, self.module.guide, x).max_plate_nesting + 1
         return self.module(x)
 
@@ -149,6 +190,8 @@ class TraceGraphLoss(nn.Module):
             raise ValueError(f"objective {TRACEGRAPH!r} runs one particle per datapoint (its baselines are per datapoint); got num_particles={num_particles}")
         self.objective = pyro.infer.TraceGraph_ELBO()
         self.model, self.guide = Annealed(model), Annealed(guide)
+        self.dataset_size: int | None = None  #: N, set by the trainer: global sites count B/N per batch
+        self._checked = False
         self._averages: dict[tuple[str, int], torch.Tensor] = {}
         store = pyro.get_param_store()
         for key in [k for k in store.keys() if k.startswith(_AVERAGE_PREFIX)]:
@@ -169,6 +212,10 @@ class TraceGraphLoss(nn.Module):
                 store[key] = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._checked:
+            refuse_enumerated(self.model.program, self.guide.program, x, TRACEGRAPH)
+            self._checked = True
+        self.model.global_share = self.guide.global_share = global_share(len(x), self.dataset_size)
         self._swap_averages(len(x))
         elbo, surrogate = self.objective._loss_and_surrogate_loss(self.model, self.guide, (x,), {})
         return surrogate + (-torch.as_tensor(elbo, dtype=surrogate.dtype) - surrogate).detach()
@@ -244,7 +291,9 @@ class RenyiLoss(nn.Module):
         # Pyro backpropagates only when the traces hold param sites: register the modules as Pyro does
         self._names = (f"renyi{id(self)}_model", f"renyi{id(self)}_guide")
         self.num_particles = int(num_particles)
+        self.dataset_size: int | None = None  #: N, set by the trainer; global latents are refused on mini-batches
         self.objective: pyro.infer.RenyiELBO | None = None  # made on the first batch, when the plate nesting is known
+        self._info = None
 
     def set_latent_scale(self, beta: float) -> None:
         if beta != 1.0:
@@ -260,11 +309,16 @@ class RenyiLoss(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.objective is None:
-            from .program import inspect_without_randomness
-
-            nesting = inspect_without_randomness(self.model, self.guide, x).max_plate_nesting
+            self._info = refuse_enumerated(self.model, self.guide, x, RENYI)
+            nesting = self._info.max_plate_nesting
             k = self.num_particles
             self.objective = pyro.infer.RenyiELBO(alpha=0.0, num_particles=k, vectorize_particles=k > 1, max_plate_nesting=nesting)
+        if self._info.global_latents and self.dataset_size is not None and len(x) < self.dataset_size:
+            raise ValueError(
+                f"objective {RENYI!r} (Pyro's RenyiELBO) combines the weights of the whole batch, so a mini-batch of {len(x)} "
+                f"out of {self.dataset_size} is not a share of the full-data bound of global latents {list(self._info.global_latents)}: "
+                "use 'iwae' (per-datapoint weights, the global factor shared out per batch) or train on the full batch"
+            )
         params = [p for p in self.parameters() if p.requires_grad]
         saved = [p.grad for p in params]
         for p in params:
@@ -305,4 +359,19 @@ def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int 
         return CapturedELBO(model, guide)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose from {', '.join(TRAINING_OBJECTIVES)}")
-    return AnnealedLoss(make_objective(name, num_particles), model, guide)
+    return AnnealedLoss(make_objective(name, num_particles), model, guide, name)
+
+
+def refuse_enumerated(model, guide, x: torch.Tensor, name: str):
+    """Inspect the pair (without drawing from the caller's random stream) and refuse model-only enumerated sites.
+
+    Pyro's ``Trace_ELBO`` family samples a model site the guide lacks from its prior instead of
+    summing it out; the per-datapoint objectives here sum it out.
+    """
+    info = inspect_without_randomness(model, guide, x)
+    if info.enumerated:
+        raise ValueError(
+            f"objective {name!r} (a Pyro ELBO) would sample the model's enumerated sites {list(info.enumerated)} from their "
+            "prior instead of summing them out: use 'iwae' (K = 1 is the ELBO with them summed out), 'iwae-dreg' or 'rws'"
+        )
+    return info

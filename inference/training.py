@@ -34,6 +34,8 @@ from .objectives import TRAINING_OBJECTIVES, kl_weight, make_loss
 from .program import check_data, inspect_program
 
 LR_SCHEDULES = ("constant", "iwae")
+#: What a warm-up weight beta < 1 scales: the KL term (log p(z) - log q), or the entropy term (-log q) alone.
+WARMUPS = ("kl", "entropy")
 DEVICES = ("cpu", "cuda", "auto")
 CHECKPOINT_KEYS = ("state_dict", "config", "model_state", "guide_state")
 
@@ -51,6 +53,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     kl_warmup_epochs: float = 0.0
     seed: int = 0
+    warmup: str = "kl"  #: "kl" (Bowman et al. 2016) or "entropy" (only -log q scaled, as Cremer et al.'s code does)
 
     def __post_init__(self) -> None:
         if self.objective not in TRAINING_OBJECTIVES:
@@ -65,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"lr and adam_eps must be positive, got lr={self.lr}, adam_eps={self.adam_eps}")
         if not self.kl_warmup_epochs >= 0:
             raise ValueError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if self.warmup not in WARMUPS:
+            raise ValueError(f"unknown warmup {self.warmup!r}; choose from {', '.join(WARMUPS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,8 +132,10 @@ class SVIModule(pl.LightningModule):
         self.transform = transform
         self.model, self.guide = model, guide
         self.elbo = make_loss(config.objective, model, guide, config.num_particles)
-        if hasattr(self.elbo, "dataset_size"):  # objectives with a global term share it out per batch
-            self.elbo.dataset_size = len(train_x)
+        # every objective counts the global factor B/N per batch of B (inference.objectives): N is the training set
+        self.elbo.dataset_size = len(train_x)
+        if config.warmup == "entropy" and config.kl_warmup_epochs > 0 and not hasattr(self.elbo, "set_entropy_scale"):
+            raise ValueError(f"warmup 'entropy' scales the -log q term of a Monte Carlo ELBO; objective {config.objective!r} has none (use objective 'elbo')")
         self.register_buffer("train_x", train_x, persistent=False)
         self.num_batches = math.ceil(len(train_x) / config.batch_size)
         self._perm: torch.Tensor | None = None
@@ -162,7 +169,10 @@ class SVIModule(pl.LightningModule):
         if self.transform is not None:
             x = self.transform(x)
         beta = kl_weight(self.global_step, round(self.config.kl_warmup_epochs * self.num_batches))
-        self.elbo.set_latent_scale(beta)
+        if self.config.warmup == "entropy":
+            self.elbo.set_entropy_scale(beta)
+        else:
+            self.elbo.set_latent_scale(beta)
         loss = self.elbo(x) / len(x)
         optimizer = self.optimizers()
         optimizer.zero_grad()
@@ -240,6 +250,9 @@ class TrainResult:
 
 def check_resume_config(checkpoint_config: dict[str, Any], current: dict[str, Any], path: str) -> None:
     """Refuse to resume a run whose settings differ (other than the number of epochs)."""
+    checkpoint_config = dict(checkpoint_config)
+    if isinstance(checkpoint_config.get("train"), dict):  # settings added since the checkpoint was written take their defaults
+        checkpoint_config["train"] = {**TrainConfig().to_dict(), **checkpoint_config["train"]}
     diffs = []
     for key in sorted(set(checkpoint_config) | set(current)):
         old, new = checkpoint_config.get(key), current.get(key)

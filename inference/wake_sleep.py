@@ -31,7 +31,15 @@ Samples are never differentiated through: every update is a score of fixed
 values, so both methods apply to discrete and continuous latents alike.
 Global latents are drawn once per step from their guide and shared by every sample,
 as in :mod:`inference.iwae`; they are fitted by the pathwise ELBO gradient of their
-factor plus the wake terms, and dreams draw them from the prior.
+factor (counted ``B/N`` times per batch of B out of ``dataset_size`` N) plus the wake
+terms, and dreams draw them from the prior.
+
+**Parameters shared by model and guide** (the ladder VAE's guide runs the model's
+top-down networks) are *model* parameters here: they receive the model update only.
+The guide's wake and sleep terms are scored with every model parameter stopped
+(:func:`inference.program.with_stopped_parameters`), so the model update stays the
+IWAE gradient (``rws``) or the wake gradient (``wake-sleep``) even for a guide that
+reads the model's networks, and the guide update moves only the guide's own parameters.
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .enumeration import score_configurations
-from .iwae import draw_globals, log_mean_exp
-from .program import ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities
+from .iwae import draw_globals, global_share, log_mean_exp
+from .program import (
+    ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities, score_configurations,
+    with_stopped_parameters,
+)
 
 #: Registered names and the share of the wake update in each guide update (``insomnia``).
 RWS_VARIANTS = {"rws": 1.0, "rws-sleep": 0.0, "rws-both": 0.5}
@@ -72,11 +82,22 @@ def dream(model, x: torch.Tensor, info: ProgramInfo) -> tuple[torch.Tensor, dict
 
 
 def sleep_log_q(model, guide, x: torch.Tensor, info: ProgramInfo) -> torch.Tensor:
-    """``log q(z'|x')`` of the local latents of one dream per datapoint: shape ``(len(x),)``, differentiable in the guide."""
+    """``log q(z'|x')`` of the local latents of one dream per datapoint: shape ``(len(x),)``, differentiable in the guide's own parameters.
+
+    Parameters the guide shares with the model are stopped (see the module docstring).
+    """
+    if info.auxiliary:
+        raise ConventionError(
+            f"the sleep phase scores log q(z|x) at dreamed z, which a guide with auxiliary sites {list(info.auxiliary)} "
+            "(an autoguide) cannot do: use 'rws', whose guide update is the wake phase's"
+        )
     x_dream, latents = dream(model, x, info)
-    trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(x_dream)
-    total = sum(per_datapoint_log_prob(n, trace.nodes[n], info) for n in info.local_latents)
-    return total.reshape(-1)
+
+    def score():
+        trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(x_dream)
+        return sum(per_datapoint_log_prob(n, trace.nodes[n], info) for n in info.local_latents)
+
+    return with_stopped_parameters((model,), score, param_sites="owned").reshape(-1)
 
 
 class _WakeSleepBase(nn.Module):
@@ -86,6 +107,7 @@ class _WakeSleepBase(nn.Module):
             raise ValueError(f"objective {name!r} needs K = num_particles >= 1 samples per datapoint, got {num_samples!r}")
         self.model, self.guide = model, guide
         self.num_samples, self.name = int(num_samples), name
+        self.dataset_size: int | None = None  #: N, set by the trainer: the global factor counts B/N per batch
         self._info: ProgramInfo | None = None
 
     def set_latent_scale(self, beta: float) -> None:
@@ -98,13 +120,14 @@ class _WakeSleepBase(nn.Module):
             self._info = inspect_without_randomness(self.model, self.guide, x)
         info = self._info
         global_term, theta = draw_globals(self.model, self.guide, x, info)
+        global_term = global_share(len(x), self.dataset_size) * global_term
         model, guide = self.model, self.guide
         if theta:
             model = poutine.condition(model, data=theta)
             guide = poutine.condition(guide, data={n: v.detach() for n, v in theta.items()})
         with torch.no_grad():
             log_p, log_q, guide_trace = sampled_log_densities(model, guide, x, self.num_samples, info)
-        values = {n: guide_trace.nodes[n]["value"] for n in info.local_latents}
+        values = {n: guide_trace.nodes[n]["value"] for n in info.guide_local_sites}
         log_p_fixed = score_configurations(model, x, values, info, info.local_latents + info.observed)
         return log_p - log_q, log_p_fixed, guide, values, global_term
 
@@ -123,8 +146,10 @@ class RWSLoss(_WakeSleepBase):
         info = self._info
         weights = torch.softmax(log_w, 0)  # per datapoint, over its K samples
         surrogate = -(weights * log_p_fixed).sum() - global_term
-        if self.insomnia > 0:
-            log_q_fixed = score_configurations(guide, x, values, info, info.local_latents)
+        if self.insomnia > 0:  # the guide's own parameters only: those it shares with the model are stopped
+            log_q_fixed = with_stopped_parameters(
+                (self.model,), lambda: score_configurations(guide, x, values, info, info.guide_local_sites), param_sites="owned"
+            )
             surrogate = surrogate - self.insomnia * (weights * log_q_fixed).sum()
         if self.insomnia < 1:
             surrogate = surrogate - (1 - self.insomnia) * sleep_log_q(self.model, self.guide, x, info).sum()

@@ -143,6 +143,9 @@ class CategoricalEncoder(nn.Module):
         self.site = site
         self.net = mlp(data_dim, hidden, num_components, activation)
 
+    #: per datapoint, free logits: the family holds the exact posterior
+    local_family = "categorical"
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

@@ -2,6 +2,18 @@
 
 Every guide follows the package convention: ``guide(x)`` takes a batch and
 samples each per-datapoint latent inside ``pyro.plate("data", len(x))``.
+
+Each guide also says what its own variational family is *per datapoint*, so that the
+local optimum q* of the gap decomposition is sought in that family (see
+:func:`inference.families.own_family`). Either
+
+* ``local_family`` names a per-datapoint family of :mod:`inference.families` that is the
+  guide's family (``"ffg"``, ``"categorical"``, ``"bernoulli"``; ``"iaf"``/``"coupling"``
+  with ``local_flow = (layers, hidden sizes)``, a per-datapoint flow of the same size), or
+* ``variational_params(x)`` returns the per-datapoint outputs of the encoder (a dict of
+  tensors whose first dim is the datapoint) and ``forward(x, params)`` runs the guide with
+  those outputs replaced by ``params``: free per-datapoint parameters, started from the
+  encoder's output.
 """
 
 from __future__ import annotations
@@ -37,6 +49,9 @@ class FFGEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.site = site
         self.net = mlp(data_dim, hidden, 2 * latent_dim, activation)
+
+    #: per datapoint, the family is a free mean and scale: the local FFG
+    local_family = "ffg"
 
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of q(z|x), each of shape ``(len(x), latent_dim)``."""
@@ -99,13 +114,24 @@ class GaussianHead(nn.Module):
                     self.flows.append(ConditionalAffineCoupling(split, net))
             self.register_buffer("flip", torch.arange(d).flip(0), persistent=False)
 
-    def forward(self, h: torch.Tensor) -> dist.Distribution:
+    def params(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The variational parameters the head computes from ``h``: ``loc`` and ``log_scale``, and ``offdiag``
+        (the Cholesky factor's strict lower triangle) for ``full`` or ``context`` (``h`` itself) for the flows."""
         d = self.latent_dim
         out = self.params_net(h)
-        loc, log_scale = out[..., :d], out[..., d : 2 * d]
+        params = {"loc": out[..., :d], "log_scale": out[..., d : 2 * d]}
+        if self.family == "full":
+            params["offdiag"] = out[..., 2 * d :]
+        elif len(self.flows):
+            params["context"] = h
+        return params
+
+    def distribution(self, params: dict[str, torch.Tensor]) -> dist.Distribution:
+        """The distribution with the variational parameters ``params`` (as :meth:`params` returns them)."""
+        loc, log_scale = params["loc"], params["log_scale"]
         if self.family == "full":
             tril = torch.diag_embed(log_scale.exp())
-            tril[..., self.tril_index[0], self.tril_index[1]] = out[..., 2 * d :]
+            tril[..., self.tril_index[0], self.tril_index[1]] = params["offdiag"]
             return dist.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
         base = dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
         if not len(self.flows):
@@ -116,8 +142,11 @@ class GaussianHead(nn.Module):
         for k, flow in enumerate(self.flows):
             if k and self.family == "coupling":
                 transforms.append(Permute(self.flip))
-            transforms.append(flow.condition(h))
+            transforms.append(flow.condition(params["context"]))
         return dist.TransformedDistribution(base, transforms, validate_args=False)
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        return self.distribution(self.params(h))
 
 
 class GaussianEncoder(nn.Module):
@@ -143,9 +172,17 @@ class GaussianEncoder(nn.Module):
         self.features = features(data_dim, hidden, activation)
         in_dim = hidden[-1] if len(hidden) else data_dim
         self.head = GaussianHead(in_dim, latent_dim, family, flow_layers, flow_hidden)
+        # per datapoint: a free FFG; a per-datapoint flow of the same size; for full covariance, free Cholesky factors
+        self.local_family = {"ffg": "ffg", "iaf": "iaf", "coupling": "coupling"}.get(family)
+        self.local_flow = (int(flow_layers), list(flow_hidden))
+        self.family_name = family
 
-    def forward(self, x: torch.Tensor) -> None:
-        fn = self.head(self.features(x))
+    def variational_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The encoder's per-datapoint output (see :meth:`GaussianHead.params`)."""
+        return self.head.params(self.features(x))
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> None:
+        fn = self.head.distribution(self.variational_params(x) if params is None else params)
         with pyro.plate("data", len(x)):
             pyro.sample(self.site, fn)
 

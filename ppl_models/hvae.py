@@ -114,11 +114,23 @@ class HierarchicalEncoder(nn.Module):
             [GaussianHead(s[-1] if s else i, d, family, flow_layers, flow_hidden) for i, s, d in zip(inputs, sizes, dims)]
         )
 
-    def forward(self, x: torch.Tensor) -> None:
+    #: per datapoint: q(z1) with free parameters in place of what the encoder computes from x; the upper
+    #: conditionals q(z_{l+1} | z_l) take no x and stay the trained networks
+    family_name = "hierarchical"
+
+    def variational_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the guide computes from x: the parameters of q(z1 | x) (see :meth:`GaussianHead.params`)."""
+        return self.heads[0].params(self.features[0](x))
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> None:
         h = x
         with pyro.plate("data", len(x)):
             for l, (feat, head) in enumerate(zip(self.features, self.heads)):
-                h = pyro.sample(f"z{l + 1}", head(feat(h)))
+                if l == 0:
+                    fn = head.distribution(self.variational_params(x) if params is None else params)
+                else:
+                    fn = head(feat(h))
+                h = pyro.sample(f"z{l + 1}", fn)
 
 
 class LadderEncoder(nn.Module):
@@ -148,13 +160,23 @@ class LadderEncoder(nn.Module):
             self.stats.append(nn.Linear(in_dim, 2 * d))
         self.min_scale = model.min_scale
 
-    def forward(self, x: torch.Tensor) -> None:
-        model = self._model[0]
-        stats, h = [], x
-        for up, head in zip(self.up, self.stats):
+    #: per datapoint: free bottom-up statistics (means and pre-softplus scales of every layer) in place of the
+    #: deterministic upward pass, merged top-down with the model's prior networks as the guide does
+    family_name = "ladder"
+
+    def variational_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The bottom-up pass: ``loc{l}`` and ``raw_scale{l}`` (scale = min_scale + softplus(raw)) of every layer l."""
+        params, h = {}, x
+        for l, (up, head) in enumerate(zip(self.up, self.stats)):
             h = up(h)
             loc, raw = head(h).chunk(2, dim=-1)
-            stats.append((loc, self.min_scale + F.softplus(raw)))
+            params[f"loc{l + 1}"], params[f"raw_scale{l + 1}"] = loc, raw
+        return params
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> None:
+        model = self._model[0]
+        params = self.variational_params(x) if params is None else params
+        stats = [(params[f"loc{l + 1}"], self.min_scale + F.softplus(params[f"raw_scale{l + 1}"])) for l in range(len(self.stats))]
         depth = len(stats)
         with pyro.plate("data", len(x)):
             loc, scale = stats[-1]

@@ -84,11 +84,25 @@ class SBNEncoder(nn.Module):
             options["nn_baseline_input"] = x
         return {"baseline": options} if options else {}
 
-    def forward(self, x: torch.Tensor) -> None:
+    @property
+    def local_family(self) -> str | None:
+        """One layer: per datapoint, free factorized Bernoulli logits. Deeper: see :meth:`variational_params`."""
+        return "bernoulli" if len(self.layers) == 1 else None
+
+    @property
+    def family_name(self) -> str:
+        return "bernoulli" if len(self.layers) == 1 else "sbn"
+
+    def variational_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the guide computes from x: the logits of q(h1 | x). The upper conditionals take no x and stay as trained."""
+        return {"logits1": self.encoders[0](x)}
+
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> None:
         h = x
         with pyro.plate("data", len(x)):
             for l, encoder in enumerate(self.encoders):
-                fn = dist.Bernoulli(logits=encoder(h), validate_args=False).to_event(1)
+                logits = (self.variational_params(x) if params is None else params)["logits1"] if l == 0 else encoder(h)
+                fn = dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
                 h = pyro.sample(f"h{l + 1}", fn, infer=self._infer(l, x))
 
 

@@ -122,3 +122,66 @@ def standard_normal_guide(x):
     """q(z|x) = N(0, I) in 2-D: a guide that ignores the data."""
     with pyro.plate("data", len(x)):
         pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+
+class ClusterStyleModel(torch.nn.Module):
+    """A cluster c (3 values) and a style z (2-D) per datapoint: c ~ Cat(pi), z ~ N(0, I), x | c, z ~ N(mu_c + W z, s^2 I) (4-D).
+
+    log p(x) = logsumexp_c [log pi_c + log N(x; mu_c, W W^T + s^2 I)] in closed form. With ``enumerate_c`` the model marks
+    c for parallel enumeration, so a guide may leave it out and every estimator sums it out.
+    """
+
+    def __init__(self, enumerate_c: bool = False):
+        super().__init__()
+        self.enumerate_c = enumerate_c
+        self.logits = torch.tensor([0.2, -0.3, 0.1])
+        self.mu = torch.tensor([[2.0, 0.0, -1.0, 1.0], [-2.0, 1.0, 0.5, 0.0], [0.0, -2.0, 1.5, -1.5]])
+        self.weight = torch.tensor([[1.0, 0.2], [0.3, -0.8], [-0.5, 0.6], [0.7, 0.4]])
+        self.sigma = 0.5
+
+    def forward(self, x):
+        infer = {"enumerate": "parallel"} if self.enumerate_c else {}
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(logits=self.logits), infer=infer)
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc = self.mu[c] + z @ self.weight.T
+            pyro.sample("x", dist.Normal(loc, self.sigma).to_event(1), obs=x)
+
+    def log_marginal(self, x):
+        cov = self.weight @ self.weight.T + self.sigma**2 * torch.eye(4)
+        parts = [torch.log_softmax(self.logits, 0)[k] + dist.MultivariateNormal(self.mu[k], cov).log_prob(x) for k in range(3)]
+        return torch.logsumexp(torch.stack(parts), 0)
+
+    def sample(self, n, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        c = torch.multinomial(torch.softmax(self.logits, 0), n, replacement=True, generator=gen)
+        z = torch.randn(n, 2, generator=gen)
+        return self.mu[c] + z @ self.weight.T + self.sigma * torch.randn(n, 4, generator=gen)
+
+
+class StyleGuide(torch.nn.Module):
+    """q(z | x) = N(A x + b, diag(s^2)): a linear amortized guide for the style alone (the cluster summed out in the model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        loc, log_scale = self.net(x).chunk(2, -1)
+        with pyro.plate("data", len(x)):
+            self.sample_sites(x, loc, log_scale)
+
+    def sample_sites(self, x, loc, log_scale):
+        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+class ClusterStyleGuide(StyleGuide):
+    """q(c | x) q(z | x): a categorical and a Gaussian site per datapoint."""
+
+    def __init__(self):
+        super().__init__()
+        self.cluster = torch.nn.Linear(4, 3)
+
+    def sample_sites(self, x, loc, log_scale):
+        pyro.sample("c", dist.Categorical(logits=self.cluster(x)))
+        super().sample_sites(x, loc, log_scale)

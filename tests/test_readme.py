@@ -20,8 +20,13 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
         assert commands[1] in f.read()
 
 
-def test_readme_python_example_runs(capsys):
-    code = re.search(r"```python\n(.*?)```", read(), re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
+def test_readme_python_examples_run(capsys):
+    """Every python block, in order, in one namespace (later blocks use the first one's model and data)."""
+    blocks = re.findall(r"```python\n(.*?)```", read(), re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "approximation_gap" in out and "amortization_gap" in out
+    assert namespace["gaps"].family == "guide"

@@ -93,3 +93,20 @@ def test_pareto_k_is_low_for_a_good_proposal_and_high_for_a_bad_one():
     assert k["narrow"].mean() > PARETO_K_THRESHOLD and (k["narrow"] > 0.5).all()  # k-hat itself is noisy per point
     assert pareto_k(torch.randn(MIN_PSIS_SAMPLES - 1, 3)).isnan().all()  # too few weights to fit a tail
     assert log_likelihood(model, LinearGuide(), x, 10).pareto_k is None  # only on request
+
+
+def test_active_units_of_a_categorical_site_count_its_categories_by_the_variation_of_their_probabilities():
+    """A categorical site has no mean: each category is a unit, active when q(z = k | x) varies over the data."""
+    from ppl_models import build_model, model_config
+
+    model, guide = build_model(model_config("gmm", 2, "gaussian", components=3, encoder_hidden=[]))
+    x = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, -3.0], [1.0, 1.0]])
+    with torch.no_grad():
+        guide.net[0].weight.copy_(torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 0.0]]))
+        guide.net[0].bias.zero_()
+    result = active_units(model, guide, x)
+    assert not any(v.isnan().any() for v in result.variances.values())
+    assert result.per_site["z"] == (3, 3)  # every category's probability moves with x
+    with torch.no_grad():
+        guide.net[0].weight.zero_()  # q(z | x) ignores x
+    assert active_units(model, guide, x).per_site["z"] == (0, 3)

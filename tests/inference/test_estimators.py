@@ -89,21 +89,33 @@ def test_chunked_streaming_equals_one_logsumexp():
     torch.testing.assert_close(chunked_elbo.stderr, lw.std(0) / math.sqrt(10))
 
 
-def test_global_latents_are_excluded_from_per_datapoint_weights():
-    # theta ~ N(0,1) global, z_i ~ N(theta, 1), x_i ~ N(z_i, 1). Given theta, the guide below is the
-    # exact local posterior, so every weight equals p(x_i | theta) = N(x_i; theta, 2): no p(theta)/q(theta).
-    m = 0.7
+def test_with_a_wide_global_posterior_each_sample_draws_its_own_theta():
+    """theta ~ q(theta) = N(m, s^2) global, z_i ~ N(theta, 1), x_i ~ N(z_i, 1), the guide's z_i | theta the exact conditional.
+
+    Every weight is then p(x_i | theta) = N(x_i; theta, 2), with no p(theta)/q(theta) factor. Each of the K samples
+    draws its own theta, so the per-datapoint estimators target the predictive quantities of q(theta), in closed form:
+    log_likelihood -> log E_q[N(x_i; theta, 2)] = log N(x_i; m, 2 + s^2), and
+    elbo -> E_q[log N(x_i; theta, 2)] = log N(x_i; m, 2) - s^2 / 4.
+    (One theta shared by the K samples would give log N(x_i; theta, 2) for a single random theta instead.)
+    """
+    m, s = 0.7, 0.8
     model = global_latent_model
 
     def guide(x):
-        theta = pyro.sample("theta", dist.Normal(m, 1e-6))
+        theta = pyro.sample("theta", dist.Normal(m, s))
         with pyro.plate("data", len(x)):
             pyro.sample("z", dist.Normal((theta + x) / 2, math.sqrt(0.5)))
 
-    x = torch.randn(8) * 2
-    exact = dist.Normal(m, math.sqrt(2.0)).log_prob(x).double()
-    torch.testing.assert_close(log_likelihood(model, guide, x, 4).value, exact, atol=1e-4, rtol=0)
-    torch.testing.assert_close(elbo(model, guide, x, 4).value, exact, atol=1e-4, rtol=0)
+    x = torch.tensor([-2.0, -0.5, 0.3, 1.1, 2.5, 4.0])
+    predictive = dist.Normal(m, math.sqrt(2.0 + s**2)).log_prob(x).double()
+    expected_log_lik = (dist.Normal(m, math.sqrt(2.0)).log_prob(x) - s**2 / 4).double()
+    iw = log_likelihood(model, guide, x, 20000)
+    assert ((iw.value - predictive).abs() < 3 * iw.stderr + 1e-3).all(), (iw.value, predictive, iw.stderr)
+    assert (iw.value <= predictive + 3 * iw.stderr).all()
+    est = elbo(model, guide, x, 20000)
+    assert ((est.value - expected_log_lik).abs() < 3 * est.stderr).all(), (est.value, expected_log_lik, est.stderr)
+    # the two differ by far more than their noise: the check tells the two readings of "per datapoint" apart
+    assert ((predictive - expected_log_lik).abs() > 20 * iw.stderr).all()
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
@@ -114,3 +126,58 @@ def test_bad_sample_counts_are_refused(bad):
         log_likelihood(model, guide, x, bad)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         elbo(model, guide, x, bad)
+
+
+def test_model_side_enumerated_latents_are_summed_out_exactly_by_every_estimator():
+    """The cluster c is marked for enumeration in the model and absent from the guide: log p(x, z) sums it out exactly."""
+    from inference.ais import HMCConfig, ais
+    from inference.program import score_configurations
+    from tests.oracles import ClusterStyleModel, StyleGuide
+
+    model, guide = ClusterStyleModel(enumerate_c=True), StyleGuide()
+    x = model.sample(4, seed=3)
+    info = inspect_program(model, guide, x)
+    assert info.enumerated == ("c",) and info.local_latents == ("z",)
+    # log p(x, z) at fixed z against the hand-written sum over the three clusters
+    z = torch.randn(5, 4, 2)
+    got = score_configurations(model, x, {"z": z}, info, info.local_latents + info.observed)
+    parts = [torch.log_softmax(model.logits, 0)[k] + dist.Normal(model.mu[k] + z @ model.weight.T, model.sigma).log_prob(x).sum(-1)
+             for k in range(3)]
+    hand = torch.logsumexp(torch.stack(parts), 0) + dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(got, hand.double(), atol=1e-5, rtol=0)
+    exact = model.log_marginal(x).double()
+    iw = log_likelihood(model, guide, x, 5000)
+    assert (iw.value < exact + 3 * iw.stderr).all()
+    assert (elbo(model, guide, x, 1000).value < iw.value).all()
+    pyro.set_rng_seed(0)
+    annealed = ais(model, guide, x, num_chains=32, num_steps=300, hmc=HMCConfig(leapfrog_steps=3, step_size=0.1))
+    error = annealed.log_px.value - exact
+    assert (error.abs() < 3 * annealed.log_px.stderr + 0.02).all() and error.abs().mean() < 0.1, (error, annealed.log_px.stderr)
+
+
+def test_float64_programs_stay_float64_in_every_estimator():
+    """The PPCA and SBN oracles in double precision: estimators, exact enumeration, local q*, AIS and the gaps run and agree."""
+    from inference.ais import HMCConfig, ais
+    from inference.enumeration import exact_log_marginal
+    from inference.gaps import gap_decomposition
+    from inference.local import AdamConfig, StoppingRule
+    from ppl_models import build_model, model_config
+
+    model, guide = make_ppca()
+    x = sample_ppca(model, 4).double()
+    model, guide = model.double(), guide.double()
+    exact = model.log_marginal(x).detach()
+    assert exact.dtype == torch.float64
+    est = log_likelihood(model, guide, x, 2000)
+    assert est.value.dtype == torch.float64 and ((est.value - exact).abs() < 3 * est.stderr).all()
+    result = gap_decomposition(model, guide, x, log_px_samples=500, elbo_samples=200, local_samples=10,
+                               adam=AdamConfig(lr=2e-2), rule=StoppingRule(window=10, patience=2, max_steps=200))
+    assert result.local.guide.tensors[0].dtype == torch.float64
+    assert ((result.log_px.value - exact).abs() < 3 * result.log_px.stderr + 0.01).all()
+    assert ais(model, guide, x, num_chains=8, num_steps=20, hmc=HMCConfig(leapfrog_steps=3)).log_px.value.isfinite().all()
+    sbn, sbn_guide = build_model(model_config("sbn", 6, "bernoulli", layers=[3, 2]))
+    sbn, sbn_guide = sbn.double(), sbn_guide.double()
+    xb = (torch.rand(5, 6, generator=torch.Generator().manual_seed(0)) < 0.5).double()
+    exact_sbn = exact_log_marginal(sbn, sbn_guide, xb)
+    assert exact_sbn.dtype == torch.float64
+    assert (log_likelihood(sbn, sbn_guide, xb, 4000).value <= exact_sbn + 1e-6 + 0.5).all()

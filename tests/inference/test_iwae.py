@@ -231,3 +231,169 @@ def test_discrete_estimators_are_unbiased_against_enumeration_and_vimco_is_less_
         plain = make_loss("iwae", coin_model, guide, num_particles=3)
         plain_single = torch.stack([torch.autograd.grad(plain(x[:1]), [guide.logit])[0] for _ in range(400)])
         assert single.var() < plain_single.var() / 2, (single.var(), plain_single.var())
+
+
+# ---- edges: flows, parameters shared with the model, global latents (every parameter against an independent estimator)
+
+
+def gradient_draws(loss, params, x: torch.Tensor, reps: int) -> torch.Tensor:
+    """``reps`` draws of the per-datapoint mean gradient of the bound (``-loss / len(x)``), flattened over ``params``."""
+    draws = []
+    for _ in range(reps):
+        grads = torch.autograd.grad(loss(x), params, allow_unused=True)
+        draws.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]) / -len(x))
+    return torch.stack(draws).double()
+
+
+def assert_same_expectation(a: torch.Tensor, b: torch.Tensor, sigmas: float = 4.0) -> None:
+    """Two sets of independent draws (reps, components) have the same mean in every component, within ``sigmas`` SE."""
+    diff = a.mean(0) - b.mean(0)
+    se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
+    z = diff.abs() / se.clamp(min=1e-12)
+    bad = (diff.abs() > sigmas * se + 1e-7).nonzero().squeeze(-1)
+    assert len(bad) == 0, f"{len(bad)} of {len(diff)} components differ by more than {sigmas} SE (max {z.max():.1f} SE)"
+
+
+def small_vae(guide: str, model: str = "vae"):
+    from ppl_models import build_model, model_config
+
+    torch.manual_seed(1)
+    if model == "ladder":
+        return build_model(model_config("ladder", 3, "gaussian", latent_dims=[2, 2], hidden=[4], upper_hidden=[3]))
+    return build_model(model_config("vae", 3, "gaussian", latent_dim=2, hidden=[4], encoder_hidden=[4], guide=guide,
+                                    flow_layers=2, flow_hidden=[4]))
+
+
+X0 = torch.tensor([[0.5, -0.3, 1.0], [-1.2, 0.4, 0.1]])
+
+
+@pytest.mark.parametrize("family", ["ffg", "full", "iaf", "coupling"])
+def test_dreg_is_unbiased_for_every_parameter_of_every_guide_family(family):
+    """E[DReG gradient] = E[IWAE gradient] (unbiased) for the model, the encoder and the flow networks alike."""
+    model, guide = small_vae(family)
+    params = [p for m in (model, guide) for p in m.parameters()]
+    x = X0.repeat(200, 1)
+    draws = {name: gradient_draws(make_loss(name, model, guide, num_particles=3), params, x, 60) for name in ("iwae", "iwae-dreg")}
+    assert_same_expectation(draws["iwae-dreg"], draws["iwae"])
+
+
+def test_dreg_is_unbiased_when_the_guide_runs_the_models_networks():
+    """The ladder guide merges its bottom-up statistics with the model's top-down networks: they get both gradients."""
+    model, guide = small_vae("ffg", model="ladder")
+    params = [p for m in (model, guide) for p in m.parameters()]
+    assert any(p is q for p in model.top_down.parameters() for q in params)
+    x = X0.repeat(200, 1)
+    draws = {name: gradient_draws(make_loss(name, model, guide, num_particles=3), params, x, 60) for name in ("iwae", "iwae-dreg")}
+    assert_same_expectation(draws["iwae-dreg"], draws["iwae"])
+
+
+@pytest.mark.parametrize("family", ["iaf", "coupling"])
+def test_stl_has_zero_variance_at_the_exact_posterior_for_flow_guides(family):
+    """z ~ N(0, I), x | z ~ N(z, I): the exact posterior is N(x/2, I/2), which a flow guide holds with identity flows.
+
+    There every log weight is log p(x) whatever z is, so the STL gradient (through z only) vanishes for every guide
+    parameter, the flow networks' included; a score term left in for the flows would not vanish.
+    """
+    from pyro.distributions.transforms import ConditionalAffineAutoregressive
+
+    model, guide = build_identity_posterior_pair(family)
+    flow_params = [p for p in guide.head.flows.parameters()]
+    assert flow_params
+    x = torch.randn(40, 2)
+    loss = make_loss("iwae-stl", model, guide, num_particles=1)
+    grads = torch.autograd.grad(loss(x), list(guide.parameters()), allow_unused=True)
+    assert max(0.0 if g is None else g.abs().max().item() for g in grads) < 1e-4
+    plain = make_loss("iwae", model, guide, num_particles=1)
+    grads = torch.autograd.grad(plain(x), flow_params, allow_unused=True)
+    assert max(0.0 if g is None else g.abs().max().item() for g in grads) > 1e-2  # the plain estimator is noisy there
+    assert isinstance(guide.head.flows[0], ConditionalAffineAutoregressive) == (family == "iaf")
+
+
+def build_identity_posterior_pair(family: str):
+    """A 2-D VAE with an identity decoder and unit noise, and a flow guide set to its exact posterior N(x/2, I/2)."""
+    from ppl_models import build_model, model_config
+
+    torch.manual_seed(0)
+    model, guide = build_model(model_config("vae", 2, "gaussian", latent_dim=2, hidden=[3], encoder_hidden=[], guide=family,
+                                            flow_layers=2, flow_hidden=[5]))
+
+    class IdentityDecoder(nn.Module):
+        def forward(self, z):
+            raw_unit = math.log(math.expm1(1.0 - model.min_scale))  # softplus(raw) + min_scale = 1
+            return torch.cat([z, torch.full_like(z, raw_unit)], -1)
+
+    model.decoder = IdentityDecoder()
+    with torch.no_grad():
+        net = guide.head.params_net
+        net.weight.zero_()
+        net.bias.zero_()
+        # coupling layers are separated by a flip of the halves: start from the flipped mean so the output is x / 2
+        net.weight[:2, :2] = 0.5 * (torch.eye(2).flip(0) if family == "coupling" else torch.eye(2))
+        net.bias[2:] = 0.5 * math.log(0.5)
+        for flow in guide.head.flows:  # zero output layers: each flow is the identity map
+            last = [m for m in flow.modules() if isinstance(m, nn.Linear)][-1]
+            last.weight.zero_()
+            last.bias.zero_()
+    return model, guide
+
+
+class GlobalShiftGuide(nn.Module):
+    """theta ~ Delta(t); z_i ~ N(a x_i + b theta + c, s^2): a deliberately imperfect local guide."""
+
+    def __init__(self):
+        super().__init__()
+        self.t = nn.Parameter(torch.tensor(0.4))
+        self.a, self.b, self.c, self.log_s = (nn.Parameter(torch.tensor(v)) for v in (0.3, 0.2, -0.1, -0.2))
+
+    def forward(self, x):
+        theta = pyro.sample("theta", dist.Delta(self.t))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(self.a * x + self.b * theta + self.c, self.log_s.exp()))
+
+
+class GlobalModel(nn.Module):
+    """theta ~ N(0, 1); z_i ~ N(theta, 1); x_i ~ N(z_i, 1) (the global-latent oracle model, as a module)."""
+
+    def forward(self, x):
+        from tests.oracles import global_latent_model
+
+        global_latent_model(x)
+
+
+def exact_global_bound(guide: GlobalShiftGuide, x: torch.Tensor, k: int = 2, nodes: int = 40) -> torch.Tensor:
+    """log p(t) - log Delta(t) + sum_i L_K(x_i | theta = t), by K-dimensional Gauss-Hermite quadrature over the noise."""
+    t, w = np.polynomial.hermite.hermgauss(nodes)
+    eps = torch.tensor(t * math.sqrt(2.0), dtype=torch.float64)
+    weights = torch.tensor(w / math.sqrt(math.pi), dtype=torch.float64)
+    theta = guide.t.double()
+    total = dist.Normal(0.0, 1.0).log_prob(theta)
+    for xi in x.double():
+        loc = guide.a.double() * xi + guide.b.double() * theta + guide.c.double()
+        scale = guide.log_s.double().exp()
+        z = loc + scale * eps
+        log_w = dist.Normal(theta, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(xi) - dist.Normal(loc, scale).log_prob(z)
+        grids = torch.meshgrid(*([log_w] * k), indexing="ij")
+        wgrid = torch.meshgrid(*([weights] * k), indexing="ij")
+        total = total + (torch.stack(wgrid).prod(0) * (torch.logsumexp(torch.stack(grids), 0) - math.log(k))).sum()
+    return total
+
+
+@pytest.mark.parametrize("name", ["iwae", "iwae-dreg"])
+def test_gradients_with_a_global_latent_match_quadrature(name):
+    """Every parameter, the global latent's t included: DReG conditions its re-scored programs on theta detached."""
+    model, guide = GlobalModel(), GlobalShiftGuide()
+    x = torch.tensor([0.7, -0.4, 1.5])
+    params = list(guide.parameters())
+    exact = torch.stack(torch.autograd.grad(exact_global_bound(guide, x), params)).double()
+    loss = make_loss(name, model, guide, num_particles=2)
+    copies = x.repeat(400)  # the bound of 400 copies of x is 400 times the bound of x, theta's factor counted once per copy of x
+    draws = []
+    for _ in range(60):
+        grads = torch.autograd.grad(loss(copies), params)
+        draws.append(-torch.stack(grads).double() / 400)
+    # the global factor is counted once per batch: rescale its share to once per copy of x
+    prior_grad = torch.zeros(len(params), dtype=torch.float64)
+    prior_grad[0] = -guide.t.double().detach()  # d/dt log N(t; 0, 1)
+    draws = torch.stack(draws) + prior_grad * (1 - 1 / 400)
+    mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
+    assert ((mean - exact).abs() < 4 * se + 1e-4).all(), (name, mean, exact, se)

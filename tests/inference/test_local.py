@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from inference.local import AdamConfig, StoppingRule, adam_update, local_posterior, optimize_local
+from inference.families import LocalGuide, SiteInfo
+from inference.local import AdamConfig, StoppingRule, WindowRule, adam_update, fit_per_datapoint, local_posterior, optimize_local
 from tests.oracles import discrete_latent_pair, make_ppca, sample_ppca
 
 FAST = dict(num_samples=100, adam=AdamConfig(lr=2e-2), rule=StoppingRule(window=50, patience=4, max_steps=10_000))
@@ -36,19 +37,76 @@ def test_stopping_rule_and_step_cap():
     assert quick.converged.all() and (quick.num_steps < 200).all() and (quick.num_steps % 10 == 0).all()
 
 
-def test_converged_points_are_frozen_and_points_are_independent():
+def controlled_guide(n: int):
+    """A one-parameter-per-datapoint local guide (loc starts at 0) for the controlled objective below."""
+    from pyro.distributions import constraints
+
+    site = SiteInfo((1,), constraints.real_vector, "continuous")
+    return LocalGuide("ffg", {"z": {"loc": torch.zeros(n, 1), "log_scale": torch.zeros(n, 1)}}, {"z": site}, -1)
+
+
+def controlled_objective(flat: torch.Tensor, target: torch.Tensor):
+    """Deterministic per-datapoint objectives: a *flat* datapoint reports a constant ELBO (so the rule stops it) while its
+    surrogate keeps a gradient of 1 (so any further update would move it); the others ascend -(loc - target)^2."""
+
+    def objective(params, x_rows, rows):
+        loc = params[0][:, 0]
+        bowl = -(loc - target[rows]) ** 2
+        point = torch.where(flat[rows], torch.zeros_like(loc), bowl)
+        surrogate = torch.where(flat[rows], loc, bowl)
+        return point.double(), surrogate
+
+    return objective
+
+
+def test_the_window_rule_stops_a_flat_datapoint_after_exactly_window_times_patience_plus_one_steps():
+    rule = StoppingRule(window=5, patience=3, max_steps=1000)
+    state = WindowRule(rule, 2, "cpu")
+    active = torch.arange(2)
+    stopped_at = {}
+    for step in range(1, 100):
+        # datapoint 0 is flat; datapoint 1 rises to 10 at step 10: its first three windows improve (3, 8, 10), then it is flat
+        state.record(slice(0, len(active)), torch.tensor([0.0, float(min(step, 10))], dtype=torch.float64)[active])
+        keep = state.end_of_step(step, active)
+        if keep is not None:
+            for i in active[~keep].tolist():
+                stopped_at[i] = step
+            active = active[keep]
+        if not len(active):
+            break
+    assert stopped_at == {0: 5 * (3 + 1), 1: 5 * (3 + 3)}
+    assert state.num_steps.tolist() == [20, 30] and state.converged.all()
+
+
+def test_a_stopped_datapoint_is_frozen_and_no_datapoint_depends_on_the_others():
+    flat = torch.tensor([True, False, True, False, False])
+    target = torch.tensor([0.0, 1.0, 0.0, -2.0, 0.5])
+    x = torch.zeros(5, 1)
+    rule, adam = StoppingRule(window=4, patience=2, max_steps=300), AdamConfig(lr=0.1)
+    fit = fit_per_datapoint(controlled_guide(5), controlled_objective(flat, target), x, rule, adam, group=2)
+    assert (fit.num_steps[flat] == 4 * (2 + 1)).all() and fit.converged[flat].all()
+    # a flat datapoint's parameters at the moment it stopped (a run capped there) are its final parameters
+    capped = fit_per_datapoint(controlled_guide(5), controlled_objective(flat, target), x, rule._replace(max_steps=12), adam, group=2)
+    loc, capped_loc = fit.guide.params("z")["loc"], capped.guide.params("z")["loc"]
+    assert torch.equal(loc[flat], capped_loc[flat]) and (loc[flat] != 0).all()
+    assert (fit.num_steps[~flat] > 12).all()  # the others ran on after the flat ones stopped
+    # every datapoint alone gives exactly what it gives among the others (groups of 2, compacted as points stop)
+    for i in range(5):
+        alone = fit_per_datapoint(controlled_guide(1), controlled_objective(flat[i : i + 1], target[i : i + 1]), x[:1], rule, adam, group=2)
+        assert torch.equal(alone.guide.params("z")["loc"][0], loc[i]), i
+        assert alone.num_steps[0] == fit.num_steps[i] and alone.best_window_elbo[0] == fit.best_window_elbo[i]
+
+
+def test_q_star_does_not_depend_on_the_order_of_the_datapoints():
+    """Statistically (the draws differ): each datapoint of PPCA reaches its own closed-form best FFG in any order."""
     model, guide = make_ppca()
     x = sample_ppca(model, 6)
-    fit = optimize_local(model, guide, x, num_samples=20, adam=AdamConfig(lr=1e-2), rule=StoppingRule(window=20, patience=2, max_steps=2000))
-    loc = fit.guide.params("z")["loc"]
-    # rerun with a longer cap from the same start: parameters of a point depend only on its own draws,
-    # so the datapoint order must not matter for the rule's outcome structure
+    rule = StoppingRule(window=20, patience=2, max_steps=2000)
     perm = torch.tensor([5, 4, 3, 2, 1, 0])
-    again = optimize_local(model, guide, x[perm], num_samples=20, adam=AdamConfig(lr=1e-2), rule=StoppingRule(window=20, patience=2, max_steps=2000))
-    loc2 = again.guide.params("z")["loc"]
     best, _ = model.best_ffg(x)
-    assert (loc - best).abs().max() < 0.15 and (loc2 - best[perm]).abs().max() < 0.15
-    assert fit.guide.params("z")["loc"].requires_grad is True  # a proper module parameter
+    for order in (torch.arange(6), perm):
+        fit = optimize_local(model, guide, x[order], num_samples=20, adam=AdamConfig(lr=1e-2), rule=rule)
+        assert (fit.guide.params("z")["loc"] - best[order]).abs().max() < 0.15
     assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
@@ -78,3 +136,49 @@ def test_bad_input_is_refused():
     discrete_model, discrete_guide = discrete_latent_pair()
     with pytest.raises(ValueError, match="local family 'ffg' is for continuous latents; site 'c' is bernoulli"):
         optimize_local(discrete_model, discrete_guide, torch.randn(3))
+
+
+def test_a_guide_with_a_cluster_and_a_style_gets_the_product_family_with_the_cluster_enumerated():
+    """q(c) q(z) per datapoint, c enumerated exactly in every step: the objective equals a sampled ELBO of the same q,
+    q* improves on the amortized guide and stays below the closed-form log p(x); every family name that fits works."""
+    from inference.estimators import elbo
+    from inference.local import _Objective
+    from inference.program import inspect_program
+    from tests.oracles import ClusterStyleGuide, ClusterStyleModel
+
+    model, guide = ClusterStyleModel(), ClusterStyleGuide()
+    x = model.sample(5, seed=2)
+    exact = model.log_marginal(x).double()
+    fit = optimize_local(model, guide, x, num_samples=10, adam=AdamConfig(lr=5e-2), rule=StoppingRule(window=20, patience=2, max_steps=400))
+    assert fit.guide.family == "categorical+ffg" and set(fit.guide.names) == {"c", "z"}
+    info = inspect_program(model, guide, x)
+    objective = _Objective(model, guide, fit.guide, x, info, 20000, "auto", 4096, 2**26)
+    assert objective.mode == "mixed"
+    with torch.no_grad():
+        point, _ = objective(list(fit.guide.tensors), x, torch.arange(5))
+    sampled = elbo(model, fit.guide, x, 40000)
+    # the exact sum over c has less noise than the sampled ELBO: sqrt(2) of the latter's SE bounds their difference's
+    assert ((point - sampled.value).abs() < 3 * 2**0.5 * sampled.stderr).all(), (point, sampled.value, sampled.stderr)
+    amortized = elbo(model, guide, x, 4000)
+    assert (sampled.value > amortized.value).all() and (sampled.value < exact + 3 * sampled.stderr).all()
+    for family in ("ffg", "categorical", "full"):  # each applies to the sites it fits; none suggests a fix that fails
+        quick = optimize_local(model, guide, x, family=family, num_samples=4, rule=StoppingRule(window=2, patience=1, max_steps=4))
+        assert quick.guide.families["c"] == "categorical"
+
+
+@pytest.mark.parametrize("enumerated", [False, True])
+def test_the_gap_table_takes_a_cluster_and_a_style_per_datapoint(enumerated):
+    """Both ways of writing it: c inferred by the guide (product q*), or c summed out in the model (q* over z alone)."""
+    from inference.gaps import gap_decomposition
+    from tests.oracles import ClusterStyleGuide, ClusterStyleModel, StyleGuide
+
+    model = ClusterStyleModel(enumerate_c=enumerated)
+    guide = StyleGuide() if enumerated else ClusterStyleGuide()
+    x = model.sample(4, seed=5)
+    result = gap_decomposition(model, guide, x, log_px_samples=500, elbo_samples=300, local_samples=5,
+                               adam=AdamConfig(lr=3e-2), rule=StoppingRule(window=10, patience=2, max_steps=200))
+    exact = model.log_marginal(x).double()
+    per, mc = result.per_datapoint(), result.monte_carlo_stderr()
+    assert result.family == ("ffg" if enumerated else "categorical+ffg")
+    assert (per["log_px"] < exact + 3 * mc["log_px"] + 1e-6).all()
+    assert (per["amortization_gap"] > -3 * mc["amortization_gap"]).all()

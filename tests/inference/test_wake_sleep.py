@@ -162,3 +162,36 @@ def test_training_with_rws_and_wake_sleep_improves_the_bound():
         before = bound(x).item()
         fit(model, guide, x, TrainConfig(objective=objective, num_particles=5, epochs=20, batch_size=50, lr=3e-2))
         assert bound(x).item() < before - 200, objective  # more than 1 nat per point
+
+
+@pytest.mark.parametrize("name,oracle", [("rws", "iwae"), ("rws-both", "iwae"), ("wake-sleep", "elbo")])
+def test_parameters_the_guide_shares_with_the_model_get_the_model_update_only(name, oracle):
+    """The ladder guide runs the model's top-down networks. Under rws and wake-sleep those are model parameters:
+    their update is the IWAE (rws) or wake (wake-sleep) gradient of the model alone, i.e. the gradient that the
+    same objective gives when the guide runs a *copy* of the model, which the model update cannot reach."""
+    import copy
+
+    from tests.inference.test_iwae import X0, assert_same_expectation, gradient_draws, small_vae
+
+    model, guide = small_vae("ffg", model="ladder")
+    separate = copy.deepcopy(guide)
+    separate._model = (copy.deepcopy(model),)  # the same guide, reading a copy of the model's networks
+    shared = list(model.top_down.parameters())
+    x = X0.repeat(200, 1)
+    k = 1 if oracle == "elbo" else 3
+    draws = gradient_draws(make_loss(name, model, guide, num_particles=k), shared, x, 60)
+    reference = gradient_draws(make_loss(oracle, model, separate, num_particles=k), shared, x, 60)
+    assert_same_expectation(draws, reference)
+
+
+def test_the_sleep_phase_refuses_auxiliary_guide_sites():
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    loss = make_loss("wake-sleep", model, AutoNormal(model), num_particles=1)
+    with pytest.raises(ValueError, match="auxiliary sites.*use 'rws'"):
+        loss(torch.randn(5))

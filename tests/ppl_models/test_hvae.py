@@ -64,10 +64,10 @@ def test_training_improves_the_elbo(name, guide_family):
 def test_local_ffg_optimizes_every_layer_jointly():
     model, guide = build_model(model_config("hvae", 10, "bernoulli", **SMALL))
     x = binary(4)
-    result = local_posterior(model, guide, x, num_samples=20, eval_samples=500, adam=AdamConfig(lr=3e-2),
+    result = local_posterior(model, guide, x, family="ffg", num_samples=20, eval_samples=500, adam=AdamConfig(lr=3e-2),
                              rule=StoppingRule(window=20, patience=3, max_steps=1500))
     assert set(result.guide.names) == {"z1", "z2"}
-    start = local_posterior(model, guide, x, num_samples=20, eval_samples=500, rule=StoppingRule(window=1, patience=1, max_steps=1))
+    start = local_posterior(model, guide, x, family="ffg", num_samples=20, eval_samples=500, rule=StoppingRule(window=1, patience=1, max_steps=1))
     assert (result.elbo.value > start.elbo.value).all()
     for name in ("z1", "z2"):  # both layers moved away from their starting point
         assert not torch.allclose(result.guide.params(name)["loc"], start.guide.params(name)["loc"], atol=1e-2)
