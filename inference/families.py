@@ -125,14 +125,17 @@ def check_family_fits(family: str, sites: dict[str, SiteInfo]) -> None:
 def made_masks(dim: int, hidden: int, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """MADE masks for the autoregressive ``order`` (``order[j]`` is the j-th variable generated).
 
-    Output ``i`` may depend only on inputs generated before ``i``. With ``hidden == 0``
-    the single (linear) mask is returned first and the second is ``None``.
+    Output ``i`` may depend only on inputs generated before ``i``. Hidden units get the degrees
+    Pyro's conditional ``AutoRegressiveNN`` gives them (evenly spaced, ``round(linspace(1, D, H)) - 2``,
+    the lowest seeing only the context), so a per-datapoint flow has the architecture of the
+    amortized one with its context fixed. With ``hidden == 0`` the single (linear) mask is
+    returned first and the second is ``None``.
     """
     degree = torch.empty(dim, dtype=torch.long)
     degree[order] = torch.arange(dim)
     if hidden == 0:
         return (degree[:, None] > degree[None, :]).float(), None
-    hidden_degree = torch.arange(hidden) % max(dim - 1, 1)
+    hidden_degree = torch.round(torch.linspace(1, dim, hidden)).long() - 2
     first = (hidden_degree[:, None] >= degree[None, :]).float()  # (hidden, dim)
     second = (degree[:, None] > hidden_degree[None, :]).float()  # (dim, hidden)
     return first, second
@@ -141,7 +144,8 @@ def made_masks(dim: int, hidden: int, order: torch.Tensor) -> tuple[torch.Tensor
 class BatchedMADE:
     """A masked autoencoder with per-datapoint weights: ``z (..., N, D) -> (mean, log_scale)``.
 
-    Plays the role of Pyro's ``AutoRegressiveNN`` inside ``AffineAutoregressive``.
+    Plays the role of Pyro's ``AutoRegressiveNN`` inside ``AffineAutoregressive`` (ReLU hidden
+    layer, as Pyro's default); a per-datapoint first-layer bias stands for the context input.
     """
 
     def __init__(self, params: dict[str, torch.Tensor], masks, order: torch.Tensor):
@@ -157,21 +161,22 @@ class BatchedMADE:
             out = torch.einsum("...nd,nod->...no", z, self.p["w2"] * first.repeat(2, 1)) + self.p["b2"]
         else:
             h = torch.einsum("...nd,nhd->...nh", z, self.p["w1"] * first) + self.p["b1"]
-            h = torch.nn.functional.elu(h)
+            h = torch.nn.functional.relu(h)
             out = torch.einsum("...nh,noh->...no", h, self.p["w2"] * second.repeat(2, 1)) + self.p["b2"]
         mean, log_scale = out.chunk(2, dim=-1)
         return mean, log_scale
 
 
 class BatchedHypernet:
-    """Per-datapoint MLP ``x1 (..., N, d1) -> (mean, log_scale)`` of the other ``d2`` dims (a coupling's hypernet)."""
+    """Per-datapoint MLP ``x1 (..., N, d1) -> (mean, log_scale)`` of the other ``d2`` dims (a coupling's hypernet):
+    Pyro's ``DenseNN`` (ReLU) with a per-datapoint first-layer bias in place of the context input."""
 
     def __init__(self, params: dict[str, torch.Tensor]):
         self.p = params
 
     def __call__(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if "w1" in self.p:
-            h = torch.nn.functional.elu(torch.einsum("...nd,nhd->...nh", x1, self.p["w1"]) + self.p["b1"])
+            h = torch.nn.functional.relu(torch.einsum("...nd,nhd->...nh", x1, self.p["w1"]) + self.p["b1"])
         else:
             h = x1
         out = torch.einsum("...nh,noh->...no", h, self.p["w2"]) + self.p["b2"]

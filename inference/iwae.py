@@ -35,8 +35,10 @@ network the guide reads (the ladder VAE's top-down networks), parameters read th
 ``pyro.param``, flow networks that run lazily inside ``log_prob``, and the global latents
 :math:`\theta`, on which the re-scored programs are conditioned detached. A parameter
 used by both programs gets both gradients: the model's (through :math:`\log p` at fixed
-:math:`z`) and the guide's (through :math:`z` only). So both need model and guide to be
-``nn.Module``s (or to read their parameters with ``pyro.param``).
+:math:`z`) and the guide's (through :math:`z` only). Both need model and guide to be
+``nn.Module``s (parameters they read through ``pyro.param`` are stopped as well). The
+samples are re-scored as copies, so no transform can answer ``log_prob`` from the
+cache of its sampling pass (which still holds unstopped parameters).
 
 **Mini-batches.** With a dataset of N points (``dataset_size``, set by
 :func:`inference.training.fit`) and a batch of B, the loss is the batch's share of the
@@ -86,6 +88,13 @@ def draw_globals(model, guide, x: torch.Tensor, info: ProgramInfo) -> tuple[torc
         return term, {}
     latents, guide_sites = list(info.global_latents), list(info.guide_global_sites)
     global_trace = poutine.trace(poutine.block(guide, expose=guide_sites)).get_trace(x)
+    for n in guide_sites:
+        if not global_trace.nodes[n]["fn"].has_rsample:
+            raise ValueError(
+                f"global guide site {n!r} is not reparameterized: the importance-weighted and wake-sleep objectives fit "
+                "global latents through their samples; use objective 'elbo' or 'tracegraph' (score-function gradients) "
+                "on the full batch, or a reparameterized q for it"
+            )
     theta = {n: global_trace.nodes[n]["value"] for n in guide_sites}  # auxiliary values too, so a re-run draws the same theta
     prior_trace = poutine.trace(poutine.block(poutine.condition(model, data=theta), expose=latents)).get_trace(x)
     for n in latents:
@@ -189,6 +198,7 @@ def stopped_log_densities(
     Returns ``(log_q, log_p or None)``, each ``(K, N)``.
     """
     stop_theta = {n: v.detach() for n, v in theta.items()}
+    values = {n: v.clone() for n, v in values.items()}  # new tensors: no transform's sampling cache can answer for them
 
     def score():
         g = poutine.condition(guide, data=stop_theta) if stop_theta else guide

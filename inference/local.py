@@ -281,6 +281,11 @@ class _Objective:
             if gradient == "exact":
                 raise
             enumerable = False
+        if mixed and enumerable and not _discrete_first(local, x):
+            enumerable = gradient == "exact"  # q(c | z) changes with every draw of z: enumerate c only if asked to
+            if enumerable:
+                raise ValueError("the guide samples continuous sites before discrete ones: q(c | z) cannot be enumerated "
+                                 "once per configuration; use gradient='score'")
         if enumerable and gradient != "score":
             self.mode = "mixed" if mixed else "exact"
             self.grid = grid
@@ -328,6 +333,22 @@ class _Objective:
             return signal.mean(0), ((signal - baseline) * log_q).mean(0)
         log_qc = log_prob_sum(trace, self.discrete, info, signal.shape)
         return signal.mean(0), (log_p - log_q).mean(0) + ((signal - baseline) * log_qc).mean(0)
+
+
+def _discrete_first(local: PerDatapointGuide, x: torch.Tensor) -> bool:
+    """Whether the per-datapoint guide samples every discrete site before any continuous one.
+
+    Only then is q(c) the same for every draw of the continuous sites, as the ``mixed`` mode
+    (one q(c) per configuration, the continuous sites drawn given c) needs. A
+    :class:`LocalGuide`'s sites are independent, so any order is fine.
+    """
+    if isinstance(local, LocalGuide):
+        return True
+    with torch.no_grad():
+        trace = poutine.trace(local.program(list(local.tensors))).get_trace(x)
+    order = [n for n, site in trace.nodes.items() if site["type"] == "sample" and n in local.sites]
+    kinds = [local.sites[n].kind != "continuous" for n in order]
+    return kinds == sorted(kinds, reverse=True)
 
 
 def optimize_local(

@@ -49,13 +49,16 @@ refuses global latents on mini-batches.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pyro.infer
 import torch
+from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from .iwae import global_share
-from .program import inspect_without_randomness
+from .program import ProgramInfo, inspect_without_randomness
 
 OBJECTIVES = {
     "elbo": pyro.infer.Trace_ELBO,
@@ -149,7 +152,7 @@ class AnnealedLoss(nn.Module):
         self.module = objective(Annealed(model), Annealed(guide))
         self.name = name
         self.dataset_size: int | None = None  #: N, set by the trainer: global sites count B/N per batch
-        self._checked = False
+        self._checks: FirstBatch | None = None
 
     def set_latent_scale(self, beta: float) -> None:
         self.module.model.latent_scale = self.module.guide.latent_scale = beta
@@ -161,10 +164,11 @@ class AnnealedLoss(nn.Module):
         self.module.model.latent_scale, self.module.guide.latent_scale = 1.0, beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._checked:
-            refuse_enumerated(self.module.model.program, self.module.guide.program, x, self.name)
-            self._checked = True
-        self.module.model.global_share = self.module.guide.global_share = global_share(len(x), self.dataset_size)
+        if self._checks is None:
+            self._checks = first_batch_checks(self.module.model.program, self.module.guide.program, x, self.name)
+        share = global_share(len(x), self.dataset_size)
+        check_site_scales(self._checks, self.name, share, (self.module.model.latent_scale, self.module.guide.latent_scale))
+        self.module.model.global_share = self.module.guide.global_share = share
         objective = self.module.elbo
         if objective.vectorize_particles and objective.max_plate_nesting == float("inf"):
             # tell Pyro the nesting instead of letting it guess (and log); Pyro counts the particle plate in max_plate_nesting when particles are vectorized
@@ -191,7 +195,7 @@ class TraceGraphLoss(nn.Module):
         self.objective = pyro.infer.TraceGraph_ELBO()
         self.model, self.guide = Annealed(model), Annealed(guide)
         self.dataset_size: int | None = None  #: N, set by the trainer: global sites count B/N per batch
-        self._checked = False
+        self._checks: FirstBatch | None = None
         self._averages: dict[tuple[str, int], torch.Tensor] = {}
         store = pyro.get_param_store()
         for key in [k for k in store.keys() if k.startswith(_AVERAGE_PREFIX)]:
@@ -212,10 +216,11 @@ class TraceGraphLoss(nn.Module):
                 store[key] = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._checked:
-            refuse_enumerated(self.model.program, self.guide.program, x, TRACEGRAPH)
-            self._checked = True
-        self.model.global_share = self.guide.global_share = global_share(len(x), self.dataset_size)
+        if self._checks is None:
+            self._checks = first_batch_checks(self.model.program, self.guide.program, x, TRACEGRAPH)
+        share = global_share(len(x), self.dataset_size)
+        check_site_scales(self._checks, TRACEGRAPH, share, (self.model.latent_scale, self.guide.latent_scale))
+        self.model.global_share = self.guide.global_share = share
         self._swap_averages(len(x))
         elbo, surrogate = self.objective._loss_and_surrogate_loss(self.model, self.guide, (x,), {})
         return surrogate + (-torch.as_tensor(elbo, dtype=surrogate.dtype) - surrogate).detach()
@@ -242,8 +247,6 @@ class EnumLoss(nn.Module):
 
     def _sites(self, x: torch.Tensor) -> tuple[str, ...]:
         if self._enumerated is None:
-            from pyro import poutine
-
             with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
                 trace = poutine.trace(self.model).get_trace(x)
             self._enumerated = tuple(
@@ -255,10 +258,7 @@ class EnumLoss(nn.Module):
         return self._enumerated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from pyro import poutine
-
         from .enumeration import configurations, exact_elbo
-        from .program import inspect_without_randomness
 
         sites = self._sites(x)
         marginal = self.objective.differentiable_loss(self.model, poutine.block(self.guide, hide=list(sites)), x)
@@ -309,7 +309,7 @@ class RenyiLoss(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.objective is None:
-            self._info = refuse_enumerated(self.model, self.guide, x, RENYI)
+            self._info = first_batch_checks(self.model, self.guide, x, RENYI).info
             nesting = self._info.max_plate_nesting
             k = self.num_particles
             self.objective = pyro.infer.RenyiELBO(alpha=0.0, num_particles=k, vectorize_particles=k > 1, max_plate_nesting=nesting)
@@ -362,8 +362,16 @@ def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int 
     return AnnealedLoss(make_objective(name, num_particles), model, guide, name)
 
 
-def refuse_enumerated(model, guide, x: torch.Tensor, name: str):
-    """Inspect the pair (without drawing from the caller's random stream) and refuse model-only enumerated sites.
+class FirstBatch(NamedTuple):
+    """What a Pyro-based loss learns about its programs on the first batch."""
+
+    info: ProgramInfo
+    score_local: tuple[str, ...]  #: per-datapoint guide sites without a reparameterized sampler
+    score_global: tuple[str, ...]  #: global guide sites without one
+
+
+def first_batch_checks(model, guide, x: torch.Tensor, name: str) -> FirstBatch:
+    """Inspect the pair (without drawing from the caller's random stream); refuse model-only enumerated sites.
 
     Pyro's ``Trace_ELBO`` family samples a model site the guide lacks from its prior instead of
     summing it out; the per-datapoint objectives here sum it out.
@@ -374,4 +382,31 @@ def refuse_enumerated(model, guide, x: torch.Tensor, name: str):
             f"objective {name!r} (a Pyro ELBO) would sample the model's enumerated sites {list(info.enumerated)} from their "
             "prior instead of summing them out: use 'iwae' (K = 1 is the ELBO with them summed out), 'iwae-dreg' or 'rws'"
         )
-    return info
+    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
+        trace = poutine.trace(guide).get_trace(x)
+    def not_reparameterized(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if not trace.nodes[n]["fn"].has_rsample)
+
+    return FirstBatch(info, not_reparameterized(info.guide_local_sites), not_reparameterized(info.guide_global_sites))
+
+
+def check_site_scales(checks: FirstBatch, name: str, share: float, latent_scales: tuple[float, float]) -> None:
+    """Refuse scales that Pyro would also apply to score-function terms, where the result is not the intended gradient.
+
+    Pyro multiplies a site's score-function term by the site's scale. For a
+    non-reparameterized global site scaled by B/N, the batch's local terms downstream of
+    it would enter its gradient B/N times too weakly; for non-reparameterized sites
+    scaled by a warm-up weight, the score term of the likelihood would be scaled too.
+    """
+    if share != 1.0 and checks.score_global:
+        raise ValueError(
+            f"objective {name!r}: global guide site(s) {list(checks.score_global)} are not reparameterized, and on a "
+            "mini-batch Pyro would scale their score-function gradient by B/N along with their factor: train on the "
+            "full batch (batch_size = dataset size) or reparameterize them"
+        )
+    if latent_scales != (1.0, 1.0) and checks.score_local + checks.score_global:
+        raise ValueError(
+            f"objective {name!r}: warm-up would scale the score-function terms of the non-reparameterized guide sites "
+            f"{list(checks.score_local + checks.score_global)} along with their densities, which is not the gradient of "
+            "the warmed-up ELBO: set kl_warmup_epochs=0"
+        )

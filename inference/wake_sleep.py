@@ -9,7 +9,10 @@ gradient is the update of the method; neither is the gradient of the value.
 :math:`\tilde w_{ik} = w_{ik} / \sum_j w_{ij}`, :math:`w_{ik} = p(x_i, z_{ik}) / q(z_{ik}|x_i)`,
 
 * wake update of the model: :math:`\sum_k \tilde w_{ik} \nabla_\theta \log p(x_i, z_{ik})`,
-  which is exactly :math:`\nabla_\theta \mathcal{L}_K(x_i)`, the IWAE bound's gradient;
+  which is exactly :math:`\nabla_\theta \mathcal{L}_K(x_i)`, the IWAE bound's gradient, when the
+  guide reads none of the model's parameters (otherwise, e.g. the ladder VAE's shared networks
+  or a global latent the guide conditions on, it is the RWS model update, which tends to
+  :math:`\nabla_\theta \log p(x_i)` as K grows);
 * wake update of the guide: :math:`\sum_k \tilde w_{ik} \nabla_\phi \log q(z_{ik}|x_i)`,
   a self-normalized estimate of :math:`-\nabla_\phi KL(p(z|x_i) \| q(z|x_i))`;
 * sleep update of the guide: :math:`\nabla_\phi \log q(z|x)` on a *dream*
@@ -147,8 +150,9 @@ class RWSLoss(_WakeSleepBase):
         weights = torch.softmax(log_w, 0)  # per datapoint, over its K samples
         surrogate = -(weights * log_p_fixed).sum() - global_term
         if self.insomnia > 0:  # the guide's own parameters only: those it shares with the model are stopped
+            copies = {n: v.clone() for n, v in values.items()}  # no transform's sampling cache answers for them
             log_q_fixed = with_stopped_parameters(
-                (self.model,), lambda: score_configurations(guide, x, values, info, info.guide_local_sites), param_sites="owned"
+                (self.model,), lambda: score_configurations(guide, x, copies, info, info.guide_local_sites), param_sites="owned"
             )
             surrogate = surrogate - self.insomnia * (weights * log_q_fixed).sum()
         if self.insomnia < 1:

@@ -162,11 +162,12 @@ def test_every_model_reaches_the_gap_table(tmp_path, name):
 def test_structured_guides_get_q_star_in_their_own_family_so_the_amortization_gap_is_not_negative(tmp_path, name):
     """The ladder guide's q* keeps the precision-weighted top-down merge (free bottom-up statistics per datapoint);
     the bottom-up guide's keeps its upper conditional (free q(z1) per datapoint). Started at the encoder's output,
-    q* is never worse than q beyond Monte Carlo noise. (A mean-field FFG q* fell below q on the ladder VAE.)"""
+    q* is never worse than q beyond Monte Carlo noise. (Here the mean-field FFG q* that used to define the ladder's
+    gaps falls 1.3 nats below q.)"""
     out = str(tmp_path / name)
-    args = ["--model", name, "--latent-dims", "8,4", "--hidden", "32", "--upper-hidden", "16", "--epochs", "10", "--num-points", "8",
-            "--elbo-samples", "500", "--log-px-samples", "200", "--local-samples", "20", "--local-lr", "3e-3",
-            "--local-window", "20", "--local-patience", "3", "--local-max-steps", "300", "--no-progress", "--local", "ffg"]
+    args = ["--model", name, "--latent-dims", "8,4", "--hidden", "32", "--upper-hidden", "16", "--epochs", "5", "--num-points", "8",
+            "--elbo-samples", "300", "--log-px-samples", "100", "--local-samples", "10", "--local-lr", "5e-3",
+            "--local-window", "20", "--local-patience", "2", "--local-max-steps", "200", "--no-progress", "--local", "ffg"]
     assert cli([*args, "--out", out]) == 0
     result = read(out)
     for split in result["splits"].values():

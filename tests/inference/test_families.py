@@ -31,8 +31,8 @@ def test_rich_local_families_reach_the_exact_log_marginal_on_ppca(family, flow):
 
 
 def test_made_masks_are_autoregressive_in_the_given_order():
-    """Output i reaches input j (through the hidden layer, if any) exactly when j comes before i in the order:
-    never a forbidden connection, and no allowed one missing (with enough hidden units to carry every degree)."""
+    """Output i reaches input j (through the hidden layer, if any) only when j comes before i in the order, and
+    every allowed connection is there when the hidden layer has enough units to carry every degree."""
     order = torch.tensor([2, 0, 3, 1])
     position = torch.empty(4, dtype=torch.long)
     position[order] = torch.arange(4)
@@ -40,7 +40,9 @@ def test_made_masks_are_autoregressive_in_the_given_order():
     for hidden in (0, 3, 7):
         first, second = made_masks(4, hidden, order)
         reach = first.bool() if second is None else (second @ first > 0)
-        assert torch.equal(reach, allowed), (hidden, reach, allowed)
+        assert not (reach & ~allowed).any(), hidden  # never a forbidden connection
+        if hidden != 3:  # 3 hidden units (Pyro's degrees -1, 0, 2) cannot carry every allowed path; 7 can
+            assert torch.equal(reach, allowed), (hidden, reach, allowed)
     assert not allowed[order[0]].any()  # the first variable depends on nothing
 
 

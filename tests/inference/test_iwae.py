@@ -397,3 +397,60 @@ def test_gradients_with_a_global_latent_match_quadrature(name):
     draws = torch.stack(draws) + prior_grad * (1 - 1 / 400)
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
     assert ((mean - exact).abs() < 4 * se + 1e-4).all(), (name, mean, exact, se)
+
+
+class PersistentFlowGuide(nn.Module):
+    """q(z|x) = an IAF transform *module* (registered, no context) over N(x/2, I/2): its sampling pass leaves a cache."""
+
+    def __init__(self):
+        super().__init__()
+        from pyro.distributions.transforms import AffineAutoregressive
+        from pyro.nn import AutoRegressiveNN
+
+        self.flow = AffineAutoregressive(AutoRegressiveNN(2, [4]))
+        with torch.no_grad():  # identity: zero output layer
+            last = [m for m in self.flow.modules() if isinstance(m, nn.Linear)][-1]
+            last.weight.zero_()
+            last.bias.zero_()
+
+    def forward(self, x):
+        base = dist.Normal(x / 2, math.sqrt(0.5)).to_event(1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.TransformedDistribution(base, [self.flow]))
+
+
+def test_stl_stops_a_persistent_flow_whose_sampling_cache_would_answer_log_prob():
+    """Pyro's transforms cache (x, y) from sampling; re-scored on the same tensor, a persistent flow would return its
+    cached log-scale, graph and all. Re-scored on copies, its parameters are stopped like every other."""
+    model, _ = build_identity_posterior_pair("iaf")
+    guide = PersistentFlowGuide()
+    loss = make_loss("iwae-stl", model, guide, num_particles=1)
+    grads = torch.autograd.grad(loss(torch.randn(30, 2)), list(guide.parameters()), allow_unused=True)
+    assert max(0.0 if g is None else g.abs().max().item() for g in grads) < 1e-4
+
+
+def test_non_reparameterized_global_latents_are_refused_by_the_pathwise_objectives():
+    class CoinGlobalGuide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logit = nn.Parameter(torch.tensor(0.0))
+
+        def forward(self, x):
+            pyro.sample("c", dist.Bernoulli(logits=self.logit))
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+    def model(x):
+        c = pyro.sample("c", dist.Bernoulli(0.5))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(c, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    for name in ("iwae", "rws", "wake-sleep"):
+        with pytest.raises(ValueError, match="global guide site 'c' is not reparameterized.*'elbo' or 'tracegraph'"):
+            make_loss(name, model, CoinGlobalGuide(), num_particles=2)(torch.randn(4))
+    loss = make_loss("tracegraph", model, CoinGlobalGuide())
+    loss.dataset_size = 40
+    with pytest.raises(ValueError, match="'c'.*not reparameterized.*full batch"):
+        loss(torch.randn(4))
+    assert torch.isfinite(loss(torch.randn(40)))  # the full batch: Pyro's own score-function gradient applies

@@ -117,3 +117,14 @@ def test_bad_sbns_are_refused():
         make_loss("tracegraph", model, guide, num_particles=4)
     with pytest.raises(ValueError, match="num_samples >= 2"):
         optimize_local(model, guide, binary(2), family="bernoulli", gradient="score", num_samples=1)
+
+
+def test_warm_up_of_a_discrete_guide_is_refused_by_name():
+    """Pyro scales a site's score-function term with its density: a warm-up weight would scale the likelihood's too."""
+    from inference.objectives import make_loss
+
+    model, guide = build_model(model_config("sbn", 6, "bernoulli", layers=[3]))
+    loss = make_loss("tracegraph", model, guide)
+    loss.set_latent_scale(0.5)
+    with pytest.raises(ValueError, match="warm-up would scale the score-function terms.*'h1'.*kl_warmup_epochs=0"):
+        loss((torch.rand(5, 6) < 0.5).float())
