@@ -35,6 +35,7 @@ weights), so a flow fit starts from its FFG initialization.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import NamedTuple
 
@@ -290,7 +291,7 @@ def local_program(
     return guide
 
 
-class PerDatapointGuide(nn.Module):
+class PerDatapointGuide(nn.Module, abc.ABC):
     """Parameters with one row per datapoint, in one flat list (``tensors``) that optimizers and subsets work on.
 
     Row ``i`` of every parameter belongs to datapoint ``x[i]``; ``guide(x)`` needs ``len(x)``
@@ -326,11 +327,13 @@ class PerDatapointGuide(nn.Module):
             out.setdefault(n, {})[k] = t
         return out
 
-    def program(self, flat: list[torch.Tensor]) -> Program:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def program(self, flat: list[torch.Tensor]) -> Program:
+        """The guide program with the per-datapoint parameters ``flat`` (this guide's order) in place of its own."""
 
-    def with_tensors(self, flat: list[torch.Tensor]) -> PerDatapointGuide:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def with_tensors(self, flat: list[torch.Tensor]) -> PerDatapointGuide:
+        """A guide of the same family holding ``flat``."""
 
     def subset(self, index: torch.Tensor) -> PerDatapointGuide:
         """A new guide holding only the rows ``index``."""

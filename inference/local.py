@@ -281,11 +281,11 @@ class _Objective:
             if gradient == "exact":
                 raise
             enumerable = False
-        if mixed and enumerable and not _discrete_first(local, x):
-            enumerable = gradient == "exact"  # q(c | z) changes with every draw of z: enumerate c only if asked to
-            if enumerable:
+        if mixed and enumerable and not _discrete_first(local, x):  # q(c | z) changes with every draw of z
+            if gradient == "exact":
                 raise ValueError("the guide samples continuous sites before discrete ones: q(c | z) cannot be enumerated "
                                  "once per configuration; use gradient='score'")
+            enumerable = False
         if enumerable and gradient != "score":
             self.mode = "mixed" if mixed else "exact"
             self.grid = grid
