@@ -168,7 +168,7 @@ def _families(text: str | None) -> list[str]:
     return [] if not text else [f.strip() for f in text.split(",") if f.strip()]
 
 
-def local_families(args: argparse.Namespace, model_cfg: dict[str, Any]) -> tuple[str, ...]:
+def local_families(args: argparse.Namespace) -> tuple[str, ...]:
     """The ``--local`` families: fitted beside the guide's own family, which always defines the gaps."""
     return tuple(f for f in dict.fromkeys(_families(args.local)) if f != "guide")
 
@@ -340,7 +340,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"the model expects {model_cfg['data_dim']}-dimensional data but {data.name} has {data.data_dim} dimensions")
     points = {split: data.eval_points(split, args.num_points) for split in ("train", "test")}
 
-    families = local_families(args, model_cfg)
+    families = local_families(args)
     pyro.set_rng_seed(train_cfg.seed)
     model, guide = build_model(model_cfg)
     if checkpoint is None and hasattr(model, "init_from_data"):  # the mixture: means at random datapoints

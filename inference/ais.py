@@ -348,10 +348,22 @@ def pilot_count(hmc: HMCConfig) -> int:
 
 def pilot_chains(model: Program, guide: Program, x: torch.Tensor, hmc: HMCConfig, info: ProgramInfo, layout: _Layout, init: str):
     """Initial states of the pilot chains that adapt the step sizes, ``(P, N, D)``; None without adaptation."""
-    if hmc.adapt_rate == 0:
+    p = pilot_count(hmc)
+    if not p:
         return None
     with torch.no_grad():
-        return layout.flatten(_initial(model, guide, x, int(hmc.pilot_chains), info, init), int(hmc.pilot_chains), len(x), info)
+        return layout.flatten(_initial(model, guide, x, p, info, init), p, len(x), info)
+
+
+def forward_run(
+    model: Program, guide: Program, x: torch.Tensor, betas: torch.Tensor, num_chains: int, hmc: HMCConfig, info: ProgramInfo,
+    layout: _Layout, init: str, progress=None,
+) -> AnnealRun:
+    """``num_chains`` chains per datapoint of ``x`` from the initial distribution along ``betas``, step sizes adapted by the pilot."""
+    pilot = pilot_chains(model, guide, x, hmc, info, layout, init)
+    with torch.no_grad():
+        z0 = layout.flatten(_initial(model, guide, x, num_chains, info, init), num_chains, len(x), info)
+    return anneal(model, guide, x, z0, betas, hmc, info, layout, init, progress, pilot_z0=pilot)
 
 
 def ais(
@@ -380,15 +392,12 @@ def ais(
     layout = latent_layout(model, x, info)
     check_initial(init, info)
     block = datapoint_block(model, guide, x, info, int(num_chains) + pilot_count(hmc), max_elements)
-    bar = _progress(len(betas) - 1, math.ceil(len(x) / block)) if progress else None
+    bar = progress_bar(len(betas) - 1, math.ceil(len(x) / block)) if progress else None
     weights, accepts, steps = [], [], []
     for start in range(0, len(x), block):
         xb = x[start : start + block]
         gb = guide_block(guide, start, start + len(xb), len(x))
-        pilot = pilot_chains(model, gb, xb, hmc, info, layout, init)
-        with torch.no_grad():
-            z0 = layout.flatten(_initial(model, gb, xb, int(num_chains), info, init), int(num_chains), len(xb), info)
-        run = anneal(model, gb, xb, z0, betas, hmc, info, layout, init, bar, pilot_z0=pilot)
+        run = forward_run(model, gb, xb, betas, int(num_chains), hmc, info, layout, init, bar)
         weights.append(run.log_weights)
         accepts.append(run.acceptance)
         steps.append(run.step_sizes[-1])
@@ -411,7 +420,8 @@ def guide_block(guide: Program, start: int, stop: int, num_points: int) -> Progr
     return guide
 
 
-def _progress(steps: int, blocks: int):
+def progress_bar(steps: int, blocks: int):
+    """A progress bar over ``steps`` annealing steps for each of ``blocks`` blocks of datapoints."""
     from tqdm.auto import tqdm
 
     return tqdm(total=steps * blocks, desc="AIS", leave=False)

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import torch
 
 from .ais import (
-    AISOptions, _initial, _progress, anneal, annealing_schedule, check_initial, check_schedule, datapoint_block, guide_block,
-    latent_layout, pilot_chains, pilot_count,
+    AISOptions, anneal, annealing_schedule, check_initial, check_schedule, datapoint_block, forward_run, guide_block, latent_layout,
+    pilot_count, progress_bar,
 )
 from .estimators import MAX_ELEMENTS, Estimate, log_mean_exp_estimate
 from .program import Program, check_data, inspect_program
@@ -57,15 +57,12 @@ def bdmc(
     layout = latent_layout(model, x, info)
     check_initial(init, info)
     block = datapoint_block(model, guide, x, info, num_chains + pilot_count(hmc), max_elements)
-    bar = _progress(2 * (len(betas) - 1), -(-len(x) // block)) if progress else None
+    bar = progress_bar(2 * (len(betas) - 1), -(-len(x) // block)) if progress else None
     forward, reverse = [], []
     for begin in range(0, len(x), block):
         xb = x[begin : begin + block]
         gb = guide_block(guide, begin, begin + len(xb), len(x))
-        pilot = pilot_chains(model, gb, xb, hmc, info, layout, init)
-        with torch.no_grad():
-            z0 = layout.flatten(_initial(model, gb, xb, num_chains, info, init), num_chains, len(xb), info)
-        run = anneal(model, gb, xb, z0, betas, hmc, info, layout, init, bar, pilot_z0=pilot)
+        run = forward_run(model, gb, xb, betas, num_chains, hmc, info, layout, init, bar)
         forward.append(run.log_weights)
         steps = run.step_sizes  # (T, n): the step size at beta_1 .. beta_T
         part = {n: latents[n].narrow(info.data_dim - len(ev), begin, len(xb)) for n, ev in zip(layout.sites, layout.event_shapes)}

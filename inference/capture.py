@@ -30,6 +30,7 @@ from pyro import poutine
 from torch import nn
 from torch.func import functional_call
 
+from .iwae import global_share
 from .program import ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, trace_pair
 
 
@@ -140,8 +141,6 @@ class CapturedELBO(nn.Module):
         return graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .iwae import global_share
-
         self.loss.global_share.fill_(global_share(len(x), self.dataset_size))
         key = (tuple(x.shape), x.dtype, x.device)
         graph = self._graphs.get(key)

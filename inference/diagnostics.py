@@ -29,6 +29,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .enumeration import unwrap_independent
 from .program import SAMPLE_PLATE, Program, check_data, inspect_program
 
 #: Burda et al. (2016): a unit is active when the variance of its posterior mean exceeds this.
@@ -74,9 +75,7 @@ def _site_mean(site: dict) -> torch.Tensor:
     mean of its one-hot encoding), one unit per category.
     """
     fn = site["fn"]
-    base = fn
-    while isinstance(base, torch.distributions.Independent):
-        base = base.base_dist
+    base = unwrap_independent(fn)
     if isinstance(base, torch.distributions.Categorical):
         probs = base.probs
         return probs.expand(site["value"].shape + probs.shape[-1:])

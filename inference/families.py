@@ -115,11 +115,6 @@ def site_families(family: str, sites: dict[str, SiteInfo]) -> dict[str, str]:
     return out
 
 
-def check_family_fits(family: str, sites: dict[str, SiteInfo]) -> None:
-    """Refuse a family that cannot describe the sites (see :func:`site_families`)."""
-    site_families(family, sites)
-
-
 # ---------------------------------------------------------------- per-datapoint networks
 
 

@@ -58,7 +58,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from .iwae import global_share
-from .program import ProgramInfo, inspect_without_randomness
+from .program import DATA_PLATE, ProgramInfo, inspect_without_randomness
 
 OBJECTIVES = {
     "elbo": pyro.infer.Trace_ELBO,
@@ -117,7 +117,7 @@ class GlobalShare(Messenger):
         self.share = share
 
     def _process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"] and not any(f.name == "data" for f in msg["cond_indep_stack"]):
+        if msg["type"] == "sample" and not msg["is_observed"] and not any(f.name == DATA_PLATE for f in msg["cond_indep_stack"]):
             msg["scale"] = self.share * msg["scale"]
 
 
@@ -164,15 +164,11 @@ class AnnealedLoss(nn.Module):
         self.module.model.latent_scale, self.module.guide.latent_scale = 1.0, beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._checks is None:
-            self._checks = first_batch_checks(self.module.model.program, self.module.guide.program, x, self.name)
-        share = global_share(len(x), self.dataset_size)
-        check_site_scales(self._checks, self.name, share, (self.module.model.latent_scale, self.module.guide.latent_scale))
-        self.module.model.global_share = self.module.guide.global_share = share
+        self._checks = scale_for_batch(self._checks, self.name, self.module.model, self.module.guide, x, self.dataset_size)
         objective = self.module.elbo
         if objective.vectorize_particles and objective.max_plate_nesting == float("inf"):
             # tell Pyro the nesting instead of letting it guess (and log); Pyro counts the particle plate in max_plate_nesting when particles are vectorized
-            objective.max_plate_nesting = inspect_without_randomness(self.module.model, self.module.guide, x).max_plate_nesting + 1
+            objective.max_plate_nesting = self._checks.info.max_plate_nesting + 1
         return self.module(x)
 
 
@@ -216,11 +212,7 @@ class TraceGraphLoss(nn.Module):
                 store[key] = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._checks is None:
-            self._checks = first_batch_checks(self.model.program, self.guide.program, x, TRACEGRAPH)
-        share = global_share(len(x), self.dataset_size)
-        check_site_scales(self._checks, TRACEGRAPH, share, (self.model.latent_scale, self.guide.latent_scale))
-        self.model.global_share = self.guide.global_share = share
+        self._checks = scale_for_batch(self._checks, TRACEGRAPH, self.model, self.guide, x, self.dataset_size)
         self._swap_averages(len(x))
         elbo, surrogate = self.objective._loss_and_surrogate_loss(self.model, self.guide, (x,), {})
         return surrogate + (-torch.as_tensor(elbo, dtype=surrogate.dtype) - surrogate).detach()
@@ -384,10 +376,24 @@ def first_batch_checks(model, guide, x: torch.Tensor, name: str) -> FirstBatch:
         )
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
         trace = poutine.trace(guide).get_trace(x)
+
     def not_reparameterized(names: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(n for n in names if not trace.nodes[n]["fn"].has_rsample)
 
     return FirstBatch(info, not_reparameterized(info.guide_local_sites), not_reparameterized(info.guide_global_sites))
+
+
+def scale_for_batch(
+    checks: FirstBatch | None, name: str, model: Annealed, guide: Annealed, x: torch.Tensor, dataset_size: int | None
+) -> FirstBatch:
+    """Set the batch's share B/N of the global sites on both annealed programs, after the first-batch checks and
+    :func:`check_site_scales`; returns the checks (made on the first batch)."""
+    if checks is None:
+        checks = first_batch_checks(model.program, guide.program, x, name)
+    share = global_share(len(x), dataset_size)
+    check_site_scales(checks, name, share, (model.latent_scale, guide.latent_scale))
+    model.global_share = guide.global_share = share
+    return checks
 
 
 def check_site_scales(checks: FirstBatch, name: str, share: float, latent_scales: tuple[float, float]) -> None:

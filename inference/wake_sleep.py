@@ -40,9 +40,9 @@ terms, and dreams draw them from the prior.
 **Parameters shared by model and guide** (the ladder VAE's guide runs the model's
 top-down networks) are *model* parameters here: they receive the model update only.
 The guide's wake and sleep terms are scored with every model parameter stopped
-(:func:`inference.program.with_stopped_parameters`), so the model update stays the
-IWAE gradient (``rws``) or the wake gradient (``wake-sleep``) even for a guide that
-reads the model's networks, and the guide update moves only the guide's own parameters.
+(:func:`inference.program.with_stopped_parameters`), so those networks get exactly the
+model update they would get if the guide read a copy of them, and the guide update
+moves only the guide's own parameters.
 """
 
 from __future__ import annotations
