@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 DATASETS = ("digits", "mnist")
+#: Pixels per image of each data set.
+DATA_DIMS = {"digits": 64, "mnist": 784}
 BINARIZATIONS = ("dynamic", "static", "threshold")
 DEFAULT_DATA_ROOT = os.environ.get("LATENT_DATA_ROOT", os.path.join("..", "shared", "data"))
 DIGITS_TRAIN = 1437  # of 1797 images; the rest is the test split

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import pyro
 import torch
 
+from benchmarks.options import run_cli
 from inference.io import atomic_write_json, atomic_write_text
 from inference.objectives import make_loss
 from ppl_models import COVARIANCES, build_model, model_config
@@ -61,7 +63,7 @@ def fit_mixture(x: torch.Tensor, components: int, covariance: str, *, restarts: 
             loss(x).backward()
             optimizer.step()
         with torch.no_grad():
-            train_ll = float(model.log_marginal(x).mean())
+            train_ll = float(model.log_px(x).mean())
         if best is None or train_ll > best[0]:
             best = (train_ll, model)
     return best[1]
@@ -74,8 +76,8 @@ def compare(train: torch.Tensor, test: torch.Tensor, components: int, covariance
     ours = fit_mixture(train, components, covariance, restarts=restarts, seed=seed, steps=steps)
     em = EM(components, covariance_type=covariance, n_init=restarts, random_state=seed).fit(train.numpy())
     with torch.no_grad():
-        ours_test = float(ours.log_marginal(test).mean())
-        ours_train = float(ours.log_marginal(train).mean())
+        ours_test = float(ours.log_px(test).mean())
+        ours_train = float(ours.log_px(train).mean())
     return {
         "components": components, "covariance": covariance,
         "ours_train": ours_train, "sklearn_train": float(em.score(train.numpy())),
@@ -84,7 +86,7 @@ def compare(train: torch.Tensor, test: torch.Tensor, components: int, covariance
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mixture", description=__doc__.split("\n\n")[0])
     p.add_argument("--components", default="2,3,4", help="K values (default: %(default)s)")
     p.add_argument("--pca-dims", default="2,5", help="digits PCA dimensions (default: %(default)s)")
@@ -92,15 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="full-batch Adam steps per start (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("results", "mixture"))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ks = [int(k) for k in args.components.split(",")]
         dims = [int(d) for d in args.pca_dims.split(",")]
-        if any(k < 1 for k in ks) or any(d < 1 for d in dims) or args.restarts < 1 or args.steps < 1:
-            raise ValueError(f"components, PCA dimensions, restarts and steps must be >= 1, got {ks}, {dims}, {args.restarts}, {args.steps}")
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except ValueError:
+        raise ValueError(f"--components and --pca-dims must be comma-separated integers, got {args.components!r}, {args.pca_dims!r}") from None
+    if any(k < 1 for k in ks) or any(d < 1 for d in dims) or args.restarts < 1 or args.steps < 1:
+        raise ValueError(f"components, PCA dimensions, restarts and steps must be >= 1, got {ks}, {dims}, {args.restarts}, {args.steps}")
     datasets = {"synthetic-2d": (synthetic(600, args.seed), synthetic(400, args.seed + 1))}
     datasets.update({f"digits-pca{d}": digits_pca(d) for d in dims})
     rows = []
@@ -121,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(os.path.join(args.out, "mixture.json"), {"config": vars(args), "rows": rows})
     note = f"\nHeld-out log-likelihood per point (nats); best of {args.restarts} starts each, seed {args.seed}.\n"
     atomic_write_text(os.path.join(args.out, "mixture.md"), "\n".join(lines) + "\n" + note)
-    return 0
+    return {"config": vars(args), "rows": rows}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(make_parser().parse_args, main, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

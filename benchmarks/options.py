@@ -1,4 +1,12 @@
-"""Command-line plumbing shared by the benchmarks: data and model options, the error-reporting entry point, run info."""
+"""Command-line plumbing shared by the benchmarks: one preset mechanism, data and model options, the entry point, run info.
+
+Every benchmark builds its parser with :class:`Parser`: an option added with
+``preset=`` has a default that a ``--protocol`` preset may change, and
+:meth:`Parser.parse` resolves each such option as *explicit value, else the
+protocol's preset, else the default*, remembering which were given explicitly
+(``args.explicit``). The model options come from the zoo's specs
+(:mod:`ppl_models.registry`), so a new model's options appear here by themselves.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +16,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT
-from ppl_models import GUIDES, LIKELIHOODS, MODELS
+import pyro
+import torch
 
-#: Options that describe the trained model; with --checkpoint they come from the checkpoint.
-ARCHITECTURE = (
-    "guide", "latent_dim", "latent_dims", "hidden", "upper_hidden", "encoder_hidden", "activation", "components",
-    "covariance", "prior_scale", "concentration", "layers", "baseline", "flow_layers", "flow_hidden",
-)
+from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT
+from ppl_models import LIKELIHOODS, MODELS, guide_families, option_names
+
+_UNSET = object()
 
 
 def sizes(text: str) -> list[int]:
@@ -23,46 +30,92 @@ def sizes(text: str) -> list[int]:
     if text.strip() in ("", "none"):
         return []
     try:
-        sizes = [int(t) for t in text.split(",")]
+        values = [int(t) for t in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"layer sizes must be comma-separated integers, got {text!r}") from None
-    if any(s <= 0 for s in sizes):
+    if any(s <= 0 for s in values):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
-    return sizes
+    return values
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
+class Parser(argparse.ArgumentParser):
+    """An argument parser with presettable defaults and a ``--protocol`` choice of presets."""
+
+    def __init__(self, *args, presets: dict[str, dict[str, Any]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.presets = presets or {}
+        self.preset_defaults: dict[str, Any] = {}
+        if self.presets:
+            self.add_argument("--protocol", choices=("none", *self.presets), default="none",
+                              help="preset a published set-up; options given explicitly override it, e.g. --epochs 5 (default: none)")
+
+    def option(self, group, *flags: str, preset: Any = _UNSET, help: str = "", **kwargs) -> None:
+        """Add an option; with ``preset=DEFAULT`` its default is DEFAULT unless a protocol presets another."""
+        if preset is _UNSET:
+            group.add_argument(*flags, help=help, **kwargs)
+            return
+        action = group.add_argument(*flags, default=None, help=f"{help} (default: {_shown(preset)})" if help else None, **kwargs)
+        self.preset_defaults[action.dest] = preset
+
+    def parse(self, argv: list[str] | None = None, keep: Callable[[argparse.Namespace, str], bool] | None = None) -> argparse.Namespace:
+        """Parse ``argv``; fill unset options from the protocol's preset (those ``keep(args, key)`` allows), then the defaults."""
+        args = self.parse_args(argv)
+        args.explicit = {k for k, v in vars(args).items() if v is not None and v is not False}
+        preset = self.presets.get(getattr(args, "protocol", "none"), {})
+        for key, value in preset.items():
+            if not hasattr(args, key):
+                raise KeyError(f"preset {args.protocol!r} sets unknown option {key!r}")
+            if getattr(args, key) is None and (keep is None or keep(args, key)):
+                setattr(args, key, value)
+        for key, default in self.preset_defaults.items():
+            if getattr(args, key) is None:
+                setattr(args, key, default)
+        return args
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def add_data_arguments(p: Parser) -> None:
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default=None, help="default: digits")
+    p.option(data, "--dataset", choices=DATASETS, preset="digits", help="the data set")
     data.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding MNIST/raw (default: %(default)s)")
     data.add_argument("--download", action="store_true", help="let torchvision download MNIST into --data-root")
     data.add_argument("--binarization", choices=BINARIZATIONS, default=None, help="for --likelihood bernoulli (default: dynamic)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--likelihood`` and one flag per option of the zoo's models (from their specs)."""
     model = p.add_argument_group("model")
-    model.add_argument("--model", choices=MODELS, default=None, help="default: vae")
-    model.add_argument("--guide", choices=GUIDES, default=None, help="amortized guide family: ffg (default), full, iaf, coupling for continuous latents; categorical (gmm) and bernoulli (sbn) are the discrete models' own")
-    model.add_argument("--likelihood", choices=LIKELIHOODS, default=None, help="default: bernoulli (gaussian for ppca and gmm)")
-    model.add_argument("--latent-dim", type=int, default=None, help="vae, ppca: latent size (default: 50 for vae, 5 for ppca)")
-    model.add_argument("--latent-dims", type=sizes, default=None, help="hvae, ladder: latent sizes bottom-up (default: 100,50)")
-    model.add_argument("--hidden", type=sizes, default=None, help="decoder hidden sizes, e.g. 200,200 (hvae/ladder: between x and z1)")
-    model.add_argument("--upper-hidden", type=sizes, default=None, help="hvae, ladder: hidden sizes between latent layers (default: 100,100)")
-    model.add_argument("--encoder-hidden", type=sizes, default=None, help="encoder hidden sizes ('none' for linear)")
-    model.add_argument("--activation", default=None, help="elu (default), relu, tanh, softplus")
-    model.add_argument("--components", type=int, default=None, help="gmm: number of components K (default: 10)")
-    model.add_argument("--covariance", default=None, help="gmm: diag (default) or full")
-    model.add_argument("--prior-scale", type=float, default=None, help="gmm: MAP with means ~ N(0, s^2) (default: no prior, maximum likelihood)")
-    model.add_argument("--concentration", type=float, default=None, help="gmm: MAP with weights ~ Dirichlet(alpha) (default: no prior)")
-    model.add_argument("--layers", type=sizes, default=None, help="sbn: latent layer sizes bottom-up, e.g. 200,200 (default: 200)")
-    model.add_argument("--baseline", default=None, help="sbn: nvil (default), neural, decaying or none")
-    model.add_argument("--flow-layers", type=int, default=None, help="iaf, coupling guides: number of flows (default: 2)")
-    model.add_argument("--flow-hidden", type=sizes, default=None, help="iaf, coupling guides: flow hidden sizes (default: 100)")
+    listed = "; ".join(f"{name}: {spec.description}" for name, spec in MODELS.items())
+    model.add_argument("--model", default=None, help=f"a model of the zoo ({listed}), or package.module:factory, a callable "
+                       "returning a fresh (model, guide) pair of your own (default: vae)")
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
+                       help="the model's likelihood, which decides the data's form: bernoulli (binarized) or gaussian (grey levels) "
+                       "(default: the model's first; bernoulli for a factory)")
+    for key in option_names():
+        users = [spec for spec in MODELS.values() if key in spec.defaults or key == "guide"]
+        if key == "guide":
+            model.add_argument("--guide", choices=guide_families(), default=None, help="amortized guide family: ffg (default), "
+                               "full, iaf, coupling for continuous latents; categorical (gmm) and bernoulli (sbn) are the discrete models' own")
+            continue
+        default = users[0].defaults[key]
+        kind = sizes if isinstance(default, list) else users[0].types.get(key, type(default))
+        names = ", ".join(s.name for s in users)
+        values = {s.name: _shown(s.defaults[key]) for s in users}
+        if len(set(values.values())) == 1:
+            shown = f" (default: {next(iter(values.values()))})" if "default:" not in users[0].option_help(key) else ""
+        else:
+            shown = " (default: " + ", ".join(f"{v} for {n}" for n, v in values.items()) + ")"
+        model.add_argument("--" + key.replace("_", "-"), type=kind, default=None, help=f"{names}: {users[0].option_help(key)}{shown}")
 
 
-def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> int:
+def run_cli(parse: Callable[[list[str] | None], argparse.Namespace], main: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run ``main``; bad settings and missing data end with ``error: ...`` and exit status 2."""
-    args = parser.parse_args(argv)
+    args = parse(argv)
     try:
         main(args)
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
@@ -73,9 +126,6 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace]
 
 def run_info(seconds: Any) -> dict[str, Any]:
     """What produced a result: timings, versions, machine, threads and the command line."""
-    import pyro
-    import torch
-
     return {
         "seconds": seconds, "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
         "machine": platform.machine(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),

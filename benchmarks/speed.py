@@ -10,7 +10,7 @@
     * ``core``  — our step: Pyro's ``ELBOModule(Trace_ELBO)`` on the model/guide
       programs of :mod:`ppl_models`, backward, the same Adam;
     * ``captured`` — our step with objective ``captured-elbo``: the same
-      estimator replayed from a recorded graph (:mod:`inference.capture`);
+      estimator replayed from a recorded graph (:mod:`inference.objectives.capture`);
     * ``svi``   — the plain Pyro route for contrast: ``SVI`` + ``pyro.optim.Adam``
       on ``PyroModule`` programs with validation on (Pyro's defaults).
 
@@ -32,6 +32,8 @@ Writes ``speed.json`` and ``speed.md`` into ``--out`` and prints the table.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -45,30 +47,53 @@ import torch
 from torch import nn
 
 from benchmarks.datasets import DEFAULT_DATA_ROOT, load_dataset
+from benchmarks.options import run_cli
+from inference.ais import HMCOptions, ais
 from inference.io import atomic_write_json, atomic_write_text
 from inference.local import StoppingRule, frozen, optimize_local
 from inference.objectives import make_loss
-from inference.training import TrainConfig, fit
+from inference.training import TrainOptions, epoch_permutation, fit
 from ppl_models import build_model, model_config
 
-
 # ---- (a) training step ------------------------------------------------------------
+
+_STANDARD_NORMAL = torch.distributions.Normal(0.0, 1.0)  #: the prior of the hand-written ELBO, built once
+
+
+def hand_written_log_weights(decoder: nn.Module, loc: torch.Tensor, log_scale: torch.Tensor, points: torch.Tensor,
+                             num_samples: int | None = None) -> torch.Tensor:
+    r"""Log-weights of a Bernoulli VAE under q_i = N(loc_i, diag(exp(log_scale_i))^2), in plain PyTorch.
+
+    :math:`\log p(x_i | z_s) + \log N(z_s; 0, I) - \log q_i(z_s)` with
+    :math:`z_s = loc_i + exp(log\_scale_i) \epsilon_s` (reparameterized), shape
+    ``(num_samples, len(points))``, or ``(len(points),)`` for one draw without a sample
+    dimension when ``num_samples`` is None; their mean is the ELBO estimate that the
+    hand-written training step and one local-FFG step differentiate, written without
+    Pyro for the timing floor.
+    """
+    scale = log_scale.exp()
+    shape = loc.shape if num_samples is None else (num_samples, *loc.shape)
+    z = loc + scale * torch.randn(shape, dtype=loc.dtype, device=loc.device)
+    log_lik = -nn.functional.binary_cross_entropy_with_logits(
+        decoder(z), points.expand(*shape[:-1], points.shape[-1]), reduction="none").sum(-1)
+    log_prior = _STANDARD_NORMAL.log_prob(z).sum(-1)
+    log_q = torch.distributions.Normal(loc, scale, validate_args=False).log_prob(z).sum(-1)
+    return log_lik + log_prior - log_q
+
+
+def encoder_network(guide: nn.Module) -> nn.Module:
+    """An FFG guide's network ``x -> [loc, log_scale]`` as one plain module, sharing the guide's parameters."""
+    return nn.Sequential(guide.features, guide.head.params_net)
 
 
 def pure_step_fn(encoder: nn.Module, decoder: nn.Module, lr: float, eps: float):
     """The hand-written PyTorch step of the identical VAE and estimator."""
     params = [*encoder.parameters(), *decoder.parameters()]
     opt = torch.optim.Adam(params, lr=lr, eps=eps)
-    normal = torch.distributions.Normal(0.0, 1.0)
 
     def step(x: torch.Tensor) -> torch.Tensor:
         loc, log_scale = encoder(x).chunk(2, dim=-1)
-        scale = log_scale.exp()
-        z = loc + scale * torch.randn_like(loc)
-        log_lik = -nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
-        log_prior = normal.log_prob(z).sum(-1)
-        log_q = torch.distributions.Normal(loc, scale, validate_args=False).log_prob(z).sum(-1)
-        loss = -(log_lik + log_prior - log_q).mean()
+        loss = -hand_written_log_weights(decoder, loc, log_scale, x).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -109,8 +134,6 @@ def svi_step_fn(model: nn.Module, guide: nn.Module, lr: float, eps: float):
 
 def _as_pyro_module(module: nn.Module) -> nn.Module:
     """A PyroModule copy of ``module`` (parameters become pyro.param sites)."""
-    import copy
-
     clone = copy.deepcopy(module)
     pyro.nn.module.to_pyro_module_(clone)
     return clone
@@ -155,32 +178,21 @@ def _trainer_seconds_per_step(data, epochs, batch_size, seed, objective) -> floa
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
     timer = _StepTimer()
-    original = pl.Trainer.__init__
-
-    def with_timer(self, *args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
-        original(self, *args, **kwargs)
-
-    pl.Trainer.__init__ = with_timer
-    try:
-        fit(model, guide, data, TrainConfig(objective=objective, epochs=epochs, batch_size=batch_size, adam_eps=1e-4))
-    finally:
-        pl.Trainer.__init__ = original
+    config = TrainOptions(objective=objective, epochs=epochs, batch_size=batch_size, adam_eps=1e-4, seed=seed)
+    fit(model, guide, data, config, callbacks=[timer])
     return timer.seconds
 
 
 def _loop_seconds_per_step(data, epochs, batch_size, seed) -> float:
-    import inference.training as training
-
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
-    step = pure_step_fn(guide.net, model.decoder, 1e-3, 1e-4)
+    step = pure_step_fn(encoder_network(guide), model.decoder, 1e-3, 1e-4)
     n_batches = -(-len(data) // batch_size)
     t0, count = None, 0
     for epoch in range(epochs):
         if epoch == 1:
             t0 = time.perf_counter()
-        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(training._seed_for(seed, epoch)))
+        perm = epoch_permutation(len(data), seed, epoch)
         for b in range(n_batches):
             step(data[perm[b * batch_size : (b + 1) * batch_size]])
             count += t0 is not None
@@ -209,7 +221,7 @@ def training_step_speed(data: torch.Tensor, batch_size: int, repeats: int, block
     model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
     batches = [data[i * batch_size : (i + 1) * batch_size] for i in range(block)]
     steps = {
-        "pure": pure_step_fn(guide.net, model.decoder, 1e-3, 1e-4),
+        "pure": pure_step_fn(encoder_network(guide), model.decoder, 1e-3, 1e-4),
         "core": our_step_fn(model, guide, "elbo", 1e-3, 1e-4),
         "captured": our_step_fn(model, guide, "captured-elbo", 1e-3, 1e-4),
         "svi": svi_step_fn(model, guide, 1e-3, 1e-4),
@@ -236,26 +248,8 @@ def briefly_trained(train: torch.Tensor, seed: int):
     """An MNIST-sized VAE trained for one epoch: the model the local q* and AIS timings run on."""
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", train.shape[1], "bernoulli"))
-    fit(model, guide, train, TrainConfig(epochs=1, batch_size=100))
+    fit(model, guide, train, TrainOptions(epochs=1, batch_size=100))
     return model, guide
-
-
-def hand_written_log_weights(decoder: nn.Module, loc: torch.Tensor, log_scale: torch.Tensor, points: torch.Tensor,
-                             num_samples: int) -> torch.Tensor:
-    r"""Log-weights of a Bernoulli VAE under q_i = N(loc_i, diag(exp(log_scale_i))^2), in plain PyTorch.
-
-    :math:`\log p(x_i | z_s) + \log N(z_s; 0, I) - \log q_i(z_s)` with
-    :math:`z_s = loc_i + exp(log\_scale_i) \epsilon_s` (reparameterized), shape
-    ``(num_samples, len(points))``; their mean over samples is the ELBO estimate one
-    local-FFG step differentiates, written without Pyro for the timing floor.
-    """
-    scale = log_scale.exp()
-    z = loc + scale * torch.randn(num_samples, *loc.shape, dtype=loc.dtype)
-    log_lik = -nn.functional.binary_cross_entropy_with_logits(
-        decoder(z), points.expand(num_samples, *points.shape), reduction="none").sum(-1)
-    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    log_q = torch.distributions.Normal(loc, scale, validate_args=False).log_prob(z).sum(-1)
-    return log_lik + log_prior - log_q
 
 
 def pure_local_step_seconds(decoder: nn.Module, latent_dim: int, points: torch.Tensor, num_samples: int,
@@ -305,7 +299,7 @@ def local_speed(model, guide, points: torch.Tensor, rule: StoppingRule, num_samp
     ours = vectorized / float(vec.num_steps.sum())
     per_loop_step = loop / sum(loop_steps)
     return {
-        "points": len(points), "rule": rule._asdict(),
+        "points": len(points), "rule": dataclasses.asdict(rule),
         "vectorized_s": vectorized, "loop_s": loop, "speedup": loop / vectorized,
         "vectorized_mean_steps": float(vec.num_steps.double().mean()), "loop_mean_steps": sum(loop_steps) / len(loop_steps),
         "vectorized_converged": float(vec.converged.double().mean()),
@@ -318,9 +312,7 @@ def local_speed(model, guide, points: torch.Tensor, rule: StoppingRule, num_samp
 
 
 def ais_speed(model, guide, points: torch.Tensor, chains: int, steps: int, leapfrog: int) -> dict[str, Any]:
-    from inference.ais import HMCConfig, ais
-
-    hmc = HMCConfig(leapfrog_steps=leapfrog)
+    hmc = HMCOptions(leapfrog_steps=leapfrog)
     # every transition evaluates the gradient once per leapfrog step, plus once at each new temperature, for the weighted
     # chains and for the pilot run's chains that adapt the step sizes (hmc.pilot_chains per datapoint)
     pilot = hmc.pilot_chains if hmc.adapt_rate > 0 else 0
@@ -449,5 +441,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(make_parser().parse_args, main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(make_parser().parse_args()) and 0)
+    sys.exit(cli())

@@ -50,13 +50,21 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints
 
-from .estimators import MAX_ELEMENTS, Estimate, chunk_size_for, log_mean_exp_estimate
+from .estimators import Estimate, log_mean_exp_estimate
+from .memory import MAX_ELEMENTS, chunk_size_for
 from .program import (
-    SAMPLE_PLATE, Program, ProgramInfo, check_data, inspect_program, sample_batch_shape, score_configurations, score_site_groups,
+    SAMPLE_PLATE,
+    Program,
+    ProgramInfo,
+    check_data,
+    inspect_program,
+    sample_batch_shape,
+    score_configurations,
+    score_site_groups,
 )
 
 SCHEDULES = ("linear", "sigmoid")
-INITS = ("prior", "guide")
+AIS_INITS = ("prior", "guide")
 
 
 def annealing_schedule(name: str, num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
@@ -89,7 +97,7 @@ def check_schedule(betas: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class HMCConfig:
+class HMCOptions:
     """HMC transitions of AIS: leapfrog steps, initial step size and its adaptation toward a target acceptance."""
 
     leapfrog_steps: int = 10
@@ -168,7 +176,7 @@ def hmc_transition(
     return new, accept_prob
 
 
-def adapt_step_size(step_size: torch.Tensor, accept_prob: torch.Tensor, hmc: HMCConfig) -> torch.Tensor:
+def adapt_step_size(step_size: torch.Tensor, accept_prob: torch.Tensor, hmc: HMCOptions) -> torch.Tensor:
     """Grow step sizes after a transition accepted with probability above the target, shrink them otherwise.
 
     ``accept_prob`` is ``(chains, ...)``: its mean over the chains (dim 0) drives ``step_size``,
@@ -187,7 +195,7 @@ class AISOptions:
     num_steps: int = 10_000
     schedule: str = "sigmoid"
     init: str = "prior"
-    hmc: HMCConfig = HMCConfig()
+    hmc: HMCOptions = HMCOptions()
 
     def __post_init__(self) -> None:
         _check_chains_and_init(self.num_chains, self.init)
@@ -197,8 +205,8 @@ class AISOptions:
 def _check_chains_and_init(num_chains: int, init: str) -> None:
     if isinstance(num_chains, bool) or int(num_chains) != num_chains or num_chains < 1:
         raise ValueError(f"AIS needs at least 1 chain, got num_chains={num_chains!r}")
-    if init not in INITS:
-        raise ValueError(f"unknown AIS initial distribution {init!r}; choose from {', '.join(INITS)}")
+    if init not in AIS_INITS:
+        raise ValueError(f"unknown AIS initial distribution {init!r}; choose from {', '.join(AIS_INITS)}")
 
 
 class AISResult(NamedTuple):
@@ -298,7 +306,7 @@ class AnnealRun(NamedTuple):
 
 
 def anneal(
-    model: Program, guide: Program, x: torch.Tensor, z0: torch.Tensor, betas: torch.Tensor, hmc: HMCConfig,
+    model: Program, guide: Program, x: torch.Tensor, z0: torch.Tensor, betas: torch.Tensor, hmc: HMCOptions,
     info: ProgramInfo, layout: _Layout, init: str, progress=None, *, step_sizes: torch.Tensor | None = None,
     pilot_z0: torch.Tensor | None = None,
 ) -> AnnealRun:
@@ -341,12 +349,12 @@ def anneal(
     return AnnealRun(log_w, state.z[p:], (accept_sum / max(transitions, 1)).mean(0), used)
 
 
-def pilot_count(hmc: HMCConfig) -> int:
+def pilot_count(hmc: HMCOptions) -> int:
     """Pilot chains per datapoint: ``hmc.pilot_chains`` when step sizes adapt, else none."""
     return int(hmc.pilot_chains) if hmc.adapt_rate > 0 else 0
 
 
-def pilot_chains(model: Program, guide: Program, x: torch.Tensor, hmc: HMCConfig, info: ProgramInfo, layout: _Layout, init: str):
+def pilot_chains(model: Program, guide: Program, x: torch.Tensor, hmc: HMCOptions, info: ProgramInfo, layout: _Layout, init: str):
     """Initial states of the pilot chains that adapt the step sizes, ``(P, N, D)``; None without adaptation."""
     p = pilot_count(hmc)
     if not p:
@@ -356,7 +364,7 @@ def pilot_chains(model: Program, guide: Program, x: torch.Tensor, hmc: HMCConfig
 
 
 def forward_run(
-    model: Program, guide: Program, x: torch.Tensor, betas: torch.Tensor, num_chains: int, hmc: HMCConfig, info: ProgramInfo,
+    model: Program, guide: Program, x: torch.Tensor, betas: torch.Tensor, num_chains: int, hmc: HMCOptions, info: ProgramInfo,
     layout: _Layout, init: str, progress=None,
 ) -> AnnealRun:
     """``num_chains`` chains per datapoint of ``x`` from the initial distribution along ``betas``, step sizes adapted by the pilot."""
@@ -374,7 +382,7 @@ def ais(
     num_chains: int = 100,
     num_steps: int = 10_000,
     schedule: str | torch.Tensor = "sigmoid",
-    hmc: HMCConfig = HMCConfig(),
+    hmc: HMCOptions = HMCOptions(),
     init: str = "prior",
     max_elements: int = MAX_ELEMENTS,
     progress: bool = False,

@@ -16,12 +16,22 @@ from typing import NamedTuple
 import torch
 
 from .ais import (
-    AISOptions, anneal, annealing_schedule, check_initial, check_schedule, datapoint_block, forward_run, guide_block, latent_layout,
-    pilot_count, progress_bar,
+    AISOptions,
+    anneal,
+    annealing_schedule,
+    check_initial,
+    check_schedule,
+    datapoint_block,
+    forward_run,
+    guide_block,
+    latent_layout,
+    pilot_count,
+    progress_bar,
 )
-from .estimators import MAX_ELEMENTS, Estimate, log_mean_exp_estimate
+from .estimators import Estimate, log_mean_exp_estimate
+from .memory import MAX_ELEMENTS
 from .program import Program, check_data, inspect_program
-from .wake_sleep import dream
+from .sampling import dream
 
 
 class BDMCResult(NamedTuple):
@@ -45,7 +55,7 @@ def bdmc(
     max_elements: int = MAX_ELEMENTS,
     progress: bool = False,
 ) -> BDMCResult:
-    """Simulate ``len(x_template)`` datapoints from the model and bound their :math:`\log p(x)` from both sides.
+    r"""Simulate ``len(x_template)`` datapoints from the model and bound their :math:`\log p(x)` from both sides.
 
     ``options`` are the AIS settings of both directions (chains, steps, schedule, initial distribution, HMC).
     """

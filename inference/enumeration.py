@@ -23,8 +23,8 @@ import math
 import torch
 from pyro import poutine
 
-from .estimators import MAX_ELEMENTS, chunk_size_for
-from .program import Program, ProgramInfo, inspect_program, sample_batch_shape, score_configurations, score_site_groups
+from .memory import MAX_ELEMENTS, chunk_size_for
+from .program import Program, ProgramInfo, inspect_program, sample_batch_shape, score_configurations
 
 #: Default bound on the number of joint configurations (12 binary units).
 MAX_CONFIGURATIONS = 4096
@@ -113,7 +113,7 @@ def _chunked(grid: dict[str, torch.Tensor], size: int):
         yield {k: v[start : start + size] for k, v in grid.items()}
 
 
-def exact_log_marginal(
+def exact_log_px(
     model: Program,
     guide: Program,
     x: torch.Tensor,
@@ -182,7 +182,7 @@ def _footprint(grid: dict[str, torch.Tensor]) -> int:
 
 
 def is_enumerable(model: Program, guide: Program, x: torch.Tensor, max_configurations: int = MAX_CONFIGURATIONS) -> bool:
-    """Whether :func:`exact_log_marginal` can handle this pair (all local latents discrete and few)."""
+    """Whether :func:`exact_log_px` can handle this pair (all local latents discrete and few)."""
     try:
         configurations(model, guide, x[:1], inspect_program(model, guide, x[:1]), max_configurations)
     except ValueError:

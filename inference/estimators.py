@@ -6,7 +6,7 @@ memory-bounded chunks, and combine the per-datapoint log weights
 
 * :func:`elbo` — :math:`\mathcal{L}_i = \frac1S \sum_s \log w_{s,i}`, with standard error
   :math:`\mathrm{sd}_s(\log w_{s,i}) / \sqrt S`;
-* :func:`log_likelihood` — the importance-weighted bound of Burda, Grosse &
+* :func:`iwae_log_px` — the importance-weighted bound of Burda, Grosse &
   Salakhutdinov (2016), :math:`\log \hat p(x_i) = \log \frac1K \sum_k w_{k,i}`,
   combined with ``logsumexp``, with the delta-method standard error
   :math:`\sqrt{(K \sum_k w_k^2 / (\sum_k w_k)^2 - 1)/(K-1)}` of the log of a mean.
@@ -21,10 +21,10 @@ from typing import NamedTuple
 
 import torch
 
-from .program import Program, ProgramInfo, inspect_program, log_weights, trace_pair
-
-#: Default bound on the number of float32 elements one chunk of samples may create.
-MAX_ELEMENTS = 2**26
+from .diagnostics import pareto_k
+from .memory import MAX_ELEMENTS, chunk_size_for, chunks
+from .program import Program, inspect_program, log_weights
+from .validation import positive_int
 
 
 class Estimate(NamedTuple):
@@ -36,48 +36,14 @@ class Estimate(NamedTuple):
     pareto_k: torch.Tensor | None = None  #: (N,) PSIS shape estimate of the importance weights, where computed
 
 
-def check_num_samples(num_samples: int, name: str = "num_samples") -> int:
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {num_samples!r}")
-    return int(num_samples)
-
-
-def chunk_size_for(info: ProgramInfo, x: torch.Tensor, model: Program, guide: Program, max_elements: int) -> int:
-    """How many samples fit in one chunk: ``max_elements`` over a generous per-sample footprint.
-
-    The footprint counts every sample-site value and distribution parameter of one
-    vectorized sample (the decoder's output is among them) times 8 for intermediates.
-    """
-    with torch.no_grad():
-        model_trace, guide_trace = trace_pair(model, guide, x)
-    per_sample = 0
-    for trace in (model_trace, guide_trace):
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                per_sample += site["value"].numel()
-                fn = site["fn"]
-                while hasattr(fn, "base_dist"):
-                    fn = fn.base_dist
-                per_sample += sum(v.numel() for v in vars(fn).values() if isinstance(v, torch.Tensor))
-    return max(1, max_elements // (8 * max(per_sample, 1)))
-
-
-def _chunks(total: int, size: int):
-    done = 0
-    while done < total:
-        step = min(size, total - done)
-        yield step
-        done += step
-
-
 def _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
-    num_samples = check_num_samples(num_samples)
+    num_samples = positive_int(num_samples)
     info = inspect_program(model, guide, x)  # also refuses empty, NaN or out-of-support data
     if chunk_size is None:
         chunk_size = chunk_size_for(info, x, model, guide, max_elements)
-    chunk_size = check_num_samples(chunk_size, "chunk_size")
+    chunk_size = positive_int(chunk_size, "chunk_size")
     with torch.no_grad():
-        for size in _chunks(num_samples, chunk_size):
+        for size in chunks(num_samples, chunk_size):
             yield log_weights(model, guide, x, size, info)
 
 
@@ -128,8 +94,6 @@ def log_mean_exp_estimate(log_w: torch.Tensor, pareto: bool = False) -> Estimate
     log_s1, log_s2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
     k_hat = None
     if pareto:
-        from .diagnostics import pareto_k
-
         k_hat = pareto_k(log_w)
     return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count, k_hat)
 
@@ -142,7 +106,7 @@ def _log_mean_stderr(log_s1: torch.Tensor, log_s2: torch.Tensor, count: int) -> 
     return (rel_var.clamp(min=0) / (count - 1)).sqrt()
 
 
-def log_likelihood(
+def iwae_log_px(
     model: Program,
     guide: Program,
     x: torch.Tensor,
@@ -172,7 +136,5 @@ def log_likelihood(
         count += len(lw)
     k_hat = None
     if pareto:
-        from .diagnostics import pareto_k
-
         k_hat = pareto_k(torch.cat(kept))
     return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count, k_hat)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import pyro
@@ -65,25 +66,24 @@ class SiteInfo(NamedTuple):
     num_categories: int = 0
 
 
-class FlowOptions(NamedTuple):
+@dataclass(frozen=True)
+class FlowOptions:
     """Size of the per-datapoint flows: ``layers`` transforms with one hidden layer of ``hidden`` units (0: affine)."""
 
     layers: int = 2
     hidden: int = 100
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, bool) or int(self.layers) != self.layers or self.layers < 1:
+            raise ValueError(f"flow layers must be a positive integer, got {self.layers!r}")
+        if isinstance(self.hidden, bool) or int(self.hidden) != self.hidden or self.hidden < 0:
+            raise ValueError(f"flow hidden units must be a non-negative integer, got {self.hidden!r}")
 
 
 def check_family(family: str) -> str:
     if family not in LOCAL_FAMILIES:
         raise ValueError(f"unknown local family {family!r}; choose from {', '.join(LOCAL_FAMILIES)}")
     return family
-
-
-def check_flow_options(options: FlowOptions) -> FlowOptions:
-    if isinstance(options.layers, bool) or int(options.layers) != options.layers or options.layers < 1:
-        raise ValueError(f"flow layers must be a positive integer, got {options.layers!r}")
-    if isinstance(options.hidden, bool) or int(options.hidden) != options.hidden or options.hidden < 0:
-        raise ValueError(f"flow hidden units must be a non-negative integer, got {options.hidden!r}")
-    return options
 
 
 def site_families(family: str, sites: dict[str, SiteInfo]) -> dict[str, str]:
@@ -432,7 +432,7 @@ def own_family(guide: object) -> tuple[str, FlowOptions | None]:
                     f"the guide's flows have hidden layers {hidden}; per-datapoint flows have one hidden layer, so its own "
                     "family cannot be fitted per datapoint: train the guide with one hidden layer per flow (--flow-hidden 100)"
                 )
-            flow = check_flow_options(FlowOptions(int(layers), int(hidden[0]) if hidden else 0))
+            flow = FlowOptions(int(layers), int(hidden[0]) if hidden else 0)
         return declared, flow
     if callable(getattr(guide, "variational_params", None)):
         return "params", None

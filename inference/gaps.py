@@ -32,16 +32,20 @@ reports the share of points above 0.7, whose estimates are unreliable.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from .ais import AISOptions, ais
 from .diagnostics import PARETO_K_THRESHOLD
-from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, elbo, log_likelihood
-from .families import OWN, FlowOptions, check_family
-from .local import AdamConfig, LocalPosterior, StoppingRule, local_posterior
+from .enumeration import exact_log_px, is_enumerable
+from .estimators import Estimate, elbo, iwae_log_px
+from .families import OWN
+from .local import LocalOptions, LocalPosterior, local_posterior
+from .memory import MAX_ELEMENTS
 from .program import Program
+from .stats import mean_se
+from .validation import positive_int
 
 LOG_PX_METHODS = ("iwae", "ais", "max")
 QUANTITIES = ("log_px", "elbo_local", "elbo_amortized", "approximation_gap", "amortization_gap", "inference_gap")
@@ -77,44 +81,86 @@ class GapDecomposition(NamedTuple):
             "approximation_gap": quad(sp, sl), "amortization_gap": quad(sl, sa), "inference_gap": quad(sp, sa),
         }
 
-    def summary(self) -> dict[str, float]:
-        """Mean over datapoints of each quantity, with two standard errors.
+    def summary(self) -> dict[str, Any]:
+        """Means over datapoints with their standard errors, apart from what describes them.
 
-        ``<q>_se`` is the standard error of the mean over the evaluated datapoints
-        (sd / sqrt(N); it covers both the spread of the data and Monte Carlo noise);
-        ``<q>_mc_se`` is the Monte Carlo part alone, sqrt(sum of per-point SE^2) / N.
+        Returns ``{"n_points", "quantities", "local", "others", "log_px"}``: ``quantities`` maps each
+        of :data:`QUANTITIES` to ``{"mean", "se", "mc_se"}``, where ``se`` is the standard error of
+        the mean over the evaluated datapoints (sd / sqrt(N); it covers both the spread of the data
+        and Monte Carlo noise) and ``mc_se`` the Monte Carlo part alone, sqrt(sum of per-point SE^2) / N;
+        ``local`` describes the q* (family, share stopped by the rule, mean steps); ``others`` gives each
+        further family's L[q*] and stopping share; ``log_px`` the estimator, its K, the share of points
+        whose proposal was a q*, both estimates under ``log_px="max"``, and the PSIS k-hat of the weights.
         """
         values, mc = self.per_datapoint(), self.monte_carlo_stderr()
         n = len(self.log_px.value)
-        out: dict[str, float] = {"n_points": n}
-        for key in QUANTITIES:
-            v = values[key]
-            out[key] = float(v.mean())
-            out[f"{key}_se"] = float(v.std() / math.sqrt(n)) if n > 1 else math.nan
-            out[f"{key}_mc_se"] = float(mc[key].pow(2).sum().sqrt() / n)
-        out["local_converged_fraction"] = float(self.local.converged.double().mean())
-        out["local_steps_mean"] = float(self.local.num_steps.double().mean())
-        out["log_px_proposal_local_fraction"] = float(self.proposal_is_local.double().mean())
-        out["log_px_samples"] = self.log_px.num_samples
-        out["log_px_method"] = self.log_px_method
+        log_px: dict[str, Any] = {
+            "method": self.log_px_method, "num_samples": self.log_px.num_samples,
+            "proposal_local_fraction": float(self.proposal_is_local.double().mean()),
+            "estimates": {name: _statistics(est.value, est.stderr) for name, est in (self.log_px_estimates or {}).items()},
+            "pareto_k": None,
+        }
         if self.log_px.pareto_k is not None and not self.log_px.pareto_k.isnan().all():
             k_hat = self.log_px.pareto_k
             high = (k_hat > PARETO_K_THRESHOLD).nonzero().squeeze(-1)
-            out["pareto_k_mean"], out["pareto_k_max"] = float(k_hat.mean()), float(k_hat.max())
-            out["pareto_k_high_fraction"] = len(high) / n
-            out["pareto_k_high_points"] = [int(i) for i in high]
-        for name, est in (self.log_px_estimates or {}).items():
-            out[f"log_px_{name}"] = float(est.value.mean())
-            out[f"log_px_{name}_se"] = float(est.value.std() / math.sqrt(n)) if n > 1 else math.nan
-            out[f"log_px_{name}_mc_se"] = float(est.stderr.pow(2).sum().sqrt() / n)
-        out["local_family"] = self.family
-        for name, other in (self.others or {}).items():
-            v = other.elbo.value
-            out[f"elbo_local_{name}"] = float(v.mean())
-            out[f"elbo_local_{name}_se"] = float(v.std() / math.sqrt(n)) if n > 1 else math.nan
-            out[f"elbo_local_{name}_mc_se"] = float(other.elbo.stderr.pow(2).sum().sqrt() / n)
-            out[f"local_{name}_converged_fraction"] = float(other.converged.double().mean())
-        return out
+            log_px["pareto_k"] = {
+                "mean": float(k_hat.mean()), "max": float(k_hat.max()), "high_fraction": len(high) / n,
+                "high_points": [int(i) for i in high],
+            }
+        return {
+            "n_points": n,
+            "quantities": {key: _statistics(values[key], mc[key]) for key in QUANTITIES},
+            "local": {
+                "family": self.family, "converged_fraction": float(self.local.converged.double().mean()),
+                "steps_mean": float(self.local.num_steps.double().mean()),
+            },
+            "others": {
+                name: {"elbo": _statistics(other.elbo.value, other.elbo.stderr), "converged_fraction": float(other.converged.double().mean())}
+                for name, other in (self.others or {}).items()
+            },
+            "log_px": log_px,
+        }
+
+
+def _statistics(values: torch.Tensor, stderr: torch.Tensor) -> dict[str, float]:
+    """``{"mean", "se", "mc_se"}`` of per-datapoint ``values`` with per-datapoint Monte Carlo ``stderr``."""
+    mean, se = mean_se(values)
+    return {"mean": mean, "se": se, "mc_se": float(stderr.pow(2).sum().sqrt() / len(values))}
+
+
+class ExactReference(NamedTuple):
+    """The exact answers known for a pair, to set beside the estimates."""
+
+    log_px: torch.Tensor  #: (N,) exact log p(x) per datapoint (float64)
+    source: str  #: "closed form" or "enumeration"
+    approximation_gap: float | None  #: the exact mean approximation gap of the q* family, where known
+
+    def summary(self) -> dict[str, Any]:
+        mean, se = mean_se(self.log_px)
+        return {"log_px": {"mean": mean, "se": se}, "source": self.source, "approximation_gap": self.approximation_gap}
+
+
+def exact_reference(model: Program, guide: Program, x: torch.Tensor, family: str, max_elements: int = MAX_ELEMENTS) -> ExactReference | None:
+    """Exact log p(x) where it is known, and the exact approximation gap of q*'s ``family`` where the family allows.
+
+    log p(x): the model's closed form (``model.log_px``, PPCA and the mixture), else
+    enumeration for few discrete latents; None when neither applies. Approximation gap:
+    the model's closed form (``model.approximation_gap``, PPCA) for ``ffg``; 0 for ``full`` on
+    such a model and for ``categorical`` (those families hold the exact posterior).
+    """
+    with torch.no_grad():
+        if hasattr(model, "log_px"):
+            exact, source = model.log_px(x).double(), "closed form"
+        elif is_enumerable(model, guide, x):
+            exact, source = exact_log_px(model, guide, x, max_elements=max_elements), "enumeration"
+        else:
+            return None
+        gap = None
+        if hasattr(model, "approximation_gap") and family == "ffg":
+            gap = float(model.approximation_gap(x).double().mean())
+        elif (hasattr(model, "approximation_gap") and family == "full") or family == "categorical":
+            gap = 0.0
+    return ExactReference(exact, source, gap)
 
 
 def gap_decomposition(
@@ -124,12 +170,7 @@ def gap_decomposition(
     *,
     log_px_samples: int = 5000,
     elbo_samples: int = 1000,
-    local_samples: int = 50,
-    local_families: tuple[str, ...] = (),
-    flow: FlowOptions = FlowOptions(),
-    adam: AdamConfig = AdamConfig(),
-    rule: StoppingRule = StoppingRule(),
-    init: str = "encoder",
+    local: LocalOptions = LocalOptions(),
     log_px: str = "iwae",
     ais_options: AISOptions = AISOptions(),
     max_elements: int = MAX_ELEMENTS,
@@ -137,24 +178,21 @@ def gap_decomposition(
 ) -> GapDecomposition:
     """Estimate log p(x), L[q*] and L[q] for every row of ``x`` (see module docstring).
 
-    q* is fitted in the guide's own family; ``local_families`` are further families fitted and
-    reported beside it (a family named like the guide's own is not fitted twice).
+    q* is fitted in the guide's own family with ``local`` (samples per step, Adam, stopping rule,
+    start); ``local.families`` are further families fitted and reported beside it (a family
+    named like the guide's own is not fitted twice).
     """
-    log_px_samples = check_num_samples(log_px_samples, "log_px_samples")
+    log_px_samples = positive_int(log_px_samples, "log_px_samples")
     if log_px not in LOG_PX_METHODS:
         raise ValueError(f"unknown log p(x) estimator {log_px!r}; choose from {', '.join(LOG_PX_METHODS)}")
-    extras = [check_family(f) for f in local_families]
     amortized = elbo(model, guide, x, elbo_samples, max_elements=max_elements)
 
     def fit(family: str) -> LocalPosterior:
-        return local_posterior(
-            model, guide, x, family=family, num_samples=local_samples, eval_samples=elbo_samples, adam=adam, rule=rule,
-            init=init, flow=flow, max_elements=max_elements, progress=progress,
-        )
+        return local_posterior(model, guide, x, local, family=family, eval_samples=elbo_samples, max_elements=max_elements, progress=progress)
 
     own = fit(OWN)
     fits = {own.guide.family: own}
-    for family in extras:
+    for family in local.families:
         if family != OWN and family not in fits:
             fits[family] = fit(family)
     families = tuple(fits)
@@ -188,7 +226,7 @@ def _iwae_log_px(model, candidates, choice: torch.Tensor, x: torch.Tensor, num_s
         if mask.any():
             index = mask.nonzero().squeeze(-1)
             proposal = proposal if k == 0 else proposal.subset(index)
-            est = log_likelihood(model, proposal, x[index], num_samples, max_elements=max_elements, pareto=num_samples > 1)
+            est = iwae_log_px(model, proposal, x[index], num_samples, max_elements=max_elements, pareto=num_samples > 1)
             value[index], stderr[index] = est.value, est.stderr
             k_hat[index] = est.pareto_k if est.pareto_k is not None else math.nan
     return Estimate(value, stderr, num_samples, k_hat if num_samples > 1 else None)

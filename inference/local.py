@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import pyro
@@ -45,20 +46,42 @@ from torch import nn
 from torch.distributions import biject_to
 
 from .enumeration import MAX_CONFIGURATIONS, configurations, expand_grid, log_joint_on_grid, unwrap_independent
-from .estimators import MAX_ELEMENTS, Estimate, check_num_samples, chunk_size_for, elbo
+from .estimators import Estimate, elbo
 from .families import (
-    OWN, FlowOptions, LocalGuide, ParametrizedGuide, PerDatapointGuide, SiteInfo, Start, check_family, check_flow_options,
-    init_params, own_family, own_family_label, site_families,
+    OWN,
+    FlowOptions,
+    LocalGuide,
+    ParametrizedGuide,
+    PerDatapointGuide,
+    SiteInfo,
+    Start,
+    check_family,
+    init_params,
+    own_family,
+    own_family_label,
+    site_families,
 )
+from .memory import MAX_ELEMENTS, chunk_size_for
 from .program import (
-    SAMPLE_PLATE, Program, ProgramInfo, check_data, inspect_program, log_prob_sum, log_weights, sampled_log_densities,
-    score_configurations, trace_pair,
+    SAMPLE_PLATE,
+    Program,
+    ProgramInfo,
+    check_data,
+    inspect_program,
+    log_prob_sum,
+    log_weights,
+    sampled_log_densities,
+    score_configurations,
+    trace_pair,
 )
+from .validation import positive_int, positive_number
 
-INITS = ("encoder", "prior")
+LOCAL_INITS = ("encoder", "prior")
+GRADIENTS = ("auto", "exact", "score")
 
 
-class StoppingRule(NamedTuple):
+@dataclass(frozen=True)
+class StoppingRule:
     """When one datapoint's optimization stops.
 
     The per-step ELBO estimates are averaged over consecutive windows of
@@ -70,11 +93,47 @@ class StoppingRule(NamedTuple):
     patience: int = 10
     max_steps: int = 50_000
 
+    def __post_init__(self) -> None:
+        for key in ("window", "patience", "max_steps"):
+            positive_int(getattr(self, key), key)
 
-class AdamConfig(NamedTuple):
+
+@dataclass(frozen=True)
+class AdamOptions:
+    """Adam's settings for the per-datapoint parameters of q*."""
+
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        positive_number(self.eps, "eps")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"Adam's betas must lie in [0, 1), got {self.betas}")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """How q* is fitted per datapoint: samples per step, Adam, the stopping rule, the start, flow sizes, the
+    discrete-latent gradient and (for :func:`inference.gaps.gap_decomposition`) further families to fit."""
+
+    num_samples: int = 50  #: samples per datapoint per step
+    adam: AdamOptions = AdamOptions()
+    rule: StoppingRule = StoppingRule()
+    init: str = "encoder"  #: one of :data:`LOCAL_INITS`
+    flow: FlowOptions = FlowOptions()  #: size of per-datapoint flows (iaf, coupling)
+    gradient: str = "auto"  #: one of :data:`GRADIENTS`
+    families: tuple[str, ...] = ()  #: further families fitted beside the guide's own by the gap decomposition
+
+    def __post_init__(self) -> None:
+        positive_int(self.num_samples, "num_samples")
+        if self.init not in LOCAL_INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose from {', '.join(LOCAL_INITS)}")
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient {self.gradient!r}; choose from {', '.join(GRADIENTS)}")
+        object.__setattr__(self, "families", tuple(check_family(f) for f in self.families))
 
 
 def site_infos(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo) -> dict[str, SiteInfo]:
@@ -126,8 +185,8 @@ def starting_point(
     each other) the mean and standard deviation of ``moment_samples`` guide draws,
     in the unconstrained space. ``init="prior"``: standard normal, or uniform for discrete sites.
     """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+    if init not in LOCAL_INITS:
+        raise ValueError(f"unknown init {init!r}; choose from {', '.join(LOCAL_INITS)}")
     n = len(x)
     with torch.no_grad():
         _, guide_trace = trace_pair(model, guide, x)
@@ -179,7 +238,6 @@ def init_local(
     nothing, the product of per-site defaults.
     """
     check_family(family)
-    check_flow_options(options)
     sites = site_infos(model, guide, x, info)
     label = family
     if family == OWN:
@@ -233,7 +291,7 @@ def frozen(*modules) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def adam_update(param, grad, exp_avg, exp_avg_sq, step: int, config: AdamConfig):
+def adam_update(param, grad, exp_avg, exp_avg_sq, step: int, config: AdamOptions):
     """One elementwise Adam step (Kingma & Ba 2015); returns new (param, exp_avg, exp_avg_sq)."""
     beta1, beta2 = config.betas
     exp_avg = beta1 * exp_avg + (1 - beta1) * grad
@@ -252,11 +310,10 @@ class LocalFit(NamedTuple):
     best_window_elbo: torch.Tensor  #: (N,) best window-averaged training ELBO
 
 
-GRADIENTS = ("auto", "exact", "score")
 
 
 class _Objective:
-    """One step's per-datapoint ELBO (for the stopping rule) and the surrogate to differentiate.
+    r"""One step's per-datapoint ELBO (for the stopping rule) and the surrogate to differentiate.
 
     Modes: ``pathwise`` (every site reparameterized); ``exact`` (every site discrete and the
     joint enumerable: the exact ELBO); ``score`` (discrete, too many configurations: the
@@ -358,7 +415,7 @@ def optimize_local(
     *,
     family: str = OWN,
     num_samples: int = 50,
-    adam: AdamConfig = AdamConfig(),
+    adam: AdamOptions = AdamOptions(),
     rule: StoppingRule = StoppingRule(),
     init: str | PerDatapointGuide = "encoder",
     flow: FlowOptions = FlowOptions(),
@@ -376,11 +433,7 @@ def optimize_local(
     datapoints are masked out, and the active ones are processed in memory-bounded groups.
     """
     check_data(x)
-    num_samples = check_num_samples(num_samples)
-    for key in ("window", "patience", "max_steps"):
-        check_num_samples(getattr(rule, key), key)
-    if not adam.lr > 0:
-        raise ValueError(f"lr must be positive, got {adam.lr}")
+    num_samples = positive_int(num_samples)
     if gradient not in GRADIENTS:
         raise ValueError(f"unknown gradient {gradient!r}; choose from {', '.join(GRADIENTS)}")
     info = inspect_program(model, guide, x)
@@ -409,7 +462,7 @@ def optimize_local(
 
 
 def fit_per_datapoint(
-    local: PerDatapointGuide, objective, x: torch.Tensor, rule: StoppingRule, adam: AdamConfig, group: int, progress: bool = False
+    local: PerDatapointGuide, objective, x: torch.Tensor, rule: StoppingRule, adam: AdamOptions, group: int, progress: bool = False
 ) -> LocalFit:
     """Elementwise Adam on every datapoint's parameters at once, each stopped by ``rule`` on its own.
 
@@ -529,23 +582,19 @@ def local_posterior(
     model: Program,
     guide: Program,
     x: torch.Tensor,
+    options: LocalOptions = LocalOptions(),
     *,
     family: str = OWN,
-    num_samples: int = 50,
     eval_samples: int = 1000,
-    adam: AdamConfig = AdamConfig(),
-    rule: StoppingRule = StoppingRule(),
-    init: str = "encoder",
-    flow: FlowOptions = FlowOptions(),
-    gradient: str = "auto",
     max_elements: int = MAX_ELEMENTS,
     progress: bool = False,
 ) -> LocalPosterior:
-    """Fit q* of ``family`` for each datapoint (:func:`optimize_local`) and estimate L[q*] with ``eval_samples`` samples."""
-    eval_samples = check_num_samples(eval_samples, "eval_samples")
+    """Fit q* of ``family`` for each datapoint (:func:`optimize_local` with ``options``) and estimate L[q*] with ``eval_samples`` samples."""
+    eval_samples = positive_int(eval_samples, "eval_samples")
+    o = options
     fit = optimize_local(
-        model, guide, x, family=family, num_samples=num_samples, adam=adam, rule=rule, init=init, flow=flow,
-        gradient=gradient, max_elements=max_elements, progress=progress,
+        model, guide, x, family=family, num_samples=o.num_samples, adam=o.adam, rule=o.rule, init=o.init, flow=o.flow,
+        gradient=o.gradient, max_elements=max_elements, progress=progress,
     )
     estimate = elbo(model, fit.guide, x, eval_samples, max_elements=max_elements)
     return LocalPosterior(fit.guide, estimate, fit.num_steps, fit.converged)

@@ -24,7 +24,7 @@ per-datapoint log importance weights
 where :math:`\\theta_s \\sim q(\\theta)` are the global latents, drawn afresh for every
 sample ``s``. The global factor :math:`p(\\theta)/q(\\theta)` belongs to no single
 datapoint and is left out. So with global latents the per-datapoint estimators
-target the predictive quantities of :math:`q(\\theta)`: ``log_likelihood`` tends to
+target the predictive quantities of :math:`q(\\theta)`: ``iwae_log_px`` tends to
 :math:`\\log E_{q(\\theta)}[p(x_i \\mid \\theta)]` as K grows and ``elbo`` estimates
 :math:`E_{q(\\theta)}[\\mathcal{L}_i(\\theta)]`. This is deliberately *not* Pyro's
 ``RenyiELBO``/``Importance``, which combine the weights of the whole trace (pyro-ppl
@@ -64,7 +64,6 @@ class ProgramInfo(NamedTuple):
     local_latents: tuple[str, ...]  #: latent sites inside the data plate, sampled by the guide
     global_latents: tuple[str, ...]  #: latent sites outside the data plate
     observed: tuple[str, ...]  #: observed sites (all inside the data plate)
-    event_shapes: dict[str, tuple[int, ...]]  #: per-datapoint event shape of each local latent
     auxiliary: tuple[str, ...] = ()  #: guide-only auxiliary sites inside the data plate (part of log q)
     global_auxiliary: tuple[str, ...] = ()  #: guide-only auxiliary sites outside it
     enumerated: tuple[str, ...] = ()  #: model-only discrete local sites, summed out of every log p
@@ -254,9 +253,8 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
             raise ConventionError(f"guide site {name!r} is observed in the model")
 
     dims = [-f.dim for t in (model_trace, guide_trace) for s in _sample_sites(t).values() for f in s["cond_indep_stack"] if f.vectorized]
-    event_shapes = {name: tuple(guide_sites[name]["fn"].event_shape) for name in local}
     info = ProgramInfo(
-        data_frame.dim, max(dims), tuple(local), tuple(global_), tuple(observed), event_shapes,
+        data_frame.dim, max(dims), tuple(local), tuple(global_), tuple(observed),
         tuple(auxiliary), tuple(global_auxiliary), tuple(enumerated),
     )
     _check_broadcasting(model, guide, x, info)

@@ -21,7 +21,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import pyro
@@ -29,9 +29,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
-from .io import CheckpointError, atomic_torch_save, load_checkpoint
-from .objectives import TRAINING_OBJECTIVES, kl_weight, make_loss
+from ppl_models.registry import build_model
+
+from .io import CheckpointError, atomic_torch_save, atomic_write_text, load_checkpoint
+from .objectives import get_objective, kl_weight, make_loss
 from .program import check_data, inspect_program
+from .validation import nonnegative_number, positive_int, positive_number
 
 LR_SCHEDULES = ("constant", "iwae")
 #: What a warm-up weight beta < 1 scales: the KL term (log p(z) - log q), or the entropy term (-log q) alone.
@@ -41,7 +44,7 @@ CHECKPOINT_KEYS = ("state_dict", "config", "model_state", "guide_state")
 
 
 @dataclass
-class TrainConfig:
+class TrainOptions:
     """Everything that determines a training run (recorded in every checkpoint)."""
 
     objective: str = "elbo"
@@ -56,18 +59,15 @@ class TrainConfig:
     warmup: str = "kl"  #: "kl" (Bowman et al. 2016) or "entropy" (only -log q scaled, as Cremer et al.'s code does)
 
     def __post_init__(self) -> None:
-        if self.objective not in TRAINING_OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(TRAINING_OBJECTIVES)}")
+        get_objective(self.objective).check_particles(self.objective, self.num_particles)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        for key in ("epochs", "batch_size", "num_particles"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or int(value) != value or value < (0 if key == "epochs" else 1):
-                raise ValueError(f"{key} must be a {'non-negative' if key == 'epochs' else 'positive'} integer, got {value!r}")
-        if not self.lr > 0 or not self.adam_eps > 0:
-            raise ValueError(f"lr and adam_eps must be positive, got lr={self.lr}, adam_eps={self.adam_eps}")
-        if not self.kl_warmup_epochs >= 0:
-            raise ValueError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if self.epochs != 0:
+            positive_int(self.epochs, "epochs")
+        positive_int(self.batch_size, "batch_size")
+        positive_number(self.lr, "lr")
+        positive_number(self.adam_eps, "adam_eps")
+        nonnegative_number(self.kl_warmup_epochs, "kl_warmup_epochs")
         if self.warmup not in WARMUPS:
             raise ValueError(f"unknown warmup {self.warmup!r}; choose from {', '.join(WARMUPS)}")
 
@@ -89,6 +89,11 @@ def _seed_for(*parts: int) -> int:
     for part in parts:
         seed = (seed * 1_000_003 + int(part) + 1) % (2**63 - 1)
     return seed
+
+
+def epoch_permutation(num_points: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which :func:`fit` (``TrainOptions(seed=seed)``) visits the training points in ``epoch``."""
+    return torch.randperm(num_points, generator=torch.Generator().manual_seed(_seed_for(seed, epoch)))
 
 
 class _BatchNumbers(torch.utils.data.Dataset):
@@ -122,7 +127,7 @@ class SVIModule(pl.LightningModule):
         model: nn.Module,
         guide: nn.Module,
         train_x: torch.Tensor,
-        config: TrainConfig,
+        config: TrainOptions,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         run_config: dict[str, Any] | None = None,
     ):
@@ -139,6 +144,7 @@ class SVIModule(pl.LightningModule):
         self.register_buffer("train_x", train_x, persistent=False)
         self.num_batches = math.ceil(len(train_x) / config.batch_size)
         self._perm: torch.Tensor | None = None
+        self.epoch_losses: list[float] = []  #: this rank's mean training loss of every epoch run
         # One optimizer, no closures or gradient accumulation: stepping it ourselves skips
         # Lightning's automatic-optimization machinery, a large part of its per-step overhead.
         self.automatic_optimization = False
@@ -151,8 +157,7 @@ class SVIModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
-        gen = torch.Generator().manual_seed(_seed_for(self.config.seed, epoch))
-        self._perm = torch.randperm(len(self.train_x), generator=gen).to(self.device)
+        self._perm = epoch_permutation(len(self.train_x), self.config.seed, epoch).to(self.device)
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
 
@@ -187,6 +192,7 @@ class SVIModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         mean = self._loss_sum / max(self._loss_count, 1)
         self.log("train_loss", mean, prog_bar=True, sync_dist=True)
+        self.epoch_losses.append(float(mean))
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -241,18 +247,45 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class TrainResult:
+    """What :func:`fit` returns."""
+
     model: nn.Module
     guide: nn.Module
-    checkpoint_path: str | None
+    checkpoint_path: str | None  #: the last epoch's checkpoint (None without ``out_dir``)
     is_global_zero: bool  #: False on the extra ranks of a DDP run, which should stop after training
-    epochs_run: int
+    epochs_run: int  #: the epoch count reached (a resumed run counts the earlier epochs too)
+    losses: list[float] = dataclasses.field(default_factory=list)  #: mean training loss of each epoch this call ran
+
+
+class Trained(NamedTuple):
+    """A trained pair rebuilt from a checkpoint (:func:`load_trained`)."""
+
+    model: nn.Module
+    guide: nn.Module
+    config: dict[str, Any]  #: the checkpoint's record: ``train`` (a TrainOptions dict), ``model``, ``data``
+
+
+def load_trained(path: str, map_location: Any = "cpu") -> Trained:
+    """Rebuild the ``(model, guide)`` pair a checkpoint of :func:`fit` records and load its weights.
+
+    The pair is made by :func:`ppl_models.build_model` from the checkpoint's model config
+    (a model of the zoo, or a ``package.module:factory`` that must be importable).
+    """
+    checkpoint = load_checkpoint(path, map_location=map_location, required=CHECKPOINT_KEYS)
+    config = checkpoint["config"]
+    if "model" not in config:
+        raise CheckpointError(f"{path!r} records no model config, so the pair cannot be rebuilt; build it yourself and load 'model_state'")
+    model, guide = build_model(config["model"])
+    model.load_state_dict(checkpoint["model_state"])
+    guide.load_state_dict(checkpoint["guide_state"])
+    return Trained(model, guide, config)
 
 
 def check_resume_config(checkpoint_config: dict[str, Any], current: dict[str, Any], path: str) -> None:
     """Refuse to resume a run whose settings differ (other than the number of epochs)."""
     checkpoint_config = dict(checkpoint_config)
     if isinstance(checkpoint_config.get("train"), dict):  # settings added since the checkpoint was written take their defaults
-        checkpoint_config["train"] = {**TrainConfig().to_dict(), **checkpoint_config["train"]}
+        checkpoint_config["train"] = {**TrainOptions().to_dict(), **checkpoint_config["train"]}
     diffs = []
     for key in sorted(set(checkpoint_config) | set(current)):
         old, new = checkpoint_config.get(key), current.get(key)
@@ -275,8 +308,6 @@ def _read_text(path: str | None) -> str | None:
 
 def _prepend_metrics(path: str, earlier: str) -> None:
     """Lightning's CSV logger starts a fresh file on resume; put the earlier epochs back in front."""
-    from .io import atomic_write_text
-
     later = _read_text(path) or ""
     old_lines, new_lines = earlier.splitlines(), later.splitlines()
     if new_lines and old_lines and old_lines[0] == new_lines[0]:
@@ -288,8 +319,8 @@ def _prepend_metrics(path: str, earlier: str) -> None:
 def fit(
     model: nn.Module,
     guide: nn.Module,
-    train_x: torch.Tensor,
-    config: TrainConfig,
+    data: Any,
+    config: TrainOptions = TrainOptions(),
     *,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     out_dir: str | None = None,
@@ -301,14 +332,29 @@ def fit(
     run_config: dict[str, Any] | None = None,
     callbacks: tuple[pl.Callback, ...] | list[pl.Callback] = (),
 ) -> TrainResult:
-    """Train ``(model, guide)`` on ``train_x`` by SVI with ``config``.
+    """Train ``(model, guide)`` on ``data`` by SVI with ``config``; returns a :class:`TrainResult` (losses, checkpoint path).
+
+    ``data`` is a tensor of training points, or a data set with ``.train`` (the tensor) and
+    ``.transform`` (what each training batch becomes, e.g. a fresh binarization; see
+    :class:`benchmarks.datasets.Data`), which is then applied unless ``transform`` is given.
+    ``model`` and ``guide`` must be ``nn.Module``s (their parameters are what is trained).
 
     With ``out_dir`` the last epoch is checkpointed to ``out_dir/checkpoints/last.ckpt``
     (atomically) and metrics go to ``out_dir/logs/metrics.csv``; ``resume=True``
     continues from that checkpoint. ``callbacks`` are extra Lightning callbacks (e.g.
     per-epoch evaluation).
     """
-    check_data(train_x, "training data")
+    if not isinstance(data, torch.Tensor) and hasattr(data, "train"):
+        transform = getattr(data, "transform", None) if transform is None else transform
+        data = data.train
+    train_x = check_data(data, "training data")
+    for name, program in (("model", model), ("guide", guide)):
+        if not isinstance(program, nn.Module):
+            raise TypeError(
+                f"fit trains the parameters of nn.Module programs; the {name} is a {type(program).__name__}. Wrap it: "
+                "a class deriving from nn.Module (or pyro.nn.PyroModule) whose forward(x) is the program, with its "
+                "parameters as module parameters (pyro.param in a plain function lives outside any module)"
+            )
     accelerator = accelerator_for(device)
     sample = train_x[: config.batch_size]
     inspect_program(model, guide, transform(sample) if transform is not None else sample)
@@ -346,4 +392,4 @@ def fit(
         trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
     if earlier_metrics and trainer.is_global_zero:
         _prepend_metrics(metrics_path, earlier_metrics)
-    return TrainResult(model, guide, last if ckpt_dir else None, trainer.is_global_zero, trainer.current_epoch)
+    return TrainResult(model, guide, last if ckpt_dir else None, trainer.is_global_zero, trainer.current_epoch, module.epoch_losses)

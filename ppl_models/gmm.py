@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .networks import mlp
+from .spec import ModelSpec
 
 COVARIANCES = ("diag", "full")
 
@@ -119,7 +120,7 @@ class GaussianMixture(nn.Module):
             total = total + torch.distributions.Dirichlet(alpha).log_prob(self.mixing_logits.softmax(-1))
         return total
 
-    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+    def log_px(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(x_i)``, shape ``(N,)``."""
         return self.component_log_prob(x).logsumexp(-1)
 
@@ -176,3 +177,31 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator | None = None, it
         counts = torch.bincount(assign, minlength=k).unsqueeze(-1).to(x.dtype)
         c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
     return c, torch.cdist(x, c).argmin(-1)
+
+
+def build(config: dict) -> tuple[GaussianMixture, CategoricalEncoder]:
+    d, k = config["data_dim"], config["components"]
+    model = GaussianMixture(d, k, config["covariance"], config["min_scale"], config["prior_scale"], config["concentration"])
+    return model, CategoricalEncoder(d, k, config["encoder_hidden"], config["activation"])
+
+
+SPEC = ModelSpec(
+    name="gmm",
+    description="Gaussian mixture, its assignment enumerated: exact log p(x); maximum likelihood or MAP point estimates",
+    build=build,
+    defaults={
+        "components": 10, "covariance": "diag", "min_scale": 1e-2, "encoder_hidden": [100], "activation": "elu",
+        "prior_scale": None, "concentration": None,  # None: maximum likelihood; numbers: MAP with those priors
+    },
+    guides=("categorical",),
+    likelihoods=("gaussian",),
+    help={
+        "components": "number of components K", "covariance": "diag or full",
+        "prior_scale": "MAP with means ~ N(0, s^2) (default: no prior, maximum likelihood)",
+        "concentration": "MAP with weights ~ Dirichlet(alpha) (default: no prior)",
+        "min_scale": "floor on the standard deviations",
+    },
+    types={"prior_scale": float, "concentration": float},
+    train={"objective": "enum", "kl_warmup_epochs": 0.0, "lr": 1e-2},
+    discrete=True,
+)

@@ -27,47 +27,10 @@ from torch import nn
 
 from .networks import ACTIVATIONS, mlp
 
-
-class FFGEncoder(nn.Module):
-    r"""Amortized fully factorized Gaussian :math:`q(z|x) = \prod_j N(z_j; \mu_j(x), \sigma_j(x)^2)`.
-
-    One network maps ``x`` to the means and log standard deviations of the
-    latent site ``site``: the "FFG" family of Cremer, Li & Duvenaud (2018),
-    *Inference Suboptimality in Variational Autoencoders*, with its encoder
-    ``data_dim -> hidden -> 2 * latent_dim``.
-    """
-
-    def __init__(
-        self,
-        data_dim: int,
-        latent_dim: int,
-        hidden: Sequence[int] = (200, 200),
-        activation: str = "elu",
-        site: str = "z",
-    ):
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.site = site
-        self.net = mlp(data_dim, hidden, 2 * latent_dim, activation)
-
-    #: per datapoint, the family is a free mean and scale: the local FFG
-    local_family = "ffg"
-
-    def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation of q(z|x), each of shape ``(len(x), latent_dim)``."""
-        loc, log_scale = self.net(x).chunk(2, dim=-1)
-        return loc, log_scale.exp()
-
-    def forward(self, x: torch.Tensor) -> None:
-        loc, scale = self.posterior_params(x)
-        with pyro.plate("data", len(x)):
-            pyro.sample(self.site, dist.Normal(loc, scale, validate_args=False).to_event(1))
-
-
 GAUSSIAN_FAMILIES = ("ffg", "full", "iaf", "coupling")
 
 
-def check_family(family: str) -> str:
+def check_gaussian_family(family: str) -> str:
     if family not in GAUSSIAN_FAMILIES:
         raise ValueError(f"unknown Gaussian guide family {family!r}; choose from {', '.join(GAUSSIAN_FAMILIES)}")
     return family
@@ -86,7 +49,7 @@ class GaussianHead(nn.Module):
 
     def __init__(self, in_dim: int, latent_dim: int, family: str = "ffg", flow_layers: int = 2, flow_hidden: Sequence[int] = (100,)):
         super().__init__()
-        self.family = check_family(family)
+        self.family = check_gaussian_family(family)
         self.latent_dim = d = latent_dim
         if family == "full":
             self.params_net = nn.Linear(in_dim, 2 * d + d * (d - 1) // 2)
@@ -192,3 +155,40 @@ def features(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Module:
     if not len(hidden):
         return nn.Identity()
     return nn.Sequential(mlp(in_dim, hidden[:-1], hidden[-1], activation), ACTIVATIONS[activation]())
+
+
+class FFGEncoder(GaussianEncoder):
+    r"""Amortized fully factorized Gaussian :math:`q(z|x) = \prod_j N(z_j; \mu_j(x), \sigma_j(x)^2)`: a :class:`GaussianEncoder` of family ``ffg``.
+
+    The "FFG" family of Cremer, Li & Duvenaud (2018), *Inference Suboptimality in
+    Variational Autoencoders*, with its encoder ``data_dim -> hidden -> 2 * latent_dim``.
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200, 200), activation: str = "elu", site: str = "z"):
+        super().__init__(data_dim, latent_dim, hidden, activation, "ffg", site)
+        self.num_hidden = len(hidden)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before this class was a :class:`GaussianEncoder` hold one network ``net``
+        (``data_dim -> hidden -> 2 * latent_dim``): its hidden layers are ``features``, its last layer the head's."""
+        last = 2 * self.num_hidden
+        for key in [k for k in state_dict if k.startswith(prefix + "net.")]:
+            index, _, param = key[len(prefix) + len("net.") :].partition(".")
+            new = f"head.params_net.{param}" if int(index) == last else f"features.0.{index}.{param}"
+            state_dict[prefix + new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z|x), each of shape ``(len(x), latent_dim)``."""
+        params = self.variational_params(x)
+        return params["loc"], params["log_scale"].exp()
+
+
+def gaussian_encoder(data_dim: int, latent_dim: int, config: dict) -> GaussianEncoder:
+    """The amortized Gaussian guide a model config asks for: ``guide`` (family), ``encoder_hidden``, ``activation``, flow sizes."""
+    if config["guide"] == "ffg":
+        return FFGEncoder(data_dim, latent_dim, config["encoder_hidden"], config["activation"])
+    return GaussianEncoder(
+        data_dim, latent_dim, config["encoder_hidden"], config["activation"], config["guide"],
+        flow_layers=config.get("flow_layers", 2), flow_hidden=config.get("flow_hidden", [100]),
+    )

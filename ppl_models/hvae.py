@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .guides import GaussianHead, features
+from .guides import GAUSSIAN_FAMILIES, GaussianHead, features
 from .networks import check_layer_sizes, mlp
-from .vae import check_likelihood
+from .spec import ModelSpec
+from .vae import LIKELIHOODS, check_likelihood
 
 
 def check_latent_dims(latent_dims: Sequence[int]) -> list[int]:
@@ -192,3 +193,37 @@ def precision_weighted(loc1, scale1, loc2, scale2) -> tuple[torch.Tensor, torch.
     p1, p2 = scale1.pow(-2), scale2.pow(-2)
     var = 1.0 / (p1 + p2)
     return (loc1 * p1 + loc2 * p2) * var, var.sqrt()
+
+
+def build_hvae(config: dict) -> tuple[HierarchicalVAE, HierarchicalEncoder]:
+    sizes = (config["latent_dims"], config["hidden"], config["upper_hidden"])
+    model = HierarchicalVAE(config["data_dim"], *sizes, config["likelihood"], config["activation"], config["min_scale"])
+    guide = HierarchicalEncoder(
+        config["data_dim"], *sizes, config["activation"], config["guide"], flow_layers=config["flow_layers"], flow_hidden=config["flow_hidden"],
+    )
+    return model, guide
+
+
+def build_ladder(config: dict) -> tuple[HierarchicalVAE, LadderEncoder]:
+    sizes = (config["latent_dims"], config["hidden"], config["upper_hidden"])
+    model = HierarchicalVAE(config["data_dim"], *sizes, config["likelihood"], config["activation"], config["min_scale"])
+    return model, LadderEncoder(model, config["hidden"], config["upper_hidden"], config["activation"])
+
+
+# Burda et al. (2016): latents 100 and 50, hidden [200, 200] and [100, 100].
+_HIERARCHICAL = {"latent_dims": [100, 50], "hidden": [200, 200], "upper_hidden": [100, 100], "activation": "elu", "min_scale": 1e-2}
+_HELP = {
+    "latent_dims": "latent sizes bottom-up", "hidden": "decoder hidden sizes (hvae, ladder: between x and z1)",
+    "upper_hidden": "hidden sizes between latent layers",
+}
+SPECS = (
+    ModelSpec(
+        name="hvae", description="hierarchical VAE with two stochastic layers, bottom-up inference (Burda et al. 2016)",
+        build=build_hvae, defaults={**_HIERARCHICAL, "flow_layers": 2, "flow_hidden": [100]}, guides=GAUSSIAN_FAMILIES,
+        likelihoods=LIKELIHOODS, help=_HELP,
+    ),
+    ModelSpec(
+        name="ladder", description="the same hierarchical VAE with ladder (top-down) inference sharing the model's networks (Sønderby et al. 2016)",
+        build=build_ladder, defaults=dict(_HIERARCHICAL), guides=("ffg",), likelihoods=LIKELIHOODS, help=_HELP,
+    ),
+)

@@ -25,6 +25,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .guides import GAUSSIAN_FAMILIES, gaussian_encoder
+from .spec import ModelSpec
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -70,7 +73,7 @@ class PPCA(nn.Module):
         eye = torch.eye(self.data_dim, dtype=self.weight.dtype, device=self.weight.device)
         return self.weight @ self.weight.T + self.noise**2 * eye
 
-    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+    def log_px(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(x)`` per datapoint, shape ``(N,)``."""
         mvn = torch.distributions.MultivariateNormal(self.bias, covariance_matrix=self.marginal_covariance())
         return mvn.log_prob(x)
@@ -108,3 +111,20 @@ class PPCA(nn.Module):
         precision = self.posterior(x[:1]).precision
         gap = 0.5 * (precision.diagonal().log().sum() - torch.linalg.slogdet(precision)[1])
         return gap.expand(len(x))
+
+
+def build(config: dict) -> tuple[PPCA, nn.Module]:
+    d, k = config["data_dim"], config["latent_dim"]
+    return PPCA(d, k), gaussian_encoder(d, k, config)
+
+
+SPEC = ModelSpec(
+    name="ppca",
+    description="probabilistic PCA: closed-form log p(x), posterior and best diagonal Gaussian (the test oracle)",
+    build=build,
+    # A linear encoder contains PPCA's optimal fully factorized Gaussian.
+    defaults={"latent_dim": 5, "encoder_hidden": [], "activation": "elu", "flow_layers": 2, "flow_hidden": [100]},
+    guides=GAUSSIAN_FAMILIES,
+    likelihoods=("gaussian",),
+    help={"latent_dim": "latent size"},
+)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .networks import check_layer_sizes, mlp
+from .spec import ModelSpec
 
 BASELINES = ("none", "decaying", "neural", "nvil")
 
@@ -115,3 +116,25 @@ class _ScalarNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
+
+
+def build(config: dict) -> tuple[SigmoidBeliefNet, SBNEncoder]:
+    d = config["data_dim"]
+    return SigmoidBeliefNet(d, config["layers"]), SBNEncoder(d, config["layers"], config["baseline"], config["baseline_hidden"])
+
+
+SPEC = ModelSpec(
+    name="sbn",
+    description="sigmoid belief net: layers of binary latents, exact log p(x) by enumeration when small",
+    build=build,
+    # Mnih & Gregor (2014): SBN-200 (also 200-200, 200-200-200), NVIL baselines.
+    defaults={"layers": [200], "baseline": "nvil", "baseline_hidden": [100]},
+    guides=("bernoulli",),
+    likelihoods=("bernoulli",),
+    help={
+        "layers": "latent layer sizes bottom-up, e.g. 200,200", "baseline": "nvil, neural, decaying or none",
+        "baseline_hidden": "hidden sizes of the neural baseline",
+    },
+    train={"objective": "tracegraph", "kl_warmup_epochs": 0.0, "lr": 3e-4},
+    discrete=True,
+)

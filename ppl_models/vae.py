@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .guides import GAUSSIAN_FAMILIES, GaussianEncoder, gaussian_encoder
 from .networks import mlp
+from .spec import ModelSpec
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -79,3 +81,24 @@ class VAE(nn.Module):
             prior = dist.Normal(self.prior_loc, self.prior_scale, validate_args=False).to_event(1)
             z = pyro.sample("z", prior)
             pyro.sample("x", self.likelihood_dist(z), obs=x)
+
+
+def build(config: dict) -> tuple[VAE, GaussianEncoder]:
+    d, k = config["data_dim"], config["latent_dim"]
+    model = VAE(d, k, config["hidden"], config["likelihood"], config["activation"], config["min_scale"])
+    return model, gaussian_encoder(d, k, config)
+
+
+SPEC = ModelSpec(
+    name="vae",
+    description="the VAE as an infinite mixture: N(0, I) latent, MLP decoder with Bernoulli or Gaussian (learned variance) output",
+    build=build,
+    # Cremer, Li & Duvenaud (2018): latent 50, encoder D-200-200-100, decoder 50-200-200-D, ELU.
+    defaults={
+        "latent_dim": 50, "hidden": [200, 200], "encoder_hidden": [200, 200], "activation": "elu", "min_scale": 1e-2,
+        "flow_layers": 2, "flow_hidden": [100],
+    },
+    guides=GAUSSIAN_FAMILIES,
+    likelihoods=LIKELIHOODS,
+    help={"latent_dim": "latent size"},
+)

@@ -46,8 +46,9 @@ def exact_posterior_guide(model):
 
 def best_ffg_guide(model, x):
     """PPCA's optimal fully factorized Gaussian for the rows of ``x``, as a local guide."""
-    from inference.families import LocalGuide, SiteInfo
     from pyro.distributions import constraints
+
+    from inference.families import LocalGuide, SiteInfo
 
     with torch.no_grad():
         loc, scale = model.best_ffg(x)
@@ -103,7 +104,7 @@ class MixturePriorModel(torch.nn.Module):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", dist.Normal(z @ self.weight.T + self.bias, self.sigma).to_event(1), obs=x)
 
-    def log_marginal(self, x):
+    def log_px(self, x):
         """log sum_k pi_k N(x; W mu_k + b, s_k^2 W W^T + sigma^2 I)."""
         parts = []
         for k in range(len(self.logits)):
@@ -147,7 +148,7 @@ class ClusterStyleModel(torch.nn.Module):
             loc = self.mu[c] + z @ self.weight.T
             pyro.sample("x", dist.Normal(loc, self.sigma).to_event(1), obs=x)
 
-    def log_marginal(self, x):
+    def log_px(self, x):
         cov = self.weight @ self.weight.T + self.sigma**2 * torch.eye(4)
         parts = [torch.log_softmax(self.logits, 0)[k] + dist.MultivariateNormal(self.mu[k], cov).log_prob(x) for k in range(3)]
         return torch.logsumexp(torch.stack(parts), 0)

@@ -5,7 +5,13 @@ import os
 
 import pytest
 
-from benchmarks.compare import cli, make_parser, resolve
+from benchmarks.compare import cli, parse, resolve
+from benchmarks.datasets import load_dataset
+from inference.compare import CompareOptions, compare_objectives
+from inference.training import TrainOptions
+from tests.user_programs import make_pair
+
+pytestmark = pytest.mark.slow  # each test trains several runs end to end
 
 BUDGET = [
     "--epochs", "2", "--test-points", "20", "--log-px-samples", "32", "--elbo-samples", "16", "--snr-draws", "5",
@@ -25,26 +31,26 @@ def read(out, file="compare.json"):
 
 
 def measured(result):
-    keys = ("objective", "num_samples", "test_log_px", "test_elbo", "active_units", "snr_encoder", "snr_decoder", "curve")
+    keys = ("objective", "num_particles", "test_log_px", "test_elbo", "active_units", "snr", "curve")
     return [{k: r[k] for k in keys} for r in result["runs"]]
 
 
 def test_one_table_same_seed_same_numbers_and_resume(tmp_path):
-    args = ("--objectives", "elbo,tracegraph,iwae-dreg", "--num-samples", "1,3")
+    args = ("--objectives", "elbo,tracegraph,iwae-dreg", "--num-particles", "1,3")
     code, out = run(tmp_path, *args)
     assert code == 0
     result = read(out)
-    assert [(r["objective"], r["num_samples"]) for r in result["runs"]] == [("elbo", 1), ("elbo", 3), ("tracegraph", 1), ("iwae-dreg", 1), ("iwae-dreg", 3)]
-    assert [(s["objective"], s["num_samples"]) for s in result["skipped"]] == [("tracegraph", 3)]
+    assert [(r["objective"], r["num_particles"]) for r in result["runs"]] == [("elbo", 1), ("elbo", 3), ("tracegraph", 1), ("iwae-dreg", 1), ("iwae-dreg", 3)]
+    assert [(s["objective"], s["num_particles"]) for s in result["skipped"]] == [("tracegraph", 3)]
     for r in result["runs"]:
-        assert r["test_elbo"] <= r["test_log_px"] + 3 * (r["test_elbo_se"] + r["test_log_px_se"])
+        assert r["test_elbo"]["mean"] <= r["test_log_px"]["mean"] + 3 * (r["test_elbo"]["se"] + r["test_log_px"]["se"])
         assert r["steps"] == 2 * 15 and r["seconds_per_step"] > 0  # 1437 digits in batches of 100, 2 epochs
         assert [p["step"] for p in r["curve"]] == [15, 30] and len(r["train_loss"]) == 2
-        assert 0 <= r["active_units"] <= r["latent_units"] == 3
-        assert r["snr_encoder"] > 0 and r["snr_decoder"] > 0
+        assert 0 <= r["active_units"]["active"] <= r["active_units"]["total"] == 3
+        assert r["snr"]["encoder"]["mean"] > 0 and r["snr"]["decoder"]["mean"] > 0
     # the same initialization and data order: on a reparameterized guide tracegraph's estimator is Trace_ELBO's
     elbo, tracegraph = result["runs"][0], result["runs"][2]
-    assert tracegraph["test_log_px"] == pytest.approx(elbo["test_log_px"], rel=1e-5)
+    assert tracegraph["test_log_px"]["mean"] == pytest.approx(elbo["test_log_px"]["mean"], rel=1e-5)
     table = read(out, "compare.md")
     assert "| iwae-dreg | 3 |" in table and "Skipped tracegraph with K=3" in table
     assert os.path.getsize(os.path.join(out, "compare.png")) > 1000
@@ -55,7 +61,7 @@ def test_one_table_same_seed_same_numbers_and_resume(tmp_path):
 
 
 def test_curve_every_few_steps_and_resume_of_an_interrupted_run(tmp_path):
-    args = ("--objectives", "iwae", "--num-samples", "2", "--curve-steps", "10")
+    args = ("--objectives", "iwae", "--num-particles", "2", "--curve-steps", "10")
     code, out = run(tmp_path, *args)
     assert code == 0
     full = read(out)["runs"][0]
@@ -67,44 +73,64 @@ def test_curve_every_few_steps_and_resume_of_an_interrupted_run(tmp_path):
     assert code == 0
     resumed = read(part)["runs"][0]
     assert [p["step"] for p in resumed["curve"]] == [10, 15, 20, 30]
-    assert resumed["test_log_px"] == pytest.approx(full["test_log_px"], abs=1e-9)  # training continued exactly
+    assert resumed["test_log_px"]["mean"] == pytest.approx(full["test_log_px"]["mean"], abs=1e-9)  # training continued exactly
 
 
 def test_discrete_model_with_vimco_and_rws(tmp_path):
-    code, out = run(tmp_path, "--model", "sbn", "--layers", "4", "--objectives", "vimco,rws,wake-sleep", "--num-samples", "1,2",
+    code, out = run(tmp_path, "--model", "sbn", "--layers", "4", "--objectives", "vimco,rws,wake-sleep", "--num-particles", "1,2",
                     "--latent-dim", "3")  # --latent-dim does not apply to an SBN
     assert code == 2
-    code = cli([*BUDGET, "--out", str(tmp_path / "sbn"), "--model", "sbn", "--layers", "4", "--objectives", "vimco,rws,wake-sleep", "--num-samples", "1,2"])
+    code = cli([*BUDGET, "--out", str(tmp_path / "sbn"), "--model", "sbn", "--layers", "4", "--objectives", "vimco,rws,wake-sleep", "--num-particles", "1,2"])
     assert code == 0
     result = read(str(tmp_path / "sbn"))
-    assert [(r["objective"], r["num_samples"]) for r in result["runs"]] == [("vimco", 2), ("rws", 1), ("rws", 2), ("wake-sleep", 1), ("wake-sleep", 2)]
-    assert all(r["latent_units"] == 4 for r in result["runs"])
+    assert [(r["objective"], r["num_particles"]) for r in result["runs"]] == [("vimco", 2), ("rws", 1), ("rws", 2), ("wake-sleep", 1), ("wake-sleep", 2)]
+    assert all(r["active_units"]["total"] == 4 for r in result["runs"])
 
 
 def test_protocol_presets_and_overrides():
-    parse = make_parser().parse_args
-    data, model, train, objectives, counts = resolve(parse(["--protocol", "iwae-mnist"]))
+    data, model, train, objectives, counts, _ = resolve(parse(["--protocol", "iwae-mnist"]))
     assert data == {"dataset": "mnist", "likelihood": "bernoulli", "binarization": "dynamic", "binarize_seed": 0}
     assert (model["name"], model["latent_dim"], model["hidden"], model["encoder_hidden"], model["activation"]) == ("vae", 50, [200, 200], [200, 200], "tanh")
     assert (train.epochs, train.batch_size, train.lr, train.lr_schedule, train.adam_eps) == (3280, 20, 1e-3, "iwae", 1e-4)
     assert objectives == ["elbo", "iwae"] and counts == [1, 5, 50]
-    _, model, train, _, _ = resolve(parse(["--protocol", "iwae-mnist", "--model", "hvae", "--epochs", "3"]))
+    _, model, train, _, _, _ = resolve(parse(["--protocol", "iwae-mnist", "--model", "hvae", "--epochs", "3"]))
     assert (model["name"], model["latent_dims"], model["activation"], train.epochs) == ("hvae", [100, 50], "tanh", 3)
-    data, model, train, objectives, _ = resolve(parse(["--protocol", "sbn-mnist", "--layers", "200,200"]))
+    data, model, train, objectives, _, _ = resolve(parse(["--protocol", "sbn-mnist", "--layers", "200,200"]))
     assert (data["binarization"], model["name"], model["layers"], model["baseline"]) == ("static", "sbn", [200, 200], "nvil")
     assert objectives == ["tracegraph", "vimco"]
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--objectives", "elbo,nope"], "unknown objective 'nope'"),
-    (["--num-samples", "1,0"], "each K in --num-samples must be an integer >= 1, got 0"),
-    (["--num-samples", "1,x"], "--num-samples must be comma-separated ints"),
+    (["--num-particles", "1,0"], "each K in --num-particles must be an integer >= 1, got 0"),
+    (["--num-particles", "1,x"], "--num-particles must be comma-separated ints"),
     (["--objectives", "elbo,elbo"], "lists a value twice"),
     (["--test-points", "100000"], "num_points=100000 exceeds the test split"),
     (["--snr-draws", "1"], "--snr-draws must be >= 2"),
-    (["--objectives", "tracegraph", "--num-samples", "5"], "no (objective, K) pair"),
+    (["--objectives", "tracegraph", "--num-particles", "5"], "no (objective, K) pair"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, extra, message):
     code, _ = run(tmp_path, *extra)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_library_function_and_the_command_line_compare_a_users_own_pair(tmp_path):
+    """A pair written without the zoo (tests/user_programs.py, the README's example) through --model module:factory;
+    the library function the command line calls gives the same numbers for the same factory, data, budget and seed."""
+    code = cli([*BUDGET, "--model", "tests.user_programs:make_pair", "--objectives", "elbo,iwae,iwae-dreg", "--num-particles", "1,5",
+                "--out", str(tmp_path / "user")])
+    assert code == 0
+    result = read(str(tmp_path / "user"))
+    assert [(r["objective"], r["num_particles"]) for r in result["runs"]] == [
+        ("elbo", 1), ("elbo", 5), ("iwae", 1), ("iwae", 5), ("iwae-dreg", 1), ("iwae-dreg", 5)]
+    assert result["config"]["model"] == {"name": "tests.user_programs:make_pair", "likelihood": "bernoulli"}
+    for r in result["runs"]:
+        assert r["test_elbo"]["mean"] <= r["test_log_px"]["mean"] + 3 * (r["test_elbo"]["se"] + r["test_log_px"]["se"])
+        assert r["active_units"]["total"] == 2
+    options = CompareOptions(test_points=20, log_px_samples=32, elbo_samples=16, snr_draws=5, curve_points=20, curve_samples=8)
+    library = compare_objectives(make_pair, load_dataset("digits", "bernoulli", "dynamic"), ["elbo", "iwae", "iwae-dreg"], [1, 5],
+                                 TrainOptions(epochs=2, seed=0), options)
+    assert measured({"runs": library.runs}) == measured(result)
+    assert cli([*BUDGET, "--model", "tests.user_programs:make_pair", "--latent-dim", "3", "--out", str(tmp_path / "x")]) == 2
+    assert cli([*BUDGET, "--model", "tests.user_programs:nothing", "--out", str(tmp_path / "x")]) == 2

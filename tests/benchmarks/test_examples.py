@@ -7,16 +7,18 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # each test runs a whole benchmark in a fresh process
 
 TINY_GAPS = "--epochs 1 --num-points 4 --log-px-samples 32 --elbo-samples 32 --local-max-steps 20 --local-window 10 --latent-dim 2 --hidden 8 --encoder-hidden 8 --no-progress"
 EXAMPLES = {
     "gaps": TINY_GAPS,
-    "compare": "--epochs 1 --objectives elbo,iwae --num-samples 1,2 --test-points 8 --log-px-samples 16 --elbo-samples 8 --snr-draws 3 --curve-points 8 --curve-samples 4 --latent-dim 2 --hidden 8 --encoder-hidden 8 --no-progress",
+    "compare": "--epochs 1 --objectives elbo,iwae --num-particles 1,2 --test-points 8 --log-px-samples 16 --elbo-samples 8 --snr-draws 3 --curve-points 8 --curve-samples 4 --latent-dim 2 --hidden 8 --encoder-hidden 8 --no-progress",
     "mixture": "--components 2 --pca-dims 2 --restarts 1 --steps 30",
-    "speed": f"--data-root {SHARED_DATA} --block 3 --repeats 2 --trainer-points 300 --trainer-epochs 2 --trainer-repeats 1 --local-points 2 --local-window 5 --local-patience 1 --local-max-steps 10 --ais-points 2 --ais-chains 3 --ais-steps 2 --ais-leapfrog 2",
+    "speed": "--data-root {mnist_root} --block 3 --repeats 2 --trainer-points 300 --trainer-epochs 2 --trainer-repeats 1 --local-points 2 --local-window 5 --local-patience 1 --local-max-steps 10 --ais-points 2 --ais-chains 3 --ais-steps 2 --ais-leapfrog 2",
 }
-NOT_EXPERIMENTS = {"__init__", "datasets", "options"}
+NOT_EXPERIMENTS = {"__init__", "__main__", "datasets", "options", "report"}  # not runnable experiments
 
 
 def test_every_benchmark_module_is_listed():
@@ -26,7 +28,7 @@ def test_every_benchmark_module_is_listed():
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_benchmark_runs(name, tmp_path, mnist_root):
-    cmd = [sys.executable, "-m", f"benchmarks.{name}", *EXAMPLES[name].split(), "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", *EXAMPLES[name].format(mnist_root=mnist_root).split(), "--out", str(tmp_path)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert any(f.endswith(".json") for f in os.listdir(tmp_path))
@@ -42,3 +44,17 @@ def test_training_runs_under_ddp_on_two_cpu_processes(tmp_path):
         assert set(json.load(f)["splits"]) == {"train", "test"}
     with open(tmp_path / "logs" / "metrics.csv") as f:
         assert len(f.read().splitlines()) == 3  # header + one line per epoch, written by rank 0
+
+
+def test_one_console_command_runs_every_benchmark(tmp_path):
+    """`latent-inference NAME ...` is `python -m benchmarks.NAME ...` (here: the gaps job, and the help of each)."""
+    from benchmarks.__main__ import COMMANDS, main
+
+    assert set(COMMANDS) == set(EXAMPLES)
+    assert main(["gaps", *TINY_GAPS.split(), "--out", str(tmp_path)]) == 0
+    assert os.path.exists(tmp_path / "gaps.json")
+    assert main(["nope"]) == 2
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0

@@ -8,6 +8,8 @@ import pytest
 from benchmarks.gaps import cli
 from inference.gaps import QUANTITIES
 
+pytestmark = pytest.mark.slow  # each test runs the gap benchmark end to end
+
 TINY = [
     "--epochs", "2", "--num-points", "6", "--log-px-samples", "64", "--elbo-samples", "64",
     "--local-samples", "8", "--local-window", "10", "--local-patience", "2", "--local-max-steps", "60",
@@ -34,8 +36,9 @@ def test_writes_a_consistent_gap_table(tmp_path, capsys):
     for split in result["splits"].values():
         assert split["n_points"] == 6
         for q in QUANTITIES:
-            assert isinstance(split[q], float) and split[f"{q}_se"] >= 0
-        assert split["elbo_local"] >= split["elbo_amortized"] - 3 * split["amortization_gap_se"]
+            assert isinstance(split["quantities"][q]["mean"], float) and split["quantities"][q]["se"] >= 0
+        q = split["quantities"]
+        assert q["elbo_local"]["mean"] >= q["elbo_amortized"]["mean"] - 3 * q["amortization_gap"]["se"]
     assert result["config"]["data"]["dataset"] == "digits" and result["config"]["model"]["name"] == "vae"
     assert "| train | 6 |" in read(out, "gaps.md") and "| train | 6 |" in capsys.readouterr().out
     assert os.path.exists(os.path.join(out, "checkpoints", "last.ckpt"))
@@ -57,8 +60,8 @@ def test_ppca_reports_exact_values(tmp_path, capsys):
     assert "model 'ppca' has no option 'hidden'" in capsys.readouterr().err
     assert cli([*ppca, "--out", str(tmp_path / "ppca")]) == 0
     for split in read(str(tmp_path / "ppca"))["splits"].values():
-        assert {"exact_log_px", "exact_approximation_gap"} <= set(split)
-        assert split["log_px"] == pytest.approx(split["exact_log_px"], abs=0.05)
+        assert split["exact"]["approximation_gap"] is not None and split["exact"]["source"] == "closed form"
+        assert split["quantities"]["log_px"]["mean"] == pytest.approx(split["exact"]["log_px"]["mean"], abs=0.05)
 
 
 def test_evaluates_a_checkpoint_and_refuses_conflicts(tmp_path, capsys):
@@ -110,11 +113,13 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys, args, message):
 
 
 def test_unknown_names_are_refused_by_the_parser(capsys):
-    for option, value in (("--dataset", "cifar"), ("--model", "gan"), ("--likelihood", "poisson")):
+    for option, value in (("--dataset", "cifar"), ("--likelihood", "poisson")):
         with pytest.raises(SystemExit) as exit_info:
             cli([option, value])
         assert exit_info.value.code == 2
         assert f"invalid choice: '{value}'" in capsys.readouterr().err
+    assert cli(["--model", "gan"]) == 2
+    assert "unknown model 'gan'; choose from vae, ppca, gmm, sbn, hvae, ladder" in capsys.readouterr().err
 
 
 ZOO_TINY = [
@@ -139,23 +144,25 @@ def test_every_model_reaches_the_gap_table(tmp_path, name):
     result = read(out)
     for split in result["splits"].values():
         for q in QUANTITIES:
-            assert isinstance(split[q], float)
+            assert isinstance(split["quantities"][q]["mean"], float)
     table = read(out, "gaps.md")
     if name == "gmm":  # the categorical q* is the exact posterior: its ELBO is the closed-form log p(x) of the mixture
         for split in result["splits"].values():
-            assert split["elbo_local"] == pytest.approx(split["exact_log_px"], abs=1e-4)
-            assert split["log_px"] == pytest.approx(split["exact_log_px"], abs=1e-4)
-            assert split["exact_log_px_source"] == "closed form" and split["local_family"] == "categorical"
+            exact = split["exact"]["log_px"]["mean"]
+            assert split["quantities"]["elbo_local"]["mean"] == pytest.approx(exact, abs=1e-4)
+            assert split["quantities"]["log_px"]["mean"] == pytest.approx(exact, abs=1e-4)
+            assert split["exact"]["source"] == "closed form" and split["local"]["family"] == "categorical"
     if name == "sbn":  # 10 binary units: exact log p(x) by enumeration, which the IWAE bound stays under
         for split in result["splits"].values():
-            assert split["exact_log_px_source"] == "enumeration"
-            assert split["log_px"] <= split["exact_log_px"] + 3 * split["log_px_mc_se"] + 1e-6
-            assert split["local_family"] == "sbn"  # two layers: the guide's own bottom-up family, not a mean-field one
+            assert split["exact"]["source"] == "enumeration"
+            log_px = split["quantities"]["log_px"]
+            assert log_px["mean"] <= split["exact"]["log_px"]["mean"] + 3 * log_px["mc_se"] + 1e-6
+            assert split["local"]["family"] == "sbn"  # two layers: the guide's own bottom-up family, not a mean-field one
     if name == "vae-iaf":  # the gaps in the guide's own family (a per-datapoint IAF); FFG and full q* beside it
         assert "L[q*_iaf]" in table and "L[q*_ffg]" in table and "L[q*_full]" in table
         assert result["config"]["evaluation"]["local_families"] == ["ffg", "iaf", "full"]
         for s in result["splits"].values():
-            assert s["local_family"] == "iaf" and "elbo_local_ffg" in s and "elbo_local_full" in s and "elbo_local_iaf" not in s
+            assert s["local"]["family"] == "iaf" and set(s["others"]) == {"ffg", "full"}
 
 
 @pytest.mark.parametrize("name", ["ladder", "hvae"])
@@ -171,10 +178,11 @@ def test_structured_guides_get_q_star_in_their_own_family_so_the_amortization_ga
     assert cli([*args, "--out", out]) == 0
     result = read(out)
     for split in result["splits"].values():
-        assert split["local_family"] == ("ladder" if name == "ladder" else "hierarchical")
-        assert split["elbo_local"] >= split["elbo_amortized"] - 3 * split["amortization_gap_mc_se"], split
-        assert split["amortization_gap"] > 0.05  # q* did move: the check is not passed by standing still
-        assert "elbo_local_ffg" in split  # the mean-field FFG reported beside, not instead
+        q = split["quantities"]
+        assert split["local"]["family"] == ("ladder" if name == "ladder" else "hierarchical")
+        assert q["elbo_local"]["mean"] >= q["elbo_amortized"]["mean"] - 3 * q["amortization_gap"]["mc_se"], split
+        assert q["amortization_gap"]["mean"] > 0.05  # q* did move: the check is not passed by standing still
+        assert "ffg" in split["others"]  # the mean-field FFG reported beside, not instead
 
 
 @pytest.mark.parametrize(
@@ -203,10 +211,9 @@ def test_layer_sizes_must_be_positive(capsys):
 
 def test_cremer_protocol_follows_the_reference_code_and_takes_overrides():
     """The preset is what chriscremer/Inference-Suboptimality runs on MNIST (the README lists what still differs)."""
-    from benchmarks.gaps import protocol_parser, resolve
+    from benchmarks.gaps import parse, resolve
 
-    argv = ["--protocol", "cremer-mnist", "--epochs", "3"]
-    args = protocol_parser(argv).parse_args(argv)
+    args = parse(["--protocol", "cremer-mnist", "--epochs", "3"])
     data, model, train, _ = resolve(args)
     assert (data["dataset"], data["likelihood"], data["binarization"]) == ("mnist", "bernoulli", "static")
     assert (model["latent_dim"], model["hidden"], model["encoder_hidden"], model["activation"]) == (50, [200, 200], [200, 200], "tanh")
@@ -218,9 +225,9 @@ def test_cremer_protocol_follows_the_reference_code_and_takes_overrides():
     # local q* from the prior, stopped once more than 10 windows of 100 steps in a row fail to improve, no cap
     assert (args.local_init, args.local_lr, args.local_samples, args.local_window, args.local_patience) == ("prior", 1e-3, 50, 100, 11)
     assert args.local_max_steps >= 1_000_000
-    argv = ["--protocol", "cremer-mnist", "--checkpoint", "some.ckpt"]  # evaluation presets only
-    args = protocol_parser(argv).parse_args(argv)
-    assert args.epochs is None and args.dataset is None and args.num_points == 100 and args.log_px == "max"
+    args = parse(["--protocol", "cremer-mnist", "--checkpoint", "some.ckpt"])  # evaluation presets only
+    assert args.epochs is None and args.dataset == "digits" and "dataset" not in args.explicit and args.num_points == 100
+    assert args.log_px == "max"
 
 
 def test_log_px_max_reports_the_higher_of_ais_and_iwae_and_records_both(tmp_path):
@@ -230,8 +237,9 @@ def test_log_px_max_reports_the_higher_of_ais_and_iwae_and_records_both(tmp_path
     assert cli([*ppca, "--model", "ppca", "--latent-dim", "2", "--log-px", "max", "--ais-chains", "8", "--ais-steps", "30",
                 "--ais-leapfrog", "3", "--out", out]) == 0
     for split in read(out)["splits"].values():
-        assert split["log_px"] == max(split["log_px_ais"], split["log_px_iwae"])
-        assert split["log_px_method"] == ("ais" if split["log_px_ais"] > split["log_px_iwae"] else "iwae")
+        ais, iwae = (split["log_px"]["estimates"][name]["mean"] for name in ("ais", "iwae"))
+        assert split["quantities"]["log_px"]["mean"] == max(ais, iwae)
+        assert split["log_px"]["method"] == ("ais" if ais > iwae else "iwae")
     assert "log p(x) by AIS" in read(out, "gaps.md")
 
 
@@ -243,13 +251,14 @@ def test_ais_log_px_and_psis_flags_on_ppca(tmp_path):
                 "--ais-leapfrog", "5", "--ais-init", "guide", "--out", out])
     assert code == 0
     for split in read(out)["splits"].values():
-        assert split["log_px_method"] == "ais"
-        assert abs(split["log_px"] - split["exact_log_px"]) < 0.1
-        assert 0 <= split["pareto_k_high_fraction"] <= 1 and len(split["pareto_k_high_points"]) == round(split["pareto_k_high_fraction"] * 6)
+        assert split["log_px"]["method"] == "ais"
+        assert abs(split["quantities"]["log_px"]["mean"] - split["exact"]["log_px"]["mean"]) < 0.1
+        k = split["log_px"]["pareto_k"]
+        assert 0 <= k["high_fraction"] <= 1 and len(k["high_points"]) == round(k["high_fraction"] * 6)
     assert "log p(x): AIS with 32 chains, 100 sigmoid steps from the guide" in read(out, "gaps.md")
     code, out = run(tmp_path, name="iwae")
     split = read(out)["splits"]["test"]
-    assert split["log_px_method"] == "iwae" and split["pareto_k_max"] >= split["pareto_k_mean"]
+    assert split["log_px"]["method"] == "iwae" and split["log_px"]["pareto_k"]["max"] >= split["log_px"]["pareto_k"]["mean"]
     assert "PSIS k̂ of the log p(x) weights" in read(out, "gaps.md")
     code, _ = run(tmp_path, "--log-px", "ais", "--ais-chains", "0", name="bad")
     assert code == 2

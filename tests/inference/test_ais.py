@@ -5,9 +5,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from inference.ais import HMCConfig, HMCState, adapt_step_size, ais, annealing_schedule, hmc_transition, value_and_grad
+from inference.ais import HMCOptions, HMCState, adapt_step_size, ais, annealing_schedule, hmc_transition, value_and_grad
 from tests.oracles import (
-    MixturePriorModel, best_ffg_guide, discrete_latent_pair, global_latent_model, make_ppca, sample_ppca,
+    MixturePriorModel,
+    best_ffg_guide,
+    discrete_latent_pair,
+    global_latent_model,
+    make_ppca,
+    sample_ppca,
     standard_normal_guide,
 )
 
@@ -25,7 +30,7 @@ def test_hmc_leaves_a_correlated_gaussian_invariant(adapt_rate):
     chains = 20000
     z = mu + torch.randn(chains, 2) @ torch.linalg.cholesky(cov).T  # exact draws: the kernel must keep them exact
     state = HMCState(z, *value_and_grad(log_density, z))
-    hmc = HMCConfig(leapfrog_steps=5, step_size=0.3, adapt_rate=adapt_rate)
+    hmc = HMCOptions(leapfrog_steps=5, step_size=0.3, adapt_rate=adapt_rate)
     step = torch.full((chains,), hmc.step_size, dtype=torch.float64)
     for _ in range(30):
         state, accept = hmc_transition(state, log_density, step, hmc.leapfrog_steps)
@@ -37,35 +42,38 @@ def test_hmc_leaves_a_correlated_gaussian_invariant(adapt_rate):
     assert ((sample_cov - cov).abs() < 3 * cov_se).all(), sample_cov
 
 
+@pytest.mark.slow
 def test_ais_is_within_a_tenth_of_a_nat_on_ppca_and_improves_with_more_distributions():
     model, guide = make_ppca(collinear=0.5)  # a correlated posterior: the best FFG alone is 0.6 nats off
     x = sample_ppca(model, 6)
-    exact = model.log_marginal(x).double().detach()
-    fixed = HMCConfig(leapfrog_steps=5, step_size=0.1, adapt_rate=0.0)  # every transition exactly invariant
+    exact = model.log_px(x).double().detach()
+    fixed = HMCOptions(leapfrog_steps=5, step_size=0.1, adapt_rate=0.0)  # every transition exactly invariant
     from_ffg = ais(model, best_ffg_guide(model, x), x, num_chains=100, num_steps=200, hmc=fixed, init="guide")
     assert ((from_ffg.log_px.value - exact).abs() < 0.1).all(), from_ffg.log_px.value - exact
-    hmc = HMCConfig(leapfrog_steps=5, step_size=0.1)  # adapted toward 0.65 acceptance
+    hmc = HMCOptions(leapfrog_steps=5, step_size=0.1)  # adapted toward 0.65 acceptance
     coarse = ais(model, guide, x, num_chains=32, num_steps=3, schedule="linear", hmc=hmc)
     fine = ais(model, guide, x, num_chains=32, num_steps=100, hmc=hmc)
     assert (fine.log_px.value - exact).abs().mean() < (coarse.log_px.value - exact).abs().mean() / 3
     assert (0.3 < fine.acceptance).all() and (fine.acceptance < 1).all()
 
 
+@pytest.mark.slow
 def test_ais_is_within_a_tenth_of_a_nat_on_an_overlapping_mixture_prior():
     model = MixturePriorModel(separated=False)
     x = model.sample(6)
-    result = ais(model, standard_normal_guide, x, num_chains=64, num_steps=200, hmc=HMCConfig(leapfrog_steps=5, step_size=0.1))
-    error = result.log_px.value - model.log_marginal(x).double()
+    result = ais(model, standard_normal_guide, x, num_chains=64, num_steps=200, hmc=HMCOptions(leapfrog_steps=5, step_size=0.1))
+    error = result.log_px.value - model.log_px(x).double()
     assert (error.abs() < 0.1).all(), error
 
 
+@pytest.mark.slow
 def test_ais_is_consistent_on_a_well_separated_mixture_prior():
     """Three well-separated modes: HMC chains do not cross between them, so the weights vary a lot (measured: errors
     up to 0.23 nats with 100 chains and 1000 steps); the check is against the estimate's own standard error."""
     model = MixturePriorModel()
     x = model.sample(3)
-    result = ais(model, standard_normal_guide, x, num_chains=64, num_steps=300, hmc=HMCConfig(leapfrog_steps=5, step_size=0.1))
-    error = result.log_px.value - model.log_marginal(x).double()
+    result = ais(model, standard_normal_guide, x, num_chains=64, num_steps=300, hmc=HMCOptions(leapfrog_steps=5, step_size=0.1))
+    error = result.log_px.value - model.log_px(x).double()
     assert (error.abs() < 3 * result.log_px.stderr).all(), (error, result.log_px.stderr)
 
 
@@ -83,7 +91,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="at least 1 chain, got num_chains=0"):
         ais(model, guide, x, num_chains=0, num_steps=5)
     with pytest.raises(ValueError, match="step size must be positive"):
-        HMCConfig(step_size=-0.1)
+        HMCOptions(step_size=-0.1)
     with pytest.raises(ValueError, match="must start at 0 and end at 1"):
         ais(model, guide, x, schedule=torch.tensor([0.0, 0.5, 0.9]))
     with pytest.raises(ValueError, match="non-decreasing"):
@@ -91,7 +99,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="unknown annealing schedule 'cosine'"):
         ais(model, guide, x, schedule="cosine")
     with pytest.raises(ValueError, match="leapfrog_steps must be an integer >= 1"):
-        HMCConfig(leapfrog_steps=0)
+        HMCOptions(leapfrog_steps=0)
     with pytest.raises(ValueError, match="real-valued latents; site 'c'"):
         ais(*discrete_latent_pair(), torch.zeros(3), num_steps=2)
 
@@ -104,11 +112,12 @@ def test_bad_settings_are_refused():
         ais(global_latent_model, global_guide, torch.zeros(3), num_steps=2)
 
 
+@pytest.mark.slow
 def test_ais_error_on_a_mixture_prior_shrinks_with_more_distributions():
     model = MixturePriorModel(separated=False)
     x = model.sample(6, seed=1)
-    exact = model.log_marginal(x).double()
-    hmc = HMCConfig(leapfrog_steps=5, step_size=0.1)
+    exact = model.log_px(x).double()
+    hmc = HMCOptions(leapfrog_steps=5, step_size=0.1)
     errors = {}
     for steps in (3, 30, 300):
         pyro.set_rng_seed(0)
@@ -142,7 +151,7 @@ def test_ais_weights_stay_unbiased_with_one_chain_and_aggressive_adaptation():
     n = 20000
     x = torch.randn(n, 1) * math.sqrt(1.25)
     exact = dist.Normal(0.0, math.sqrt(1.25)).log_prob(x[:, 0]).double()
-    hmc = HMCConfig(leapfrog_steps=1, step_size=0.5, adapt_rate=0.3, max_step_size=3.0)
+    hmc = HMCOptions(leapfrog_steps=1, step_size=0.5, adapt_rate=0.3, max_step_size=3.0)
     result = ais(Conjugate1D(), standard_normal_1d_guide, x, num_chains=1, num_steps=20, schedule="linear", hmc=hmc)
     ratio = (result.log_weights[0] - exact).exp()
     mean, se = ratio.mean().item(), ratio.std().item() / math.sqrt(n)

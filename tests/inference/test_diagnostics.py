@@ -82,17 +82,17 @@ def test_bad_settings_are_refused():
 def test_pareto_k_is_low_for_a_good_proposal_and_high_for_a_bad_one():
     """Gaussian1D: the posterior is N((m + x)/2, 1/2). Proposals: exact, 1.2x too wide, 8x too narrow."""
     from inference.diagnostics import MIN_PSIS_SAMPLES, PARETO_K_THRESHOLD, pareto_k
-    from inference.estimators import log_likelihood
-    from tests.inference.test_iwae import Gaussian1D, LinearGuide
+    from inference.estimators import iwae_log_px
+    from tests.inference.objectives.test_iwae import Gaussian1D, LinearGuide
 
     model, x = Gaussian1D(), torch.linspace(-2, 2, 20)
     sd = math.sqrt(0.5)
-    k = {name: log_likelihood(model, LinearGuide(0.5, 0.15, math.log(scale * sd)), x, 2000, pareto=True).pareto_k
+    k = {name: iwae_log_px(model, LinearGuide(0.5, 0.15, math.log(scale * sd)), x, 2000, pareto=True).pareto_k
          for name, scale in (("exact", 1.0), ("wide", 1.2), ("narrow", 0.125))}
     assert (k["exact"] < 0.5).all() and (k["wide"] < 0.5).all()
     assert k["narrow"].mean() > PARETO_K_THRESHOLD and (k["narrow"] > 0.5).all()  # k-hat itself is noisy per point
     assert pareto_k(torch.randn(MIN_PSIS_SAMPLES - 1, 3)).isnan().all()  # too few weights to fit a tail
-    assert log_likelihood(model, LinearGuide(), x, 10).pareto_k is None  # only on request
+    assert iwae_log_px(model, LinearGuide(), x, 10).pareto_k is None  # only on request
 
 
 def test_active_units_of_a_categorical_site_count_its_categories_by_the_variation_of_their_probabilities():

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from inference.enumeration import configurations, exact_elbo, expand_grid, score_configurations
-from inference.iwae import log_mean_exp
 from inference.objectives import make_loss
 from inference.program import inspect_program
+from inference.stats import log_mean_exp
 from ppl_models import build_model, model_config
 
 PATTERNS = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
@@ -96,6 +96,7 @@ def test_expected_update_equals_the_enumerated_one(name):
     assert ((mean - exact).abs() < 3 * se + 1e-4).all(), (name, mean, exact, se)
 
 
+@pytest.mark.slow
 def test_vimco_is_less_noisy_than_the_plain_score_function_estimator():
     model, guide = small_sbn()
     x = PATTERNS[:1]

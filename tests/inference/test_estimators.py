@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from inference.estimators import elbo, log_likelihood
+from inference.estimators import elbo, iwae_log_px
 from inference.program import inspect_program, log_weights
 from tests.oracles import best_ffg_guide, exact_posterior_guide, global_latent_model, make_ppca, sample_ppca
 
@@ -16,8 +16,8 @@ def test_exact_posterior_proposal_gives_exact_log_likelihood_with_zero_variance(
     model, _ = make_ppca()
     x = sample_ppca(model, 6)
     guide = exact_posterior_guide(model)
-    exact = model.log_marginal(x).detach().double()
-    for estimator in (log_likelihood, elbo):
+    exact = model.log_px(x).detach().double()
+    for estimator in (iwae_log_px, elbo):
         est = estimator(model, guide, x, 3)
         torch.testing.assert_close(est.value, exact, atol=2e-4, rtol=0)
         assert (est.stderr < 1e-3).all()
@@ -46,8 +46,8 @@ def test_elbo_of_the_amortized_guide_matches_closed_form():
 def test_log_likelihood_reaches_the_exact_value_within_3_se():
     model, _ = make_ppca()
     x = sample_ppca(model, 20)
-    est = log_likelihood(model, best_ffg_guide(model, x), x, 5000)
-    exact = model.log_marginal(x).detach().double()
+    est = iwae_log_px(model, best_ffg_guide(model, x), x, 5000)
+    exact = model.log_px(x).detach().double()
     se_mean = est.stderr.pow(2).sum().sqrt() / len(x)
     assert abs((est.value - exact).mean()) < 3 * se_mean
     assert (est.value - exact).abs().max() < 0.05
@@ -56,10 +56,10 @@ def test_log_likelihood_reaches_the_exact_value_within_3_se():
 def test_iwae_bound_rises_with_k_toward_exact():
     model, guide = make_ppca()  # untrained encoder: a poor proposal, so the bound moves
     x = sample_ppca(model, 30)
-    exact = model.log_marginal(x).detach().double().mean()
+    exact = model.log_px(x).detach().double().mean()
     means = []
     for k in (1, 10, 100, 1000):
-        est = log_likelihood(model, guide, x, k)
+        est = iwae_log_px(model, guide, x, k)
         se = est.stderr.nan_to_num(0).pow(2).sum().sqrt() / len(x)
         means.append(est.value.mean())
         assert est.value.mean() <= exact + 3 * se + 1e-9
@@ -72,7 +72,7 @@ def test_chunked_streaming_equals_one_logsumexp():
     x = sample_ppca(model, 5)
     info = inspect_program(model, guide, x)
     pyro.set_rng_seed(7)
-    chunked = log_likelihood(model, guide, x, 10, chunk_size=3)
+    chunked = iwae_log_px(model, guide, x, 10, chunk_size=3)
     pyro.set_rng_seed(7)
     inspect_program(model, guide, x)  # the estimator inspects first: consume the same draws
     lw = torch.cat([log_weights(model, guide, x, n, info) for n in (3, 3, 3, 1)]).detach()
@@ -94,7 +94,7 @@ def test_with_a_wide_global_posterior_each_sample_draws_its_own_theta():
 
     Every weight is then p(x_i | theta) = N(x_i; theta, 2), with no p(theta)/q(theta) factor. Each of the K samples
     draws its own theta, so the per-datapoint estimators target the predictive quantities of q(theta), in closed form:
-    log_likelihood -> log E_q[N(x_i; theta, 2)] = log N(x_i; m, 2 + s^2), and
+    iwae_log_px -> log E_q[N(x_i; theta, 2)] = log N(x_i; m, 2 + s^2), and
     elbo -> E_q[log N(x_i; theta, 2)] = log N(x_i; m, 2) - s^2 / 4.
     (One theta shared by the K samples would give log N(x_i; theta, 2) for a single random theta instead.)
     """
@@ -109,7 +109,7 @@ def test_with_a_wide_global_posterior_each_sample_draws_its_own_theta():
     x = torch.tensor([-2.0, -0.5, 0.3, 1.1, 2.5, 4.0])
     predictive = dist.Normal(m, math.sqrt(2.0 + s**2)).log_prob(x).double()
     expected_log_lik = (dist.Normal(m, math.sqrt(2.0)).log_prob(x) - s**2 / 4).double()
-    iw = log_likelihood(model, guide, x, 20000)
+    iw = iwae_log_px(model, guide, x, 20000)
     assert ((iw.value - predictive).abs() < 3 * iw.stderr + 1e-3).all(), (iw.value, predictive, iw.stderr)
     assert (iw.value <= predictive + 3 * iw.stderr).all()
     est = elbo(model, guide, x, 20000)
@@ -123,14 +123,15 @@ def test_bad_sample_counts_are_refused(bad):
     model, guide = make_ppca()
     x = sample_ppca(model, 2)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
-        log_likelihood(model, guide, x, bad)
+        iwae_log_px(model, guide, x, bad)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         elbo(model, guide, x, bad)
 
 
+@pytest.mark.slow
 def test_model_side_enumerated_latents_are_summed_out_exactly_by_every_estimator():
     """The cluster c is marked for enumeration in the model and absent from the guide: log p(x, z) sums it out exactly."""
-    from inference.ais import HMCConfig, ais
+    from inference.ais import HMCOptions, ais
     from inference.program import score_configurations
     from tests.oracles import ClusterStyleModel, StyleGuide
 
@@ -145,39 +146,39 @@ def test_model_side_enumerated_latents_are_summed_out_exactly_by_every_estimator
              for k in range(3)]
     hand = torch.logsumexp(torch.stack(parts), 0) + dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(got, hand.double(), atol=1e-5, rtol=0)
-    exact = model.log_marginal(x).double()
-    iw = log_likelihood(model, guide, x, 5000)
+    exact = model.log_px(x).double()
+    iw = iwae_log_px(model, guide, x, 5000)
     assert (iw.value < exact + 3 * iw.stderr).all()
     assert (elbo(model, guide, x, 1000).value < iw.value).all()
     pyro.set_rng_seed(0)
-    annealed = ais(model, guide, x, num_chains=32, num_steps=300, hmc=HMCConfig(leapfrog_steps=3, step_size=0.1))
+    annealed = ais(model, guide, x, num_chains=32, num_steps=300, hmc=HMCOptions(leapfrog_steps=3, step_size=0.1))
     error = annealed.log_px.value - exact
     assert (error.abs() < 3 * annealed.log_px.stderr + 0.02).all() and error.abs().mean() < 0.1, (error, annealed.log_px.stderr)
 
 
 def test_float64_programs_stay_float64_in_every_estimator():
     """The PPCA and SBN oracles in double precision: estimators, exact enumeration, local q*, AIS and the gaps run and agree."""
-    from inference.ais import HMCConfig, ais
-    from inference.enumeration import exact_log_marginal
+    from inference.ais import HMCOptions, ais
+    from inference.enumeration import exact_log_px
     from inference.gaps import gap_decomposition
-    from inference.local import AdamConfig, StoppingRule
+    from inference.local import AdamOptions, LocalOptions, StoppingRule
     from ppl_models import build_model, model_config
 
     model, guide = make_ppca()
     x = sample_ppca(model, 4).double()
     model, guide = model.double(), guide.double()
-    exact = model.log_marginal(x).detach()
+    exact = model.log_px(x).detach()
     assert exact.dtype == torch.float64
-    est = log_likelihood(model, guide, x, 2000)
+    est = iwae_log_px(model, guide, x, 2000)
     assert est.value.dtype == torch.float64 and ((est.value - exact).abs() < 3 * est.stderr).all()
-    result = gap_decomposition(model, guide, x, log_px_samples=500, elbo_samples=200, local_samples=10,
-                               adam=AdamConfig(lr=2e-2), rule=StoppingRule(window=10, patience=2, max_steps=200))
+    result = gap_decomposition(model, guide, x, log_px_samples=500, elbo_samples=200, local=LocalOptions(
+        num_samples=10, adam=AdamOptions(lr=2e-2), rule=StoppingRule(window=10, patience=2, max_steps=200)))
     assert result.local.guide.tensors[0].dtype == torch.float64
     assert ((result.log_px.value - exact).abs() < 3 * result.log_px.stderr + 0.01).all()
-    assert ais(model, guide, x, num_chains=8, num_steps=20, hmc=HMCConfig(leapfrog_steps=3)).log_px.value.isfinite().all()
+    assert ais(model, guide, x, num_chains=8, num_steps=20, hmc=HMCOptions(leapfrog_steps=3)).log_px.value.isfinite().all()
     sbn, sbn_guide = build_model(model_config("sbn", 6, "bernoulli", layers=[3, 2]))
     sbn, sbn_guide = sbn.double(), sbn_guide.double()
     xb = (torch.rand(5, 6, generator=torch.Generator().manual_seed(0)) < 0.5).double()
-    exact_sbn = exact_log_marginal(sbn, sbn_guide, xb)
+    exact_sbn = exact_log_px(sbn, sbn_guide, xb)
     assert exact_sbn.dtype == torch.float64
-    assert (log_likelihood(sbn, sbn_guide, xb, 4000).value <= exact_sbn + 1e-6 + 0.5).all()
+    assert (iwae_log_px(sbn, sbn_guide, xb, 4000).value <= exact_sbn + 1e-6 + 0.5).all()

@@ -1,25 +1,28 @@
 """Local q*: recovers PPCA's closed-form optimum; stopping rule; masking; bad input."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from inference.families import LocalGuide, SiteInfo
-from inference.local import AdamConfig, StoppingRule, WindowRule, adam_update, fit_per_datapoint, local_posterior, optimize_local
+from inference.local import AdamOptions, LocalOptions, StoppingRule, WindowRule, adam_update, fit_per_datapoint, local_posterior, optimize_local
 from tests.oracles import discrete_latent_pair, make_ppca, sample_ppca
 
-FAST = dict(num_samples=100, adam=AdamConfig(lr=2e-2), rule=StoppingRule(window=50, patience=4, max_steps=10_000))
+FAST = dict(num_samples=100, adam=AdamOptions(lr=2e-2), rule=StoppingRule(window=50, patience=4, max_steps=10_000))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["encoder", "prior"])
 def test_recovers_the_closed_form_best_ffg(init):
     model, guide = make_ppca()
     x = sample_ppca(model, 8)
-    result = local_posterior(model, guide, x, eval_samples=4000, init=init, **FAST)
+    result = local_posterior(model, guide, x, LocalOptions(init=init, **FAST), eval_samples=4000)
     loc, scale = model.best_ffg(x)
     q_loc, q_scale = result.guide.params("z")["loc"], result.guide.params("z")["log_scale"].exp()
     assert (q_loc - loc).abs().max() < 0.05
     assert ((q_scale / scale).log()).abs().max() < 0.1
-    exact = (model.log_marginal(x) - model.approximation_gap(x)).detach().double()
+    exact = (model.log_px(x) - model.approximation_gap(x)).detach().double()
     # L[q*] is an optimum: the found q is at most a little worse, never better beyond noise
     diff = result.elbo.value - exact
     assert (diff < 3 * result.elbo.stderr).all()
@@ -32,7 +35,7 @@ def test_stopping_rule_and_step_cap():
     x = sample_ppca(model, 4)
     capped = optimize_local(model, guide, x, num_samples=5, rule=StoppingRule(window=10, patience=50, max_steps=30))
     assert (capped.num_steps == 30).all() and not capped.converged.any()
-    quick = optimize_local(model, guide, x, num_samples=5, adam=AdamConfig(lr=1e-6), rule=StoppingRule(window=10, patience=1, max_steps=10_000))
+    quick = optimize_local(model, guide, x, num_samples=5, adam=AdamOptions(lr=1e-6), rule=StoppingRule(window=10, patience=1, max_steps=10_000))
     # with a negligible learning rate the window average stops improving almost at once
     assert quick.converged.all() and (quick.num_steps < 200).all() and (quick.num_steps % 10 == 0).all()
 
@@ -82,11 +85,11 @@ def test_a_stopped_datapoint_is_frozen_and_no_datapoint_depends_on_the_others():
     flat = torch.tensor([True, False, True, False, False])
     target = torch.tensor([0.0, 1.0, 0.0, -2.0, 0.5])
     x = torch.zeros(5, 1)
-    rule, adam = StoppingRule(window=4, patience=2, max_steps=300), AdamConfig(lr=0.1)
+    rule, adam = StoppingRule(window=4, patience=2, max_steps=300), AdamOptions(lr=0.1)
     fit = fit_per_datapoint(controlled_guide(5), controlled_objective(flat, target), x, rule, adam, group=2)
     assert (fit.num_steps[flat] == 4 * (2 + 1)).all() and fit.converged[flat].all()
     # a flat datapoint's parameters at the moment it stopped (a run capped there) are its final parameters
-    capped = fit_per_datapoint(controlled_guide(5), controlled_objective(flat, target), x, rule._replace(max_steps=12), adam, group=2)
+    capped = fit_per_datapoint(controlled_guide(5), controlled_objective(flat, target), x, dataclasses.replace(rule, max_steps=12), adam, group=2)
     loc, capped_loc = fit.guide.params("z")["loc"], capped.guide.params("z")["loc"]
     assert torch.equal(loc[flat], capped_loc[flat]) and (loc[flat] != 0).all()
     assert (fit.num_steps[~flat] > 12).all()  # the others ran on after the flat ones stopped
@@ -97,6 +100,7 @@ def test_a_stopped_datapoint_is_frozen_and_no_datapoint_depends_on_the_others():
         assert alone.num_steps[0] == fit.num_steps[i] and alone.best_window_elbo[0] == fit.best_window_elbo[i]
 
 
+@pytest.mark.slow
 def test_q_star_does_not_depend_on_the_order_of_the_datapoints():
     """Statistically (the draws differ): each datapoint of PPCA reaches its own closed-form best FFG in any order."""
     model, guide = make_ppca()
@@ -105,7 +109,7 @@ def test_q_star_does_not_depend_on_the_order_of_the_datapoints():
     perm = torch.tensor([5, 4, 3, 2, 1, 0])
     best, _ = model.best_ffg(x)
     for order in (torch.arange(6), perm):
-        fit = optimize_local(model, guide, x[order], num_samples=20, adam=AdamConfig(lr=1e-2), rule=rule)
+        fit = optimize_local(model, guide, x[order], num_samples=20, adam=AdamOptions(lr=1e-2), rule=rule)
         assert (fit.guide.params("z")["loc"] - best[order]).abs().max() < 0.15
     assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
@@ -119,7 +123,7 @@ def test_adam_update_matches_torch_adam():
         opt.zero_grad()
         p.grad = -g  # torch minimizes; adam_update ascends along g
         opt.step()
-        mine, m, v = adam_update(mine, g, m, v, step, AdamConfig(lr=0.1))
+        mine, m, v = adam_update(mine, g, m, v, step, AdamOptions(lr=0.1))
     torch.testing.assert_close(mine, p.detach())
 
 
@@ -131,13 +135,14 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="window must be an integer >= 1"):
         optimize_local(model, guide, x, rule=StoppingRule(window=0))
     with pytest.raises(ValueError, match="lr must be positive"):
-        optimize_local(model, guide, x, adam=AdamConfig(lr=-1.0))
+        optimize_local(model, guide, x, adam=AdamOptions(lr=-1.0))
 
     discrete_model, discrete_guide = discrete_latent_pair()
     with pytest.raises(ValueError, match="local family 'ffg' is for continuous latents; site 'c' is bernoulli"):
         optimize_local(discrete_model, discrete_guide, torch.randn(3))
 
 
+@pytest.mark.slow
 def test_a_guide_with_a_cluster_and_a_style_gets_the_product_family_with_the_cluster_enumerated():
     """q(c) q(z) per datapoint, c enumerated exactly in every step: the objective equals a sampled ELBO of the same q,
     q* improves on the amortized guide and stays below the closed-form log p(x); every family name that fits works."""
@@ -148,8 +153,8 @@ def test_a_guide_with_a_cluster_and_a_style_gets_the_product_family_with_the_clu
 
     model, guide = ClusterStyleModel(), ClusterStyleGuide()
     x = model.sample(5, seed=2)
-    exact = model.log_marginal(x).double()
-    fit = optimize_local(model, guide, x, num_samples=10, adam=AdamConfig(lr=5e-2), rule=StoppingRule(window=20, patience=2, max_steps=400))
+    exact = model.log_px(x).double()
+    fit = optimize_local(model, guide, x, num_samples=10, adam=AdamOptions(lr=5e-2), rule=StoppingRule(window=20, patience=2, max_steps=400))
     assert fit.guide.family == "categorical+ffg" and set(fit.guide.names) == {"c", "z"}
     info = inspect_program(model, guide, x)
     objective = _Objective(model, guide, fit.guide, x, info, 20000, "auto", 4096, 2**26)
@@ -175,9 +180,9 @@ def test_the_gap_table_takes_a_cluster_and_a_style_per_datapoint(enumerated):
     model = ClusterStyleModel(enumerate_c=enumerated)
     guide = StyleGuide() if enumerated else ClusterStyleGuide()
     x = model.sample(4, seed=5)
-    result = gap_decomposition(model, guide, x, log_px_samples=500, elbo_samples=300, local_samples=5,
-                               adam=AdamConfig(lr=3e-2), rule=StoppingRule(window=10, patience=2, max_steps=200))
-    exact = model.log_marginal(x).double()
+    result = gap_decomposition(model, guide, x, log_px_samples=500, elbo_samples=300, local=LocalOptions(
+        num_samples=5, adam=AdamOptions(lr=3e-2), rule=StoppingRule(window=10, patience=2, max_steps=200)))
+    exact = model.log_px(x).double()
     per, mc = result.per_datapoint(), result.monte_carlo_stderr()
     assert result.family == ("ffg" if enumerated else "categorical+ffg")
     assert (per["log_px"] < exact + 3 * mc["log_px"] + 1e-6).all()

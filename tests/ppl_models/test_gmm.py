@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from benchmarks.mixture import compare, digits_pca, synthetic
-from inference.enumeration import exact_elbo, exact_log_marginal
-from inference.estimators import elbo, log_likelihood
+from inference.enumeration import exact_elbo, exact_log_px
+from inference.estimators import elbo, iwae_log_px
 from inference.gaps import gap_decomposition
 from inference.objectives import make_loss
-from inference.training import TrainConfig, fit
+from inference.training import TrainOptions, fit
 from ppl_models import build_model, model_config
 
 
@@ -20,13 +20,13 @@ def small_gmm(covariance="full", k=3, d=2):
 def test_closed_form_marginal_matches_enumeration_and_posterior_normalizes(covariance):
     model, guide = small_gmm(covariance)
     x = torch.randn(6, 2)
-    torch.testing.assert_close(model.log_marginal(x).double(), exact_log_marginal(model, guide, x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.log_px(x).double(), exact_log_px(model, guide, x), rtol=0, atol=1e-5)
     torch.testing.assert_close(model.posterior_logits(x).logsumexp(-1), torch.zeros(6), rtol=0, atol=1e-5)
     # by hand: log sum_k pi_k N(x; mu_k, Sigma_k)
     cov = model.scale_tril() @ model.scale_tril().transpose(-1, -2)
     comps = torch.distributions.MultivariateNormal(model.means, covariance_matrix=cov)
     by_hand = (comps.log_prob(x[:, None]) + model.mixing_logits.log_softmax(-1)).logsumexp(-1)
-    torch.testing.assert_close(model.log_marginal(x), by_hand, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.log_px(x), by_hand, rtol=0, atol=1e-4)
 
 
 def test_sampled_elbo_of_the_categorical_guide_agrees_with_enumeration():
@@ -35,8 +35,8 @@ def test_sampled_elbo_of_the_categorical_guide_agrees_with_enumeration():
     exact = exact_elbo(model, guide, x)
     est = elbo(model, guide, x, 4000)
     assert ((est.value - exact).abs() < 3 * est.stderr).all()
-    iwae = log_likelihood(model, guide, x, 4000)
-    log_px = model.log_marginal(x).double().detach()
+    iwae = iwae_log_px(model, guide, x, 4000)
+    log_px = model.log_px(x).double().detach()
     assert ((iwae.value - log_px).abs() < 3 * iwae.stderr + 1e-3).all()
 
 
@@ -45,11 +45,11 @@ def test_enum_objective_is_the_exact_marginal_and_its_gradient():
     x = torch.randn(7, 2)
     loss = make_loss("enum", model, guide)
     value = loss(x)
-    torch.testing.assert_close(value.double(), -model.log_marginal(x).sum().double(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(value.double(), -model.log_px(x).sum().double(), rtol=0, atol=1e-4)
     value.backward()
     got = model.means.grad.clone()
     model.zero_grad()
-    (-model.log_marginal(x).sum()).backward()
+    (-model.log_px(x).sum()).backward()
     torch.testing.assert_close(got, model.means.grad, rtol=1e-4, atol=1e-5)
     # the guide is trained too (by the exact ELBO, model held fixed)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in guide.parameters())
@@ -58,11 +58,12 @@ def test_enum_objective_is_the_exact_marginal_and_its_gradient():
 def test_training_with_trace_enum_improves_the_likelihood():
     x = synthetic(200, 0)
     model, guide = small_gmm("diag")  # random means: far from the k-means start
-    before = model.log_marginal(x).mean().item()
-    fit(model, guide, x, TrainConfig(objective="enum", epochs=15, batch_size=50, lr=0.05))
-    assert model.log_marginal(x).mean().item() > before + 0.05
+    before = model.log_px(x).mean().item()
+    fit(model, guide, x, TrainOptions(objective="enum", epochs=15, batch_size=50, lr=0.05))
+    assert model.log_px(x).mean().item() > before + 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["synthetic", "digits-pca2"])
 @pytest.mark.parametrize("covariance", ["diag", "full"])
 def test_held_out_likelihood_matches_sklearn_em(data, covariance):
@@ -81,7 +82,7 @@ def test_categorical_q_star_is_the_closed_form_posterior():
     assert result.family == "categorical"
     with torch.no_grad():
         posterior = model.posterior_logits(x).double()
-        exact = model.log_marginal(x).double()
+        exact = model.log_px(x).double()
     q_star = torch.log_softmax(result.local.guide.params("z")["logits"].double(), -1)
     torch.testing.assert_close(q_star, posterior, rtol=0, atol=1e-4)
     torch.testing.assert_close(result.elbo_local.value, exact, rtol=0, atol=1e-4)  # the ELBO of the exact posterior
@@ -106,16 +107,17 @@ def test_bad_mixtures_are_refused():
         make_loss("enum", model, guide).set_latent_scale(0.5)
 
 
+@pytest.mark.slow
 def test_priors_turn_the_fit_into_map():
     """With priors the enum objective maximizes log p(x) + log p(theta): its gradient vanishes there, not at the MLE."""
     x = synthetic(60, 2)
     model, guide = build_model(model_config("gmm", 2, "gaussian", components=3, prior_scale=0.5, concentration=2.0, encoder_hidden=[8]))
     model.init_from_data(x, torch.Generator().manual_seed(0))
-    fit(model, guide, x, TrainConfig(objective="enum", epochs=400, batch_size=60, lr=0.05))
-    map_objective = model.log_marginal(x).sum() + model.log_prior()
+    fit(model, guide, x, TrainOptions(objective="enum", epochs=400, batch_size=60, lr=0.05))
+    map_objective = model.log_px(x).sum() + model.log_prior()
     grads = torch.autograd.grad(map_objective, [model.means, model.mixing_logits])
     assert all(g.abs().max() < 0.05 for g in grads), grads
-    ml_grad = torch.autograd.grad(model.log_marginal(x).sum(), model.means)[0]
+    ml_grad = torch.autograd.grad(model.log_px(x).sum(), model.means)[0]
     assert ml_grad.abs().max() > 1.0  # the prior pulled the means away from the maximum-likelihood point
     with pytest.raises(ValueError, match="prior_scale must be positive"):
         build_model(model_config("gmm", 2, "gaussian", prior_scale=0.0))

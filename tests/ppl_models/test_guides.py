@@ -5,9 +5,9 @@ import torch
 
 from inference.estimators import elbo
 from inference.program import inspect_program
-from inference.training import TrainConfig, fit
+from inference.training import TrainOptions, fit
 from ppl_models import GAUSSIAN_FAMILIES, build_model, model_config
-from ppl_models.guides import GaussianHead
+from ppl_models.guides import FFGEncoder, GaussianHead
 from tests.oracles import make_ppca, sample_ppca
 
 
@@ -36,10 +36,11 @@ def test_vae_trains_with_every_guide_family(family):
     x = (torch.rand(100, 10, generator=torch.Generator().manual_seed(0)) < torch.linspace(0.1, 0.9, 10)).float()
     inspect_program(model, guide, x)
     before = elbo(model, guide, x, 50).value.mean()
-    fit(model, guide, x, TrainConfig(epochs=15, batch_size=50, lr=1e-2))
+    fit(model, guide, x, TrainOptions(epochs=15, batch_size=50, lr=1e-2))
     assert elbo(model, guide, x, 50).value.mean() > before + 1.0
 
 
+@pytest.mark.slow
 def test_amortized_full_covariance_guide_reaches_the_ppca_marginal():
     """Training only the guide: its family holds the exact posterior (linear mean, constant covariance)."""
     model, _ = make_ppca(latent_dim=3, collinear=0.5)
@@ -55,6 +56,20 @@ def test_amortized_full_covariance_guide_reaches_the_ppca_marginal():
         optimizer.zero_grad()
         (-log_weights(model, guide, x, 10, info).mean()).backward()
         optimizer.step()
-    gap = model.log_marginal(x[:20]).double() - elbo(model, guide, x[:20], 2000).value
+    gap = model.log_px(x[:20]).double() - elbo(model, guide, x[:20], 2000).value
     assert gap.mean().item() < 0.02
     assert (model.approximation_gap(x[:20]) > 0.5).all()  # an FFG guide could not get there
+
+
+@pytest.mark.parametrize("hidden", [[], [7], [7, 5]])
+def test_ffg_encoder_reads_checkpoints_of_its_one_network_form(hidden):
+    """Before FFGEncoder was a GaussianEncoder it held one network ``net``; such a state dict loads to the same q."""
+    from ppl_models.networks import mlp
+
+    torch.manual_seed(0)
+    old = mlp(6, hidden, 2 * 3, "elu")  # the old layout: data_dim -> hidden -> 2 * latent_dim
+    guide = FFGEncoder(6, 3, hidden, "elu")
+    guide.load_state_dict({f"net.{k}": v for k, v in old.state_dict().items()})
+    x = torch.rand(4, 6)
+    loc, log_scale = old(x).chunk(2, -1)
+    assert torch.equal(guide.posterior_params(x)[0], loc) and torch.equal(guide.posterior_params(x)[1], log_scale.exp())

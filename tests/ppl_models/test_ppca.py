@@ -17,7 +17,7 @@ def test_log_marginal_matches_bayes_rule_identity():
         log_lik = torch.distributions.Normal(z @ model.weight.T + model.bias, model.noise).log_prob(x).sum(-1)
         log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
         log_post = torch.distributions.MultivariateNormal(post.loc, post.covariance).log_prob(z)
-        torch.testing.assert_close(model.log_marginal(x), log_lik + log_prior - log_post, atol=1e-4, rtol=0)
+        torch.testing.assert_close(model.log_px(x), log_lik + log_prior - log_post, atol=1e-4, rtol=0)
 
 
 def test_elbo_closed_form_matches_monte_carlo():
@@ -44,7 +44,7 @@ def test_best_ffg_is_optimal_and_its_gap_is_exact():
         for _ in range(20):
             worse = model.elbo(x, loc + 0.05 * torch.randn_like(loc), scale * (1 + 0.1 * torch.randn_like(scale)).abs())
             assert (worse <= best + 1e-6).all()
-        torch.testing.assert_close(model.log_marginal(x) - best, model.approximation_gap(x), atol=1e-4, rtol=0)
+        torch.testing.assert_close(model.log_px(x) - best, model.approximation_gap(x), atol=1e-4, rtol=0)
         assert (model.approximation_gap(x) > 0).all()
 
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from inference.enumeration import exact_elbo, exact_log_marginal
-from inference.estimators import elbo, log_likelihood
-from inference.local import StoppingRule, AdamConfig, optimize_local
+from inference.enumeration import exact_elbo, exact_log_px
+from inference.estimators import elbo, iwae_log_px
+from inference.local import AdamOptions, StoppingRule, optimize_local
 from inference.objectives import make_loss
 from inference.program import inspect_program
-from inference.training import TrainConfig, fit
+from inference.training import TrainOptions, fit
 from ppl_models import BASELINES, build_model, model_config
 
 
@@ -32,8 +32,8 @@ def test_sites_follow_the_convention():
 def test_estimators_agree_with_exact_enumeration():
     model, guide = small_sbn()
     x = binary(6)
-    exact = exact_log_marginal(model, guide, x)  # 2^9 configurations
-    iwae = log_likelihood(model, guide, x, 20_000)
+    exact = exact_log_px(model, guide, x)  # 2^9 configurations
+    iwae = iwae_log_px(model, guide, x, 20_000)
     assert ((iwae.value - exact).abs() < 3 * iwae.stderr + 1e-3).all()
     assert (iwae.value < exact + 3 * iwae.stderr).all()  # a lower bound
     exact_q = exact_elbo(model, guide, x)
@@ -53,16 +53,16 @@ def test_enumeration_by_hand_for_one_unit():
         lik = torch.distributions.Bernoulli(logits=model.decoders[0](hv)).log_prob(x).sum(-1)
         terms.append(prior + lik)
     by_hand = torch.stack(terms).logsumexp(0).double()
-    torch.testing.assert_close(exact_log_marginal(model, guide, x), by_hand, rtol=0, atol=1e-5)
+    torch.testing.assert_close(exact_log_px(model, guide, x), by_hand, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_tracegraph_training_improves_the_exact_likelihood(baseline):
     model, guide = small_sbn(baseline=baseline)
     x = binary(90)  # 90 = 64 + 26: the last batch is smaller, as decaying baselines must handle
-    before = exact_log_marginal(model, guide, x).mean()
-    fit(model, guide, x, TrainConfig(objective="tracegraph", epochs=25, batch_size=64, lr=1e-2))
-    after = exact_log_marginal(model, guide, x).mean()
+    before = exact_log_px(model, guide, x).mean()
+    fit(model, guide, x, TrainOptions(objective="tracegraph", epochs=25, batch_size=64, lr=1e-2))
+    after = exact_log_px(model, guide, x).mean()
     assert after > before + 0.5
 
 
@@ -77,19 +77,20 @@ def test_neural_baselines_are_trained_by_tracegraph():
     assert torch.isfinite(value) and value.item() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gradient", ["exact", "score"])
 def test_local_discrete_posterior_improves_on_the_amortized_one(gradient):
     model, guide = small_sbn()
     x = binary(5)
     fit_ = optimize_local(
-        model, guide, x, family="bernoulli", gradient=gradient, num_samples=20, adam=AdamConfig(lr=0.05),
+        model, guide, x, family="bernoulli", gradient=gradient, num_samples=20, adam=AdamOptions(lr=0.05),
         rule=StoppingRule(window=20, patience=3, max_steps=1500),
     )
     before, after = exact_elbo(model, guide, x), exact_elbo(model, fit_.guide, x)
     assert (after > before).all()
-    assert (after <= exact_log_marginal(model, guide, x) + 1e-6).all()
+    assert (after <= exact_log_px(model, guide, x) + 1e-6).all()
     if gradient == "exact":  # a converged mean-field optimum: the score-function fit gets close to it
-        score = optimize_local(model, guide, x, family="bernoulli", gradient="score", num_samples=50, adam=AdamConfig(lr=0.05),
+        score = optimize_local(model, guide, x, family="bernoulli", gradient="score", num_samples=50, adam=AdamOptions(lr=0.05),
                                rule=StoppingRule(window=20, patience=3, max_steps=1500))
         assert (exact_elbo(model, score.guide, x) > after - 0.3).all()
 
@@ -112,7 +113,7 @@ def test_bad_sbns_are_refused():
         inspect_program(model, guide, torch.rand(3, 12))  # continuous data into an SBN
     big, big_guide = small_sbn((10, 5))
     with pytest.raises(ValueError, match="32768 joint configurations"):
-        exact_log_marginal(big, big_guide, binary(2))
+        exact_log_px(big, big_guide, binary(2))
     with pytest.raises(ValueError, match="one particle per datapoint"):
         make_loss("tracegraph", model, guide, num_particles=4)
     with pytest.raises(ValueError, match="num_samples >= 2"):

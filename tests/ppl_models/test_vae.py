@@ -8,7 +8,7 @@ from ppl_models.networks import mlp
 
 def test_defaults_follow_the_reference_architecture():
     model, guide = build_model(model_config("vae", 784, "bernoulli"))
-    enc = [m for m in guide.net if isinstance(m, torch.nn.Linear)]
+    enc = [m for m in guide.modules() if isinstance(m, torch.nn.Linear)]
     dec = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in enc] == [(784, 200), (200, 200), (200, 100)]
     assert [(m.in_features, m.out_features) for m in dec] == [(50, 200), (200, 200), (200, 784)]

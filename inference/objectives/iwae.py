@@ -49,89 +49,40 @@ are fitted to the posterior of the whole dataset.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from pyro import poutine
 from torch import nn
 
-from .program import (
-    ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities, score_configurations,
+from ..program import (
+    ConventionError,
+    ProgramInfo,
+    per_datapoint_log_prob,
+    sampled_log_densities,
+    score_configurations,
     with_stopped_parameters,
 )
+from ..sampling import draw_globals
+from ..stats import log_mean_exp
+from .base import SampledLoss
 
 ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
 
 
-def global_share(batch_size: int, dataset_size: int | None) -> float:
-    """``B/N``: how often a batch of B counts the global factor, so that N/B batches count it once (1 without N)."""
-    if dataset_size is None:
-        return 1.0
-    if isinstance(dataset_size, bool) or int(dataset_size) != dataset_size or dataset_size < batch_size:
-        raise ValueError(f"dataset_size must be an integer >= the batch size {batch_size}, got {dataset_size!r}")
-    return batch_size / int(dataset_size)
-
-
-def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """``log (1/K) sum_k exp(log_w_k)`` along ``dim`` (K = its size), by ``logsumexp``."""
-    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
-
-
-def draw_globals(model, guide, x: torch.Tensor, info: ProgramInfo) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Draw the global latents once, ``theta ~ q(theta)``; return ``log p(theta) - log q(theta)`` (float64) and ``theta``.
-
-    Both keep their graph (pathwise through a reparameterized ``q(theta)``). Without
-    global latents: ``(0, {})``.
-    """
-    term = x.new_zeros((), dtype=torch.float64)
-    if not info.global_latents:
-        return term, {}
-    latents, guide_sites = list(info.global_latents), list(info.guide_global_sites)
-    global_trace = poutine.trace(poutine.block(guide, expose=guide_sites)).get_trace(x)
-    for n in guide_sites:
-        if not global_trace.nodes[n]["fn"].has_rsample:
-            raise ValueError(
-                f"global guide site {n!r} is not reparameterized: the importance-weighted and wake-sleep objectives fit "
-                "global latents through their samples; use objective 'elbo' or 'tracegraph' (score-function gradients) "
-                "on the full batch, or a reparameterized q for it"
-            )
-    theta = {n: global_trace.nodes[n]["value"] for n in guide_sites}  # auxiliary values too, so a re-run draws the same theta
-    prior_trace = poutine.trace(poutine.block(poutine.condition(model, data=theta), expose=latents)).get_trace(x)
-    for n in latents:
-        term = term + prior_trace.nodes[n]["fn"].log_prob(theta[n]).sum()
-    for n in guide_sites:
-        term = term - global_trace.nodes[n]["fn"].log_prob(theta[n]).sum()
-    return term, theta
-
-
-class IWAELoss(nn.Module):
+class IWAELoss(SampledLoss):
     """``-sum_i L_K(x_i)`` (a ``(,)`` tensor) whose gradient is the chosen estimator's."""
 
     def __init__(self, model: nn.Module, guide: nn.Module, num_samples: int, estimator: str = "iwae"):
-        super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown importance-weighted estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
-        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"the importance-weighted bound needs K = num_particles >= 1, got {num_samples!r}")
-        if estimator == "vimco" and num_samples < 2:
+        super().__init__(model, guide, num_samples, estimator)
+        if estimator == "vimco" and self.num_samples < 2:
             raise ValueError(f"objective 'vimco' needs K = num_particles >= 2 for its leave-one-out baselines, got {num_samples}")
-        self.model, self.guide = model, guide
-        self.num_samples, self.estimator = int(num_samples), estimator
-        self.dataset_size: int | None = None  #: N, set by the trainer: the global factor counts B/N per batch
-        self._info: ProgramInfo | None = None
-
-    def set_latent_scale(self, beta: float) -> None:
-        if beta != 1.0:
-            raise ValueError(f"objective {self.estimator!r} is an importance-weighted bound; KL warm-up does not apply (set kl_warmup_epochs=0)")
+        self.estimator = estimator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._info is None:
-            self._info = inspect_without_randomness(self.model, self.guide, x)
-        info, k = self._info, self.num_samples
-        share = global_share(len(x), self.dataset_size)
+        info, k = self.info(x), self.num_samples
         model, guide = self.model, self.guide
-        global_term, theta = draw_globals(model, guide, x, info)
-        global_term = share * global_term
+        global_term, theta = draw_globals(model, guide, x, info, self.dataset_size)
         if theta:
             model, guide = poutine.condition(model, data=theta), poutine.condition(guide, data=theta)
         log_p, log_q, guide_trace = sampled_log_densities(model, guide, x, k, info)

@@ -30,8 +30,8 @@ from pyro import poutine
 from torch import nn
 from torch.func import functional_call
 
-from .iwae import global_share
-from .program import ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, trace_pair
+from ..program import ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, trace_pair
+from ..sampling import global_share
 
 
 class CaptureError(RuntimeError):

@@ -1,49 +1,33 @@
-r"""Training objectives, selectable by name, and KL warm-up for any program.
+r"""The Pyro objectives as training losses: ``Trace_ELBO`` and friends on annealed programs, ``TraceGraph_ELBO``
+with baselines, ``TraceEnum_ELBO`` for enumerated mixtures, ``RenyiELBO`` for comparison; KL warm-up for any program.
 
-``make_objective(name)`` returns a Pyro :class:`~pyro.infer.ELBO`; calling it on
-a (model, guide) pair gives Pyro's :class:`~pyro.infer.elbo.ELBOModule`, an
-``nn.Module`` whose forward is the differentiable loss, which Lightning and any
-torch optimizer can drive.
+Each loss is an ``nn.Module`` whose forward is the differentiable loss (summed over the
+batch), which Lightning and any torch optimizer can drive, with ``set_latent_scale(beta)``
+for warm-up and ``dataset_size`` (N) for mini-batches.
 
-* ``elbo`` — :class:`pyro.infer.Trace_ELBO`, the Monte Carlo ELBO with pathwise
-  gradients for reparameterized sites (Kingma & Welling 2014);
-* ``meanfield`` — :class:`pyro.infer.TraceMeanField_ELBO`, the same bound with
-  analytic KL terms where Pyro knows them;
-* ``captured-elbo`` — ``Trace_ELBO``'s estimator for reparameterized guides,
-  replayed from a recorded graph (:mod:`inference.capture`): same values, less
-  Python per step, static programs only;
-* ``tracegraph`` — :class:`pyro.infer.TraceGraph_ELBO`: score-function gradients that
-  use only downstream costs, with the baselines each guide site asks for through
+* :class:`AnnealedLoss` — Pyro's :class:`~pyro.infer.elbo.ELBOModule` of ``Trace_ELBO`` or
+  ``TraceMeanField_ELBO`` on programs whose latent sites are scaled by the warm-up weight:
+  :math:`E_q[\log p(x|z)] - \beta\, KL(q(z|x) \| p(z))` (Bowman et al. 2016; Sønderby et al. 2016);
+* :class:`TraceGraphLoss` — ``TraceGraph_ELBO``: score-function gradients that use only
+  downstream costs, with the baselines each guide site asks for through
   ``infer={"baseline": ...}`` (NVIL, Mnih & Gregor 2014);
-* ``enum`` — for models whose discrete local latents are marked for enumeration (the
-  Gaussian mixture): :class:`pyro.infer.TraceEnum_ELBO` sums them out, so the model
-  maximizes the exact :math:`\log p(x)` (plus, for point estimates with priors, the
-  model's ``log_prior()`` scaled by batch size over data size: MAP); the amortized guide of those sites is fitted
-  at the same time to the exact (enumerated) ELBO with the model held fixed, i.e. it
+* :class:`EnumLoss` — ``TraceEnum_ELBO`` sums the model's enumerated sites out, so the model
+  maximizes the exact :math:`\log p(x)` (plus, for point estimates with priors, the model's
+  ``log_prior()`` scaled by batch size over data size: MAP); the amortized guide of those sites
+  is fitted at the same time to the exact (enumerated) ELBO with the model held fixed, i.e. it
   minimizes :math:`KL(q(z|x) \| p(z|x))` and does not bias the model;
-* ``iwae``, ``iwae-stl``, ``iwae-dreg``, ``vimco`` — the importance-weighted bound with
-  ``num_particles`` = K samples, per datapoint, and its plain, STL, DReG and
-  VIMCO gradient estimators (:mod:`inference.iwae`);
-* ``rws``, ``rws-sleep``, ``rws-both``, ``wake-sleep`` — reweighted wake-sleep with its
-  wake, sleep or mixed guide update, and classic wake-sleep (:mod:`inference.wake_sleep`);
-* ``renyi`` — Pyro's own :class:`pyro.infer.RenyiELBO` with ``alpha=0``, kept for
-  comparison only. Pyro sums the log weights over every plate not shared by all
-  sites: with only per-datapoint latents that is our per-datapoint IWAE bound, but a
-  global latent makes it combine the whole batch per particle,
-  :math:`\log \frac1K \sum_k \frac{p(\theta_k)}{q(\theta_k)} \prod_i w_{ik}`, a bound that
-  tightens far more slowly with K (pyro issue 3104); and it gives no gradient to
+* :class:`RenyiLoss` — Pyro's ``RenyiELBO(alpha=0)``, for comparison only. Pyro sums the log
+  weights over every plate not shared by all sites: with only per-datapoint latents that is
+  our per-datapoint IWAE bound, but a global latent makes it combine the whole batch per
+  particle, :math:`\log \frac1K \sum_k \frac{p(\theta_k)}{q(\theta_k)} \prod_i w_{ik}`, a bound
+  that tightens far more slowly with K (pyro issue 3104); and it gives no gradient to
   non-reparameterized guide sites (issue 3289).
 
-:func:`make_loss` gives the training loss module for any of these names.
-
-**Mini-batches and global latents.** Every loss has a ``dataset_size`` (N, set by
-:func:`inference.training.fit`). On a batch of B datapoints the loss is the batch's
-share of the full-data objective: the per-datapoint terms of the batch plus ``B/N``
-times the global factor :math:`\log p(\theta) - \log q(\theta)` (for Pyro's objectives, the
-global sites are scaled by ``B/N``). Summed over the N/B batches of an epoch the
-global factor is counted once, so global latents are fitted to the posterior given the
-whole dataset, not given one batch. Without global latents nothing changes. Pyro's
-``RenyiELBO`` combines the weights of the whole batch and has no such share: ``renyi``
+**Mini-batches and global latents.** On a batch of B out of N datapoints the loss is the
+batch's share of the full-data objective: the per-datapoint terms of the batch plus ``B/N``
+times the global factor :math:`\log p(\theta) - \log q(\theta)` (:class:`GlobalShare` scales the
+global sites by ``B/N``). Summed over the N/B batches of an epoch the global factor is counted
+once. ``RenyiELBO`` combines the weights of the whole batch and has no such share: ``renyi``
 refuses global latents on mini-batches.
 """
 
@@ -57,35 +41,23 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from .iwae import global_share
-from .program import DATA_PLATE, ProgramInfo, inspect_without_randomness
+from ..enumeration import configurations, exact_elbo
+from ..program import DATA_PLATE, ProgramInfo, inspect_without_randomness
+from ..sampling import global_share
+from ..validation import positive_int
 
-OBJECTIVES = {
-    "elbo": pyro.infer.Trace_ELBO,
-    "meanfield": pyro.infer.TraceMeanField_ELBO,
-}
-
-
-CAPTURED = "captured-elbo"
-TRACEGRAPH = "tracegraph"
-ENUM = "enum"
-IMPORTANCE_WEIGHTED = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
-WAKE_SLEEP = ("rws", "rws-sleep", "rws-both", "wake-sleep")
-RENYI = "renyi"
-TRAINING_OBJECTIVES = (*OBJECTIVES, CAPTURED, TRACEGRAPH, ENUM, *IMPORTANCE_WEIGHTED, *WAKE_SLEEP, RENYI)
-#: Objectives that are not an ELBO with a KL term, so KL warm-up does not apply to them.
-NO_WARMUP = (ENUM, *IMPORTANCE_WEIGHTED, *WAKE_SLEEP, RENYI)
+PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
+TRACEGRAPH, ENUM, RENYI = "tracegraph", "enum", "renyi"
 
 
 def make_objective(name: str, num_particles: int = 1) -> pyro.infer.ELBO:
     """The objective registered as ``name`` with ``num_particles`` vectorized particles."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
-    if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
-        raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+    if name not in PYRO_ELBOS:
+        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(PYRO_ELBOS)}")
+    num_particles = positive_int(num_particles, "num_particles")
     if num_particles == 1:
-        return OBJECTIVES[name]()
-    return OBJECTIVES[name](num_particles=int(num_particles), vectorize_particles=True)
+        return PYRO_ELBOS[name]()
+    return PYRO_ELBOS[name](num_particles=int(num_particles), vectorize_particles=True)
 
 
 class LatentScale(Messenger):
@@ -106,7 +78,7 @@ class LatentScale(Messenger):
 
 
 class GlobalShare(Messenger):
-    """Multiply the log density of every latent site *outside* ``pyro.plate("data")`` by ``share`` = B/N.
+    r"""Multiply the log density of every latent site *outside* ``pyro.plate("data")`` by ``share`` = B/N.
 
     Applied to model and guide, a mini-batch of B out of N datapoints then counts the
     global factor :math:`\log p(\theta) - \log q(\theta)` B/N times, its share of the full-data objective.
@@ -158,7 +130,7 @@ class AnnealedLoss(nn.Module):
         self.module.model.latent_scale = self.module.guide.latent_scale = beta
 
     def set_entropy_scale(self, beta: float) -> None:
-        """Scale only the guide's terms, :math:`E_q[\log p(x, z) - \beta \log q(z|x)]` (the warm-up of Cremer et al.'s code)."""
+        r"""Scale only the guide's terms, :math:`E_q[\log p(x, z) - \beta \log q(z|x)]` (the warm-up of Cremer et al.'s code)."""
         if self.name == "meanfield" and beta != 1.0:
             raise ValueError("objective 'meanfield' uses analytic KL terms, which cannot scale the entropy alone; use 'elbo'")
         self.module.model.latent_scale, self.module.guide.latent_scale = 1.0, beta
@@ -250,8 +222,6 @@ class EnumLoss(nn.Module):
         return self._enumerated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .enumeration import configurations, exact_elbo
-
         sites = self._sites(x)
         marginal = self.objective.differentiable_loss(self.model, poutine.block(self.guide, hide=list(sites)), x)
         if self._layout is None:
@@ -323,35 +293,6 @@ class RenyiLoss(nn.Module):
                 p.grad = g
         surrogate = sum((p * g).sum() for p, g in zip(params, grads)) if params else torch.zeros(())
         return surrogate + (torch.as_tensor(loss, dtype=surrogate.dtype) - surrogate).detach()
-
-
-def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1) -> nn.Module:
-    """The training loss ``-ELBO`` (summed over the batch) for objective ``name``, with ``set_latent_scale(beta)``."""
-    if name == TRACEGRAPH:
-        return TraceGraphLoss(model, guide, num_particles)
-    if name in IMPORTANCE_WEIGHTED:
-        from .iwae import IWAELoss
-
-        return IWAELoss(model, guide, num_particles, name)
-    if name in WAKE_SLEEP:
-        from .wake_sleep import RWS_VARIANTS, RWSLoss, WakeSleepLoss
-
-        if name in RWS_VARIANTS:
-            return RWSLoss(model, guide, num_particles, insomnia=RWS_VARIANTS[name], name=name)
-        return WakeSleepLoss(model, guide, num_particles)
-    if name == RENYI:
-        return RenyiLoss(model, guide, num_particles)
-    if name == ENUM:
-        return EnumLoss(model, guide, num_particles)
-    if name == CAPTURED:
-        from .capture import CapturedELBO
-
-        if num_particles != 1:
-            raise ValueError(f"objective {CAPTURED!r} uses one sample per datapoint; got num_particles={num_particles}")
-        return CapturedELBO(model, guide)
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(TRAINING_OBJECTIVES)}")
-    return AnnealedLoss(make_objective(name, num_particles), model, guide, name)
 
 
 class FirstBatch(NamedTuple):

@@ -5,10 +5,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from inference.capture import CaptureError, CapturedELBO
 from inference.estimators import elbo
 from inference.objectives import make_loss
-from inference.training import TrainConfig, fit
+from inference.objectives.capture import CapturedELBO, CaptureError
+from inference.training import TrainOptions, fit
 from ppl_models import build_model, model_config
 from tests.oracles import discrete_latent_pair, global_latent_model, make_ppca, sample_ppca
 
@@ -78,7 +78,7 @@ def test_trains_like_trace_elbo():
     for objective in ("elbo", "captured-elbo"):
         torch.manual_seed(0)
         model, guide = build_model(model_config("vae", 8, "bernoulli", latent_dim=2, hidden=[8], encoder_hidden=[8]))
-        fit(model, guide, x, TrainConfig(objective=objective, epochs=3, batch_size=40, kl_warmup_epochs=1))
+        fit(model, guide, x, TrainOptions(objective=objective, epochs=3, batch_size=40, kl_warmup_epochs=1))
         results[objective] = torch.cat([p.detach().flatten() for p in (*model.parameters(), *guide.parameters())])
     # same seed, same estimator, same noise: the same parameters up to float rounding
     torch.testing.assert_close(results["elbo"], results["captured-elbo"], atol=1e-5, rtol=1e-4)

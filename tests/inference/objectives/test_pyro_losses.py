@@ -49,6 +49,7 @@ def test_vectorized_particles_and_bad_counts():
         make_objective("elbo", num_particles=0)
 
 
+@pytest.mark.slow
 def test_renyi_is_pyros_bound_and_shows_its_two_issues():
     """Pyro's RenyiELBO(alpha=0): our per-datapoint IWAE bound when every site is in the data plate; with a global
     latent it combines the whole batch per particle, a looser bound (pyro issue 3104); no gradient for discrete
@@ -58,7 +59,7 @@ def test_renyi_is_pyros_bound_and_shows_its_two_issues():
     import pyro.distributions as dist
 
     from inference.objectives import make_loss
-    from tests.inference.test_iwae import CoinGuide, Gaussian1D, LinearGuide, coin_model
+    from tests.inference.objectives.test_iwae import CoinGuide, Gaussian1D, LinearGuide, coin_model
     from tests.oracles import global_latent_model
 
     def mean_se(loss, x, n=200):
@@ -125,6 +126,7 @@ MINI_BATCH_OBJECTIVES = ["elbo", "meanfield", "captured-elbo", "tracegraph", "iw
                          "rws", "rws-sleep", "rws-both", "wake-sleep"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MINI_BATCH_OBJECTIVES)
 def test_mini_batches_fit_the_full_data_posterior_of_a_global_latent(name):
     """N = 1000 points in batches of 10: the exact posterior of theta has mean 3.035 and sd 0.045. Counting the global
@@ -159,11 +161,11 @@ def test_mini_batches_fit_the_full_data_posterior_of_a_global_latent(name):
 
 def test_the_trainer_tells_every_objective_the_dataset_size_and_renyi_refuses_mini_batches():
     from inference.objectives import TRAINING_OBJECTIVES
-    from inference.training import SVIModule, TrainConfig
+    from inference.training import SVIModule, TrainOptions
 
     x, _, _ = conjugate_data(100)
     for name in TRAINING_OBJECTIVES:
-        module = SVIModule(ConjugateModel(), ConjugateGuide(), x, TrainConfig(objective=name, num_particles=2 if name == "vimco" else 1))
+        module = SVIModule(ConjugateModel(), ConjugateGuide(), x, TrainOptions(objective=name, num_particles=2 if name == "vimco" else 1))
         assert module.elbo.dataset_size == 100, name
     loss = make_loss("renyi", ConjugateModel(), ConjugateGuide(), 2)
     loss.dataset_size = 100
@@ -190,7 +192,7 @@ def test_a_subsampled_data_plate_is_refused_with_the_fix():
 def test_entropy_warmup_scales_only_the_guide_term():
     """Cremer et al.'s warm-up: E_q[log p(x, z) - beta log q(z | x)] (the KL warm-up scales log p(z) too)."""
     from inference.objectives import AnnealedLoss
-    from inference.training import SVIModule, TrainConfig
+    from inference.training import SVIModule, TrainOptions
 
     model, guide = make_ppca()
     x = sample_ppca(model, 7)
@@ -205,6 +207,6 @@ def test_entropy_warmup_scales_only_the_guide_term():
     log_joint = model_trace.nodes["x"]["fn"].log_prob(x).sum() + model_trace.nodes["z"]["fn"].log_prob(z).sum()
     torch.testing.assert_close(loss, -(log_joint - 0.3 * guide_trace.nodes["z"]["fn"].log_prob(z).sum()))
     with pytest.raises(ValueError, match="warmup 'entropy'.*objective 'iwae' has none"):
-        SVIModule(model, guide, x, TrainConfig(objective="iwae", kl_warmup_epochs=5, warmup="entropy"))
+        SVIModule(model, guide, x, TrainOptions(objective="iwae", kl_warmup_epochs=5, warmup="entropy"))
     with pytest.raises(ValueError, match="unknown warmup 'cosine'"):
-        TrainConfig(warmup="cosine")
+        TrainOptions(warmup="cosine")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from inference.objectives import make_loss
-from inference.wake_sleep import dream
 from inference.program import inspect_program
-from tests.inference.test_iwae import Gaussian1D, LinearGuide, params, quadrature_nodes
+from inference.sampling import dream
+from tests.inference.objectives.test_iwae import Gaussian1D, LinearGuide, params, quadrature_nodes
 
 
 def exact_rws_surrogate(model, guide, x0: float, k: int, insomnia: float = 1.0, nodes: int = 40) -> torch.Tensor:
@@ -39,7 +39,7 @@ def test_rws_wake_update_is_exact_in_expectation_per_datapoint(k):
         for x0 in (0.7, -1.2)
     ) / 2
     # the model's part is the exact gradient of the IWAE bound
-    from tests.inference.test_iwae import exact_iwae_bound
+    from tests.inference.objectives.test_iwae import exact_iwae_bound
 
     bound_grad = sum(torch.autograd.grad(exact_iwae_bound(model, guide, x0, k=k, nodes=40 if k < 3 else 24), [model.m])[0] for x0 in (0.7, -1.2)) / 2
     assert exact[0].item() == pytest.approx(bound_grad.item(), abs=1e-6)
@@ -116,7 +116,7 @@ def test_dreams_come_from_the_model_and_odd_programs_are_refused():
         make_loss("wake-sleep", two_observations, guide)(torch.zeros(3))
     with pytest.raises(ValueError, match="KL warm-up does not apply"):
         make_loss("rws", model, guide, 2).set_latent_scale(0.1)
-    with pytest.raises(ValueError, match="K = num_particles >= 1"):
+    with pytest.raises(ValueError, match="num_particles must be an integer >= 1, got 0"):
         make_loss("wake-sleep", model, guide, 0)
 
 
@@ -152,7 +152,7 @@ def test_global_latents_are_handled_by_rws_and_wake_sleep():
 
 
 def test_training_with_rws_and_wake_sleep_improves_the_bound():
-    from inference.training import TrainConfig, fit
+    from inference.training import TrainOptions, fit
     from ppl_models import build_model, model_config
 
     x = (torch.rand(200, 10, generator=torch.Generator().manual_seed(0)) < torch.linspace(0.1, 0.9, 10)).float()
@@ -160,7 +160,7 @@ def test_training_with_rws_and_wake_sleep_improves_the_bound():
         model, guide = build_model(model_config("sbn", 10, "bernoulli", layers=[4], baseline="none"))
         bound = make_loss("iwae", model, guide, num_particles=10)
         before = bound(x).item()
-        fit(model, guide, x, TrainConfig(objective=objective, num_particles=5, epochs=20, batch_size=50, lr=3e-2))
+        fit(model, guide, x, TrainOptions(objective=objective, num_particles=5, epochs=20, batch_size=50, lr=3e-2))
         assert bound(x).item() < before - 200, objective  # more than 1 nat per point
 
 
@@ -171,7 +171,7 @@ def test_parameters_the_guide_shares_with_the_model_get_the_model_update_only(na
     same objective gives when the guide runs a *copy* of the model, which the model update cannot reach."""
     import copy
 
-    from tests.inference.test_iwae import X0, assert_same_expectation, gradient_draws, small_vae
+    from tests.inference.objectives.test_iwae import X0, assert_same_expectation, gradient_draws, small_vae
 
     model, guide = small_vae("ffg", model="ladder")
     separate = copy.deepcopy(guide)

@@ -33,7 +33,7 @@ guide to dreams, :math:`\nabla_\phi \log q(z|x)` with :math:`(z, x) \sim p`. The
 Samples are never differentiated through: every update is a score of fixed
 values, so both methods apply to discrete and continuous latents alike.
 Global latents are drawn once per step from their guide and shared by every sample,
-as in :mod:`inference.iwae`; they are fitted by the pathwise ELBO gradient of their
+as in :mod:`inference.objectives.iwae`; they are fitted by the pathwise ELBO gradient of their
 factor (counted ``B/N`` times per batch of B out of ``dataset_size`` N) plus the wake
 terms, and dreams draw them from the prior.
 
@@ -49,39 +49,22 @@ from __future__ import annotations
 
 import torch
 from pyro import poutine
-from torch import nn
 
-from .iwae import draw_globals, global_share, log_mean_exp
-from .program import (
-    ConventionError, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, sampled_log_densities, score_configurations,
+from ..program import (
+    ConventionError,
+    ProgramInfo,
+    per_datapoint_log_prob,
+    sampled_log_densities,
+    score_configurations,
     with_stopped_parameters,
 )
+from ..sampling import draw_globals, dream
+from ..stats import log_mean_exp
+from .base import SampledLoss
 
 #: Registered names and the share of the wake update in each guide update (``insomnia``).
 RWS_VARIANTS = {"rws": 1.0, "rws-sleep": 0.0, "rws-both": 0.5}
 WAKE_SLEEP = "wake-sleep"
-
-
-def dream(model, x: torch.Tensor, info: ProgramInfo) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Draw ``(x', z') ~ p`` with ``len(x)`` datapoints: the model run with its observation ignored.
-
-    Returns ``x'`` shaped like ``x`` and the values of every latent site. The model must
-    observe ``x`` itself (up to a reshape) at a single site, or there is nothing to dream.
-    """
-    if len(info.observed) != 1:
-        raise ConventionError(
-            f"the sleep phase dreams x from the model, which needs exactly one observed site; this model has {list(info.observed)}"
-        )
-    with torch.no_grad():
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(x)
-    x_dream = trace.nodes[info.observed[0]]["value"]
-    if x_dream.numel() != x.numel():
-        raise ConventionError(
-            f"the sleep phase needs the observed site {info.observed[0]!r} to be x itself; it holds "
-            f"{tuple(x_dream.shape)} values for x of shape {tuple(x.shape)}"
-        )
-    latents = {n: trace.nodes[n]["value"] for n in info.local_latents + info.global_latents}
-    return x_dream.reshape(x.shape).to(x.dtype), latents
 
 
 def sleep_log_q(model, guide, x: torch.Tensor, info: ProgramInfo) -> torch.Tensor:
@@ -103,27 +86,11 @@ def sleep_log_q(model, guide, x: torch.Tensor, info: ProgramInfo) -> torch.Tenso
     return with_stopped_parameters((model,), score, param_sites="owned").reshape(-1)
 
 
-class _WakeSleepBase(nn.Module):
-    def __init__(self, model, guide, num_samples: int, name: str):
-        super().__init__()
-        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"objective {name!r} needs K = num_particles >= 1 samples per datapoint, got {num_samples!r}")
-        self.model, self.guide = model, guide
-        self.num_samples, self.name = int(num_samples), name
-        self.dataset_size: int | None = None  #: N, set by the trainer: the global factor counts B/N per batch
-        self._info: ProgramInfo | None = None
-
-    def set_latent_scale(self, beta: float) -> None:
-        if beta != 1.0:
-            raise ValueError(f"objective {self.name!r} is not an ELBO with a KL term; KL warm-up does not apply (set kl_warmup_epochs=0)")
-
+class _WakeSleepBase(SampledLoss):
     def _wake(self, x: torch.Tensor):
         """Samples of q for real data: (log_w (K, N) without graph, model log p at fixed z (K, N), guide at fixed z, globals' term)."""
-        if self._info is None:
-            self._info = inspect_without_randomness(self.model, self.guide, x)
-        info = self._info
-        global_term, theta = draw_globals(self.model, self.guide, x, info)
-        global_term = global_share(len(x), self.dataset_size) * global_term
+        info = self.info(x)
+        global_term, theta = draw_globals(self.model, self.guide, x, info, self.dataset_size)
         model, guide = self.model, self.guide
         if theta:
             model = poutine.condition(model, data=theta)

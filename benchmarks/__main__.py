@@ -1,0 +1,35 @@
+"""One console command for the benchmarks: ``latent-inference gaps|compare|mixture|speed [options]``.
+
+Each subcommand is the module's own command line (``python -m benchmarks.<name>`` keeps working);
+``latent-inference <name> --help`` lists its options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "gaps": "the inference-gap decomposition (the main job)",
+    "compare": "inference algorithms compared on one model, one table",
+    "mixture": "our Gaussian mixture against scikit-learn's EM",
+    "speed": "the speed benchmark: our loops against hand-written PyTorch",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = ["usage: latent-inference {" + ",".join(COMMANDS) + "} [options]", ""]
+        lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+        print("\n".join(lines), file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(f"benchmarks.{argv[0]}")
+    sys.argv = [f"latent-inference {argv[0]}", *argv[1:]]
+    return module.cli(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Training objectives by name: one table, :data:`OBJECTIVES`, from name to everything the toolkit knows about it.
+
+Each entry is an :class:`Objective`: the factory of its loss module, a one-line
+description, whether KL warm-up applies, the range of K (``num_particles``, samples
+per datapoint per step) it accepts, and what it needs of the guide. The command-line
+help, the README's table, :func:`make_loss` and the training configuration read it.
+
+The losses live in one module per family, as Pyro groups ``infer/mcmc/``:
+
+* :mod:`inference.objectives.pyro_losses` — Pyro's ``Trace_ELBO``, ``TraceMeanField_ELBO``,
+  ``TraceGraph_ELBO``, ``TraceEnum_ELBO`` and ``RenyiELBO`` as losses, with KL warm-up;
+* :mod:`inference.objectives.capture` — ``Trace_ELBO``'s estimator replayed from a recorded graph;
+* :mod:`inference.objectives.iwae` — the importance-weighted bound per datapoint (IWAE, STL, DReG, VIMCO);
+* :mod:`inference.objectives.wake_sleep` — reweighted wake-sleep and wake-sleep.
+
+Every loss takes ``(model, guide, num_particles)``, returns the negative objective summed
+over the batch, and has ``set_latent_scale(beta)`` and ``dataset_size`` (N: on a batch of B
+the global factor counts B/N).
+
+**Adding an objective**: write its loss module, then add one :class:`Objective` line to
+:data:`OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..validation import positive_int
+from .capture import CapturedELBO
+from .iwae import IWAELoss
+from .pyro_losses import (
+    Annealed,
+    AnnealedLoss,
+    EnumLoss,
+    GlobalShare,
+    LatentScale,
+    RenyiLoss,
+    TraceGraphLoss,
+    kl_weight,
+    make_objective,
+)
+from .wake_sleep import RWS_VARIANTS, RWSLoss, WakeSleepLoss
+
+#: What an objective needs of the program pair.
+NEEDS = {
+    "any": "any guide",
+    "reparameterized": "a reparameterized guide",
+    "discrete": "non-reparameterized (discrete) guide sites; works with any",
+    "enumerated": "model sites marked infer={'enumerate': 'parallel'}",
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One training objective: how to build its loss and what it accepts."""
+
+    build: Callable[[nn.Module, nn.Module, int], nn.Module]  #: (model, guide, num_particles) -> loss module
+    description: str  #: one line, for the CLI help and the README table
+    warmup: bool  #: whether KL warm-up applies (an ELBO with a KL term); bounds without one train with warm-up 0
+    min_particles: int = 1  #: the least K it accepts
+    max_particles: int | None = None  #: the most K it accepts (None: no limit)
+    needs: str = "any"  #: a key of :data:`NEEDS`
+    why_particles: str = ""  #: the reason for the K range, said when a K outside it is refused
+
+    def check_particles(self, name: str, num_particles: int) -> int:
+        """``num_particles`` if this objective accepts it, else a ``ValueError`` that says why not."""
+        k = positive_int(num_particles, "num_particles")
+        if k < self.min_particles or (self.max_particles is not None and k > self.max_particles):
+            raise ValueError(f"objective {name!r} {self.why_particles}; got num_particles={k}")
+        return k
+
+
+def _pyro_elbo(name: str) -> Callable[[nn.Module, nn.Module, int], nn.Module]:
+    return lambda model, guide, k: AnnealedLoss(make_objective(name, k), model, guide, name)
+
+
+def _importance_weighted(name: str) -> Callable[[nn.Module, nn.Module, int], nn.Module]:
+    return lambda model, guide, k: IWAELoss(model, guide, k, name)
+
+
+def _rws(name: str) -> Callable[[nn.Module, nn.Module, int], nn.Module]:
+    return lambda model, guide, k: RWSLoss(model, guide, k, insomnia=RWS_VARIANTS[name], name=name)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "elbo": Objective(_pyro_elbo("elbo"), "Pyro's Trace_ELBO: the Monte Carlo ELBO, pathwise gradients where reparameterized (Kingma & Welling 2014)", True),
+    "meanfield": Objective(_pyro_elbo("meanfield"), "Pyro's TraceMeanField_ELBO: the ELBO with analytic KL terms where Pyro knows them", True),
+    "captured-elbo": Objective(
+        lambda model, guide, k: CapturedELBO(model, guide), "Trace_ELBO's estimator replayed from a recorded graph: same values, less Python per step (static programs)",
+        True, max_particles=1, needs="reparameterized", why_particles="uses one sample per datapoint (the recorded graph holds one)",
+    ),
+    "tracegraph": Objective(
+        lambda model, guide, k: TraceGraphLoss(model, guide), "Pyro's TraceGraph_ELBO: score-function gradients with the guide's baselines (NVIL, Mnih & Gregor 2014)",
+        True, max_particles=1, needs="discrete", why_particles="runs one particle per datapoint (its baselines are per datapoint)",
+    ),
+    "enum": Objective(
+        lambda model, guide, k: EnumLoss(model, guide, k), "Pyro's TraceEnum_ELBO: the exact log p(x) with enumerated sites summed out, the guide fitted to the exact ELBO",
+        False, needs="enumerated",
+    ),
+    "iwae": Objective(_importance_weighted("iwae"), "the importance-weighted bound with K samples per datapoint (Burda et al. 2016)", False),
+    "iwae-stl": Objective(_importance_weighted("iwae-stl"), "IWAE with the sticking-the-landing guide gradient (Roeder et al. 2017)", False, needs="reparameterized"),
+    "iwae-dreg": Objective(_importance_weighted("iwae-dreg"), "IWAE with the doubly reparameterized guide gradient (Tucker et al. 2019)", False, needs="reparameterized"),
+    "vimco": Objective(
+        _importance_weighted("vimco"), "IWAE with leave-one-out baselines for score-function gradients (Mnih & Rezende 2016)", False,
+        min_particles=2, needs="discrete", why_particles="needs K = num_particles >= 2 for its leave-one-out baselines",
+    ),
+    "rws": Objective(_rws("rws"), "reweighted wake-sleep, wake update of the guide (Bornschein & Bengio 2015)", False),
+    "rws-sleep": Objective(_rws("rws-sleep"), "reweighted wake-sleep, sleep update of the guide", False),
+    "rws-both": Objective(_rws("rws-both"), "reweighted wake-sleep, the average of wake and sleep guide updates", False),
+    "wake-sleep": Objective(lambda model, guide, k: WakeSleepLoss(model, guide, k), "wake-sleep: ELBO gradient for the model, sleep update for the guide (Hinton et al. 1995)", False),
+    "renyi": Objective(
+        lambda model, guide, k: RenyiLoss(model, guide, k), "Pyro's RenyiELBO(alpha=0), for comparison: whole-batch weights with global latents (pyro 3104)", False,
+    ),
+}
+
+#: The registered names, in table order.
+TRAINING_OBJECTIVES = tuple(OBJECTIVES)
+
+
+def get_objective(name: str) -> Objective:
+    """The table entry of ``name``; an unknown name is refused with the list of known ones."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1) -> nn.Module:
+    """The training loss of objective ``name`` with K = ``num_particles``: the negative objective summed over the batch."""
+    entry = get_objective(name)
+    return entry.build(model, guide, entry.check_particles(name, num_particles))
+
+
+def objectives_help() -> str:
+    """The objective names with their one-line descriptions, for command-line help."""
+    return "; ".join(f"{name}: {entry.description}" for name, entry in OBJECTIVES.items())
+
+
+def objectives_table() -> str:
+    """The objective table in Markdown (the README's and docs' table is this)."""
+    rows = ["| objective | what | KL warm-up | K | needs |", "|---|---|---|---|---|"]
+    for name, o in OBJECTIVES.items():
+        k = f"{o.min_particles}" + ("" if o.max_particles == o.min_particles else f"–{o.max_particles or '∞'}")
+        rows.append(f"| `{name}` | {o.description} | {'yes' if o.warmup else 'no'} | {k} | {NEEDS[o.needs]} |")
+    return "\n".join(rows)
+
+
+__all__ = [
+    "NEEDS", "OBJECTIVES", "TRAINING_OBJECTIVES", "Annealed", "AnnealedLoss", "CapturedELBO", "EnumLoss", "GlobalShare",
+    "IWAELoss", "LatentScale", "Objective", "RWSLoss", "RenyiLoss", "TraceGraphLoss", "WakeSleepLoss", "get_objective",
+    "kl_weight", "make_loss", "make_objective", "objectives_help", "objectives_table",
+]
