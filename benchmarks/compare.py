@@ -28,28 +28,22 @@ skipped with the reason recorded. Writes ``compare.json``, ``compare.md`` and
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
 from typing import Any
 
-import matplotlib
-
 from benchmarks.datasets import DATA_DIMS, load_dataset
 from benchmarks.gaps import data_config, factory_config
 from benchmarks.options import Parser, add_data_arguments, add_model_arguments, run_cli, run_info
+from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
-from inference.diagnostics import ACTIVE_THRESHOLD
-from inference.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from inference.io import atomic_write_json, atomic_write_text
 from inference.memory import MAX_ELEMENTS
 from inference.objectives import TRAINING_OBJECTIVES
 from inference.training import DEVICES, LR_SCHEDULES, TrainOptions
 from inference.validation import positive_int
 from ppl_models import build_model, get_spec, is_factory, model_config, option_names
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 #: Published set-ups. Values are defaults for options not given on the command line.
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -164,71 +158,12 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     return data_cfg, model_cfg, train, objectives, counts, options
 
 
-def markdown(result: dict[str, Any]) -> str:
-    cfg = result["config"]
-    model = cfg["model"]["name"]
-    published = any((model, r["objective"], r["num_particles"]) in PUBLISHED for r in result["runs"]) and cfg["protocol"] == "iwae-mnist"
-    train = cfg["train"]
-    ev = cfg["evaluation"]
-    lines = [
-        f"# Inference algorithms compared: {model} on {cfg['data']['dataset']} ({cfg['data']['likelihood']}, {cfg['data']['binarization'] or 'continuous'})",
-        "",
-        f"Same initialization, data order and seed; {train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} of batch {train['batch_size']} "
-        f"(Adam lr {train['lr']}, {train['lr_schedule']} schedule) for every run. "
-        f"Test: {ev['test_points']} points, log p̂(x) with K={ev['log_px_samples']}, "
-        f"ELBO with {ev['elbo_samples']} samples; ± is the standard error over test points.",
-        "",
-    ]
-    header = "| objective | K | test log p̂(x) | test ELBO | active units | SNR encoder | SNR decoder | ms/step |"
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
-    if published:
-        header += " published −log p(x) |"
-        rule += "---:|"
-    lines += [header, rule]
-    for r in result["runs"]:
-        lp, lb, units, snr = r["test_log_px"], r["test_elbo"], r["active_units"], r["snr"]
-        row = (
-            f"| {r['objective']} | {r['num_particles']} | {lp['mean']:.2f} ± {lp['se']:.2f} | {lb['mean']:.2f} ± {lb['se']:.2f} | "
-            f"{units['active']}/{units['total']} | {snr['encoder']['mean']:.3f} | {snr['decoder']['mean']:.3f} | {1000 * r['seconds_per_step']:.1f} |"
-        )
-        if published:
-            ref = PUBLISHED.get((model, r["objective"], r["num_particles"]))
-            row += f" {ref:.2f} |" if ref is not None else " |"
-        lines.append(row)
-    for s in result["skipped"]:
-        lines.append(f"\nSkipped {s['objective']} with K={s['num_particles']}: {s['reason']}")
-    lines += ["", "SNR: mean over parameter components of |E[gradient]| / sd[gradient] of the objective's own estimator "
-              f"({ev['snr_draws']} draws on one training batch); active units: variance over test points of "
-              f"the posterior mean > {ACTIVE_THRESHOLD}."]
-    if published:
-        lines.append("Published: Burda, Grosse & Salakhutdinov (2016), Table 1, negative test log-likelihood after 3280 epochs.")
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict[str, Any], path: str) -> None:
-    """The learning curves of every run, as a PNG written atomically to ``path``."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in result["runs"]:
-        pts = r["curve"]
-        ax.plot([p["step"] for p in pts], [p["bound"] for p in pts], marker="o" if len(pts) < 30 else None, label=f"{r['objective']} K={r['num_particles']}")
-    ev = result["config"]["evaluation"]
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"test IWAE bound, K={ev['curve_samples']} (nats)")
-    ax.set_title(f"{result['config']['model']['name']} on {result['config']['data']['dataset']}: {ev['curve_points']} test points")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def write_report(result: dict[str, Any], out: str) -> None:
     """``compare.json``, ``compare.md`` and ``compare.png`` in ``out``."""
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "compare.json"), result)
-    atomic_write_text(os.path.join(out, "compare.md"), markdown(result))
-    plot(result, os.path.join(out, "compare.png"))
+    atomic_write_text(os.path.join(out, "compare.md"), compare_markdown(result, PUBLISHED))
+    compare_plot(result, os.path.join(out, "compare.png"))
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -249,7 +184,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = {"config": config, "runs": comparison.runs, "skipped": comparison.skipped}
     write_report(result, args.out)
     atomic_write_json(os.path.join(args.out, "run_info.json"), run_info(time.perf_counter() - started))
-    print(markdown(result))
+    print(compare_markdown(result, PUBLISHED))
     print(f"wrote {os.path.join(args.out, 'compare.json')}, compare.md and compare.png ({time.perf_counter() - started:.0f} s)")
     return result
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ppl_models import check_likelihood
+
 DATASETS = ("digits", "mnist")
 #: Pixels per image of each data set.
 DATA_DIMS = {"digits": 64, "mnist": 784}
@@ -106,7 +108,6 @@ def load_dataset(
     binarize_seed: int = 0,
 ) -> Data:
     """Load ``name`` and prepare it for ``likelihood`` (see module docstring)."""
-    from ppl_models import check_likelihood
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

@@ -48,6 +48,7 @@ from torch import nn
 
 from benchmarks.datasets import DEFAULT_DATA_ROOT, load_dataset
 from benchmarks.options import run_cli
+from benchmarks.report import speed_markdown
 from inference.ais import HMCOptions, ais
 from inference.io import atomic_write_json, atomic_write_text
 from inference.local import StoppingRule, frozen, optimize_local
@@ -335,60 +336,6 @@ def ais_speed(model, guide, points: torch.Tensor, chains: int, steps: int, leapf
 # ---- main --------------------------------------------------------------------------
 
 
-def render(result: dict[str, Any]) -> str:
-    a, lines = result.get("training_step"), ["# Speed", ""]
-    if a:
-        lines += [
-            f"Training step, batch {result['config']['batch_size']}, MNIST-sized VAE ({result['data']}), median of "
-            f"{result['config']['repeats']} interleaved blocks of {result['config']['block']} steps:",
-            "",
-            "| step | ms/step | ratio to pure PyTorch |",
-            "|---|---:|---:|",
-            f"| hand-written PyTorch | {a['pure_ms']:.2f} | 1.00 |",
-            f"| ours: ELBOModule(Trace_ELBO) + torch Adam | {a['core_ms']:.2f} | {a['core_over_pure']:.3f} "
-            f"(blocks {a['core_over_pure_range'][0]:.3f}-{a['core_over_pure_range'][1]:.3f}) |",
-            f"| ours, objective captured-elbo: the same estimator replayed from a recorded graph | {a['captured_ms']:.2f} | "
-            f"{a['captured_over_pure']:.3f} (blocks {a['captured_over_pure_range'][0]:.3f}-{a['captured_over_pure_range'][1]:.3f}) |",
-            f"| plain Pyro: SVI + pyro.optim + PyroModule | {a['svi_ms']:.2f} | {a['svi_over_pure']:.3f} |",
-        ]
-        for name, t in result.get("trainer", {}).items():
-            lines.append(f"| ours ({name}) through Lightning's Trainer, steady state, vs a hand-written loop ({t['pure_loop_ms']:.2f} ms) "
-                         f"| {t['trainer_ms']:.2f} | {t['ratio']:.3f} (runs {t['ratio_range'][0]:.3f}-{t['ratio_range'][1]:.3f}) |")
-        lines.append("")
-    b = result.get("local")
-    if b:
-        lines += [
-            f"Local q* on {b['points']} MNIST points (window {b['rule']['window']}, patience {b['rule']['patience']}, "
-            f"cap {b['rule']['max_steps']} steps):",
-            "",
-            "| local q* | seconds | mean steps |",
-            "|---|---:|---:|",
-            f"| vectorized (one tensor, masked) | {b['vectorized_s']:.1f} | {b['vectorized_mean_steps']:.0f} |",
-            f"| per-datapoint Python loop | {b['loop_s']:.1f} | {b['loop_mean_steps']:.0f} |",
-            f"| speed-up | {b['speedup']:.1f}x | |",
-            "",
-            "Milliseconds per datapoint per step: vectorized {vectorized:.2f}, loop {loop:.2f}, hand-written PyTorch "
-            "vectorized step (no Pyro, no masking) {hand_written_vectorized:.2f}; so doing this step's arithmetic in eager "
-            "PyTorch, vectorized or not, beats the loop by at most about {ceiling:.1f}x on this machine.".format(**b["ms_per_point_step"], ceiling=b["ceiling"]),
-            "",
-        ]
-    c = result.get("ais")
-    if c:
-        lines += [
-            f"AIS on {c['points']} MNIST points: {c['chains']} chains, {c['steps']} intermediate distributions, "
-            f"{c['leapfrog']} leapfrog steps ({c['gradient_evaluations']:,} per-chain gradient evaluations):",
-            "",
-            "| AIS | seconds | gradient evaluations / s |",
-            "|---|---:|---:|",
-            f"| vectorized (datapoints x chains in one tensor) | {c['vectorized_s']:.1f} | {c['vectorized_evals_per_s']:,.0f} |",
-            f"| per-datapoint Python loop | {c['loop_s']:.1f} | {c['loop_evals_per_s']:,.0f} |",
-            f"| speed-up | {c['speedup']:.1f}x | |",
-            "",
-        ]
-    lines.append(f"Machine: {result['machine']}, torch {result['torch']} with {result['threads']} threads.")
-    return "\n".join(lines) + "\n"
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
@@ -426,7 +373,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                           objective, args.trainer_repeats)
             for objective in ("elbo", "captured-elbo")
         }
-        print(render(result), flush=True)
+        print(speed_markdown(result), flush=True)
     if "local" not in args.skip or "ais" not in args.skip:
         model, guide = briefly_trained(data.train[:10_000], args.seed)
     if "local" not in args.skip:
@@ -436,8 +383,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         result["ais"] = ais_speed(model, guide, data.test[: args.ais_points], args.ais_chains, args.ais_steps, args.ais_leapfrog)
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "speed.json"), result)
-    atomic_write_text(os.path.join(args.out, "speed.md"), render(result))
-    print(render(result))
+    atomic_write_text(os.path.join(args.out, "speed.md"), speed_markdown(result))
+    print(speed_markdown(result))
     return result
 
 

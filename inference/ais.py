@@ -49,6 +49,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
+from tqdm.auto import tqdm
 
 from .estimators import Estimate, log_mean_exp_estimate
 from .memory import MAX_ELEMENTS, chunk_size_for
@@ -62,6 +63,7 @@ from .program import (
     score_configurations,
     score_site_groups,
 )
+from .validation import positive_int
 
 SCHEDULES = ("linear", "sigmoid")
 AIS_INITS = ("prior", "guide")
@@ -109,8 +111,7 @@ class HMCOptions:
     pilot_chains: int = 10  #: chains per datapoint of the pilot run that adapts the step sizes
 
     def __post_init__(self) -> None:
-        if isinstance(self.leapfrog_steps, bool) or int(self.leapfrog_steps) != self.leapfrog_steps or self.leapfrog_steps < 1:
-            raise ValueError(f"leapfrog_steps must be an integer >= 1, got {self.leapfrog_steps!r}")
+        positive_int(self.leapfrog_steps, "leapfrog_steps")
         if not (0 < self.min_step_size <= self.step_size <= self.max_step_size):
             raise ValueError(
                 f"the HMC step size must be positive and within [min_step_size, max_step_size]: got step_size={self.step_size}, "
@@ -120,8 +121,7 @@ class HMCOptions:
             raise ValueError(f"target_accept must lie in (0, 1), got {self.target_accept}")
         if not 0 <= self.adapt_rate < 1:
             raise ValueError(f"adapt_rate must lie in [0, 1), got {self.adapt_rate}")
-        if isinstance(self.pilot_chains, bool) or int(self.pilot_chains) != self.pilot_chains or self.pilot_chains < 1:
-            raise ValueError(f"pilot_chains must be an integer >= 1, got {self.pilot_chains!r}")
+        positive_int(self.pilot_chains, "pilot_chains")
 
 
 #: ``log_density(z) -> (log f(z), extra)`` with ``log f`` of shape ``z.shape[:-1]``; ``extra`` is carried along.
@@ -430,6 +430,5 @@ def guide_block(guide: Program, start: int, stop: int, num_points: int) -> Progr
 
 def progress_bar(steps: int, blocks: int):
     """A progress bar over ``steps`` annealing steps for each of ``blocks`` blocks of datapoints."""
-    from tqdm.auto import tqdm
 
     return tqdm(total=steps * blocks, desc="AIS", leave=False)

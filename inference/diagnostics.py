@@ -21,6 +21,7 @@ Both work on any model/guide pair following the package convention.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -47,15 +48,13 @@ def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
 
     NaN for every datapoint when ``S < MIN_PSIS_SAMPLES`` (no tail to fit).
     """
-    import warnings
-
     if log_weights.dim() != 2 or log_weights.shape[0] < 2:
         raise ValueError(f"pareto_k needs log weights of shape (samples >= 2, datapoints), got {tuple(log_weights.shape)}")
     if log_weights.shape[0] < MIN_PSIS_SAMPLES:
         return torch.full((log_weights.shape[1],), math.nan, dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ's import-time notice and its small-sample warnings
-        import arviz
+        import arviz  # imported on first use: it takes seconds, and only PSIS needs it
 
         _, k_hat = arviz.psislw(log_weights.detach().double().T.cpu().numpy())
     return torch.as_tensor(k_hat, dtype=torch.float64).reshape(log_weights.shape[1])

@@ -13,9 +13,9 @@ member of its family found for that datapoint alone (:mod:`inference.local`):
 encoder's a per-datapoint flow of the same size, the ladder guide's free bottom-up
 statistics merged with the model's top-down networks), so that the amortization gap
 compares q with the best member of *its* family and is never negative beyond noise.
-Further families (``local_families``, e.g. a flow whose optimum approximates the
+Further families (``local.families``, e.g. a flow whose optimum approximates the
 best achievable bound) are fitted too and reported beside it as
-``elbo_local_<family>``, never instead of it, as Cremer et al. report
+``others[<family>]``, never instead of it, as Cremer et al. report
 :math:`\mathcal{L}[q^*_{FFG}]` and :math:`\mathcal{L}[q^*_{Flow}]` side by side.
 
 :math:`\log p(x)` is estimated by the importance-weighted bound with ``K``

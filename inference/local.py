@@ -44,6 +44,7 @@ from pyro import poutine
 from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import biject_to
+from tqdm.auto import tqdm
 
 from .enumeration import MAX_CONFIGURATIONS, configurations, expand_grid, log_joint_on_grid, unwrap_independent
 from .estimators import Estimate, elbo
@@ -564,7 +565,6 @@ class WindowRule:
 def _progress(total: int, enabled: bool, family: str = "ffg"):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"local q* ({family})", leave=False)
 

@@ -40,6 +40,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
@@ -152,7 +153,6 @@ def _check_support(name: str, site: dict) -> None:
 
 
 def _refuse_global_vector_autoguides(guide: Program) -> None:
-    from pyro.infer.autoguide import AutoContinuous
 
     if isinstance(guide, AutoContinuous):
         raise ConventionError(

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions.transforms import ConditionalAffineAutoregressive, ConditionalAffineCoupling, Permute
+from pyro.nn import ConditionalAutoRegressiveNN, ConditionalDenseNN
 from torch import nn
 
 from .networks import ACTIVATIONS, mlp
@@ -58,8 +60,6 @@ class GaussianHead(nn.Module):
             self.params_net = nn.Linear(in_dim, 2 * d)
         self.flows = nn.ModuleList()
         if family in ("iaf", "coupling"):
-            from pyro.distributions.transforms import ConditionalAffineAutoregressive, ConditionalAffineCoupling
-            from pyro.nn import ConditionalAutoRegressiveNN, ConditionalDenseNN
 
             if d < 2:
                 raise ValueError(f"flow guides need a latent of at least 2 dimensions, got {d}")
@@ -99,8 +99,6 @@ class GaussianHead(nn.Module):
         base = dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
         if not len(self.flows):
             return base
-        from pyro.distributions.transforms import Permute
-
         transforms = []
         for k, flow in enumerate(self.flows):
             if k and self.family == "coupling":

@@ -10,15 +10,15 @@ from ..validation import positive_int
 
 
 class SampledLoss(nn.Module):
-    """A loss that draws ``num_samples`` = K samples per datapoint; the pair is inspected on the first batch.
+    """A loss that draws ``num_particles`` = K samples per datapoint; the pair is inspected on the first batch.
 
     These objectives are not an ELBO with a KL term, so KL warm-up does not apply to them.
     """
 
-    def __init__(self, model: nn.Module, guide: nn.Module, num_samples: int, name: str):
+    def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int, name: str):
         super().__init__()
         self.model, self.guide = model, guide
-        self.num_samples, self.name = positive_int(num_samples, f"objective {name!r}: K = num_particles"), name
+        self.num_particles, self.name = positive_int(num_particles, f"objective {name!r}: K = num_particles"), name
         self.dataset_size: int | None = None  #: N, set by the trainer: the global factor counts B/N per batch
         self._info: ProgramInfo | None = None
 

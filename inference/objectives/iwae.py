@@ -71,16 +71,16 @@ ESTIMATORS = ("iwae", "iwae-stl", "iwae-dreg", "vimco")
 class IWAELoss(SampledLoss):
     """``-sum_i L_K(x_i)`` (a ``(,)`` tensor) whose gradient is the chosen estimator's."""
 
-    def __init__(self, model: nn.Module, guide: nn.Module, num_samples: int, estimator: str = "iwae"):
+    def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int, estimator: str = "iwae"):
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown importance-weighted estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
-        super().__init__(model, guide, num_samples, estimator)
-        if estimator == "vimco" and self.num_samples < 2:
-            raise ValueError(f"objective 'vimco' needs K = num_particles >= 2 for its leave-one-out baselines, got {num_samples}")
+        super().__init__(model, guide, num_particles, estimator)
+        if estimator == "vimco" and self.num_particles < 2:
+            raise ValueError(f"objective 'vimco' needs K = num_particles >= 2 for its leave-one-out baselines, got {num_particles}")
         self.estimator = estimator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        info, k = self.info(x), self.num_samples
+        info, k = self.info(x), self.num_particles
         model, guide = self.model, self.guide
         global_term, theta = draw_globals(model, guide, x, info, self.dataset_size)
         if theta:

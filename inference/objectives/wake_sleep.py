@@ -96,7 +96,7 @@ class _WakeSleepBase(SampledLoss):
             model = poutine.condition(model, data=theta)
             guide = poutine.condition(guide, data={n: v.detach() for n, v in theta.items()})
         with torch.no_grad():
-            log_p, log_q, guide_trace = sampled_log_densities(model, guide, x, self.num_samples, info)
+            log_p, log_q, guide_trace = sampled_log_densities(model, guide, x, self.num_particles, info)
         values = {n: guide_trace.nodes[n]["value"] for n in info.guide_local_sites}
         log_p_fixed = score_configurations(model, x, values, info, info.local_latents + info.observed)
         return log_p - log_q, log_p_fixed, guide, values, global_term
@@ -105,8 +105,8 @@ class _WakeSleepBase(SampledLoss):
 class RWSLoss(_WakeSleepBase):
     """Reweighted wake-sleep: value ``-sum_i L_K(x_i)``, gradient the RWS updates (see the module docstring)."""
 
-    def __init__(self, model, guide, num_samples: int, insomnia: float = 1.0, name: str = "rws"):
-        super().__init__(model, guide, num_samples, name)
+    def __init__(self, model, guide, num_particles: int, insomnia: float = 1.0, name: str = "rws"):
+        super().__init__(model, guide, num_particles, name)
         if not 0.0 <= insomnia <= 1.0:
             raise ValueError(f"insomnia must lie in [0, 1], got {insomnia}")
         self.insomnia = float(insomnia)
@@ -131,8 +131,8 @@ class RWSLoss(_WakeSleepBase):
 class WakeSleepLoss(_WakeSleepBase):
     """Wake-sleep: value ``-sum_i ELBO(x_i)`` (K-sample average), gradient the wake (model) and sleep (guide) updates."""
 
-    def __init__(self, model, guide, num_samples: int = 1):
-        super().__init__(model, guide, num_samples, WAKE_SLEEP)
+    def __init__(self, model, guide, num_particles: int = 1):
+        super().__init__(model, guide, num_particles, WAKE_SLEEP)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_w, log_p_fixed, _, _, global_term = self._wake(x)

@@ -98,6 +98,7 @@ def test_protocol_presets_and_overrides():
     data, model, train, objectives, _, _ = resolve(parse(["--protocol", "sbn-mnist", "--layers", "200,200"]))
     assert (data["binarization"], model["name"], model["layers"], model["baseline"]) == ("static", "sbn", [200, 200], "nvil")
     assert objectives == ["tracegraph", "vimco"]
+    assert parse(["--num-samples", "1,2"]).num_particles == "1,2"  # the old name of the flag still works
 
 
 @pytest.mark.parametrize("extra,message", [

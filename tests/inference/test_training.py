@@ -8,7 +8,7 @@ import torch
 from inference.estimators import elbo
 from inference.io import CheckpointError, load_checkpoint
 from inference.objectives import kl_weight, make_objective
-from inference.training import CHECKPOINT_KEYS, TrainOptions, fit, iwae_lr_factor
+from inference.training import CHECKPOINT_KEYS, TrainOptions, fit, iwae_lr_factor, load_trained
 from ppl_models import build_model, model_config
 from tests.oracles import make_ppca, sample_ppca
 
@@ -137,3 +137,46 @@ def test_iwae_learning_rate_schedule_and_kl_warmup():
     assert kl_weight(0, 0) == 1.0 and kl_weight(0, 10) == 0.1 and kl_weight(9, 10) == 1.0 and kl_weight(50, 10) == 1.0
     with pytest.raises(ValueError, match="unknown objective"):
         make_objective("renyi")
+
+
+def test_fit_returns_the_epoch_losses_and_the_checkpoint_that_load_trained_rebuilds(tmp_path):
+    x = binary_data(60)
+    torch.manual_seed(0)
+    config = model_config("vae", 8, "bernoulli", **SMALL_VAE)
+    model, guide = build_model(config)
+    result = fit(model, guide, x, TrainOptions(epochs=3, batch_size=20), out_dir=str(tmp_path), run_config={"model": config})
+    assert len(result.losses) == 3 and all(isinstance(v, float) for v in result.losses)
+    with open(tmp_path / "logs" / "metrics.csv") as f:  # the same numbers Lightning logged
+        logged = [float(line.split(",")[-1]) for line in f.read().splitlines()[1:]]
+    assert logged == pytest.approx(result.losses, rel=1e-6)
+    trained = load_trained(result.checkpoint_path)
+    assert trained.config["train"]["epochs"] == 3 and trained.config["model"] == config
+    for a, b in zip(trained.guide.state_dict().values(), guide.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match="records no model config"):
+        fit(*build_model(config), x, TrainOptions(epochs=1, batch_size=20), out_dir=str(tmp_path / "bare"))
+        load_trained(str(tmp_path / "bare" / "checkpoints" / "last.ckpt"))
+
+
+def test_fit_applies_a_data_sets_own_transform_and_refuses_plain_functions():
+    """A data set with ``.train`` and ``.transform`` (dynamic binarization) is trained through its transform: the
+    grey levels never reach the Bernoulli likelihood; plain functions are refused with the reason."""
+    grey = torch.rand(40, 8)
+
+    class Grey:
+        train = grey
+
+        @staticmethod
+        def transform(batch):
+            return torch.bernoulli(batch)
+
+    model, guide = build_model(model_config("vae", 8, "bernoulli", **SMALL_VAE))
+    fit(model, guide, Grey(), TrainOptions(epochs=1, batch_size=20))  # no error: every batch is binarized first
+    with pytest.raises(ValueError, match="support"):  # the same grey levels as a bare tensor are refused by the check
+        fit(model, guide, grey, TrainOptions(epochs=1, batch_size=20))
+
+    def model_fn(x):
+        pass
+
+    with pytest.raises(TypeError, match="fit trains the parameters of nn.Module programs; the model is a function"):
+        fit(model_fn, guide, binary_data(20), TrainOptions(epochs=1, batch_size=20))
