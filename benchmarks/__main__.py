@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(f"benchmarks.{argv[0]}")
-    sys.argv = [f"latent-inference {argv[0]}", *argv[1:]]
     return module.cli(argv[1:])
 
 

@@ -40,7 +40,7 @@ from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
 from inference.local import LOCAL_INITS, AdamOptions, LocalOptions, StoppingRule
 from inference.memory import MAX_ELEMENTS
 from inference.objectives import get_objective, objectives_help
-from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, WARMUPS, TrainOptions, fit, resolve_device
+from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, WARMUPS, TrainOptions, fit, load_trained, resolve_device
 from inference.validation import positive_int, positive_number
 from ppl_models import build_model, get_spec, is_factory, load_factory, model_config, option_names
 
@@ -245,16 +245,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     points = {split: data.eval_points(split, args.num_points) for split in ("train", "test")}
 
     families = local_families(args)
-    pyro.set_rng_seed(train_cfg.seed)
-    model, guide = build_model(model_cfg)
-    if checkpoint is None and hasattr(model, "init_from_data"):  # the mixture: means at random datapoints
-        model.init_from_data(data.train, torch.Generator().manual_seed(train_cfg.seed))
     run_config = {"data": data_cfg, "model": model_cfg}
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model_state"])
-        guide.load_state_dict(checkpoint["guide_state"])
+        model, guide, _ = load_trained(args.checkpoint)
         train_seconds = 0.0
     else:
+        pyro.set_rng_seed(train_cfg.seed)
+        model, guide = build_model(model_cfg)
+        if hasattr(model, "init_from_data"):  # the mixture: means at random datapoints
+            model.init_from_data(data.train, torch.Generator().manual_seed(train_cfg.seed))
         t0 = time.perf_counter()
         trained = fit(
             model, guide, data, train_cfg, out_dir=args.out, resume=args.resume,

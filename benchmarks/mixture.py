@@ -23,6 +23,7 @@ import pyro
 import torch
 
 from benchmarks.options import run_cli
+from benchmarks.report import MIXTURE_HEADER, mixture_markdown, mixture_row
 from inference.io import atomic_write_json, atomic_write_text
 from inference.objectives import make_loss
 from ppl_models import COVARIANCES, build_model, model_config
@@ -108,23 +109,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     datasets = {"synthetic-2d": (synthetic(600, args.seed), synthetic(400, args.seed + 1))}
     datasets.update({f"digits-pca{d}": digits_pca(d) for d in dims})
     rows = []
-    lines = [
-        "| data | K | covariance | ours (test) | sklearn EM (test) | difference | ours (train) | sklearn (train) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    print("\n".join(lines), flush=True)
+    print(MIXTURE_HEADER, flush=True)
     for name, (train, test) in datasets.items():
         for k in ks:
             for cov in COVARIANCES:
-                r = {"data": name, **compare(train, test, k, cov, args.restarts, args.seed, args.steps)}
-                rows.append(r)
-                lines.append(f"| {name} | {k} | {cov} | {r['ours_test']:.4f} | {r['sklearn_test']:.4f} | {r['difference']:+.4f} | "
-                             f"{r['ours_train']:.4f} | {r['sklearn_train']:.4f} |")
-                print(lines[-1], flush=True)
+                rows.append({"data": name, **compare(train, test, k, cov, args.restarts, args.seed, args.steps)})
+                print(mixture_row(rows[-1]), flush=True)
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "mixture.json"), {"config": vars(args), "rows": rows})
-    note = f"\nHeld-out log-likelihood per point (nats); best of {args.restarts} starts each, seed {args.seed}.\n"
-    atomic_write_text(os.path.join(args.out, "mixture.md"), "\n".join(lines) + "\n" + note)
+    atomic_write_text(os.path.join(args.out, "mixture.md"), mixture_markdown(rows, args.restarts, args.seed))
     return {"config": vars(args), "rows": rows}
 
 

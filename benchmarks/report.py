@@ -201,3 +201,21 @@ def speed_markdown(result: dict[str, Any]) -> str:
         ]
     lines.append(f"Machine: {result['machine']}, torch {result['torch']} with {result['threads']} threads.")
     return "\n".join(lines) + "\n"
+
+
+MIXTURE_HEADER = (
+    "| data | K | covariance | ours (test) | sklearn EM (test) | difference | ours (train) | sklearn (train) |\n"
+    "|---|---:|---|---:|---:|---:|---:|---:|"
+)
+
+
+def mixture_row(r: dict[str, Any]) -> str:
+    """One row of the mixture benchmark: our held-out and training log-likelihood per point against EM's."""
+    return (f"| {r['data']} | {r['components']} | {r['covariance']} | {r['ours_test']:.4f} | {r['sklearn_test']:.4f} | "
+            f"{r['difference']:+.4f} | {r['ours_train']:.4f} | {r['sklearn_train']:.4f} |")
+
+
+def mixture_markdown(rows: list[dict[str, Any]], restarts: int, seed: int) -> str:
+    """The mixture benchmark's table."""
+    note = f"\nHeld-out log-likelihood per point (nats); best of {restarts} starts each, seed {seed}.\n"
+    return "\n".join([MIXTURE_HEADER, *(mixture_row(r) for r in rows)]) + "\n" + note

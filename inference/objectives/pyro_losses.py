@@ -247,8 +247,7 @@ class RenyiLoss(nn.Module):
 
     def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int = 1):
         super().__init__()
-        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"objective {RENYI!r} needs num_particles >= 1, got {num_particles!r}")
+        num_particles = positive_int(num_particles, f"objective {RENYI!r}: num_particles")
         self.model, self.guide = model, guide
         # Pyro backpropagates only when the traces hold param sites: register the modules as Pyro does
         self._names = (f"renyi{id(self)}_model", f"renyi{id(self)}_guide")
