@@ -260,11 +260,17 @@ def compare_objectives(
         positive_int(k, "each K in num_particles")
     if options.test_points is not None:
         data.eval_points("test", options.test_points)  # refuses an impossible size before any training
+    with torch.random.fork_rng(devices=[]):  # a pair and a batch to check each objective's needs on, the seed untouched
+        model, guide = make_pair()
+        sample = data.eval_points("train", min(train.batch_size, len(data.train)))
+        if data.transform is not None:
+            sample = data.transform(sample)
     runs, skipped = [], []
     for objective in objectives:
         for k in num_particles:
             try:
                 get_objective(objective).check_particles(objective, k)
+                get_objective(objective).check_pair(objective, model, guide, sample)
             except ValueError as err:
                 skipped.append({"objective": objective, "num_particles": k, "reason": str(err)})
                 continue

@@ -26,6 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
 from ..validation import positive_int
@@ -64,6 +67,22 @@ class Objective:
     max_particles: int | None = None  #: the most K it accepts (None: no limit)
     needs: str = "any"  #: a key of :data:`NEEDS`
     why_particles: str = ""  #: the reason for the K range, said when a K outside it is refused
+
+    def check_pair(self, name: str, model: nn.Module, guide: nn.Module, x: torch.Tensor) -> None:
+        """Refuse, with the reason, a pair this objective cannot train: a guide site without a reparameterized sampler
+        for an objective that ``needs`` one, or a model without enumerated sites for ``enum``. Draws nothing from the
+        caller's random stream."""
+        if self.needs not in ("reparameterized", "enumerated"):
+            return
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
+            trace = prune_subsample_sites(poutine.trace(guide if self.needs == "reparameterized" else model).get_trace(x))
+        sites = [site for site in trace.nodes.values() if site["type"] == "sample" and not site["is_observed"]]
+        if self.needs == "reparameterized":
+            score = [site["name"] for site in sites if not site["fn"].has_rsample]
+            if score:
+                raise ValueError(f"objective {name!r} needs a reparameterized guide; guide site(s) {score} are not (use 'iwae' or 'vimco')")
+        elif not any(site["infer"].get("enumerate") == "parallel" for site in sites):
+            raise ValueError(f"objective {name!r} needs model sites marked infer={{'enumerate': 'parallel'}}; this model has none")
 
     def check_particles(self, name: str, num_particles: int) -> int:
         """``num_particles`` if this objective accepts it, else a ``ValueError`` that says why not."""

@@ -9,6 +9,7 @@ from benchmarks.compare import cli, parse, resolve
 from benchmarks.datasets import load_dataset
 from inference.compare import CompareOptions, compare_objectives
 from inference.training import TrainOptions
+from ppl_models import build_model, model_config
 from tests.user_programs import make_pair
 
 pytestmark = pytest.mark.slow  # each test trains several runs end to end
@@ -134,3 +135,16 @@ def test_the_library_function_and_the_command_line_compare_a_users_own_pair(tmp_
     assert measured({"runs": library.runs}) == measured(result)
     assert cli([*BUDGET, "--model", "tests.user_programs:make_pair", "--latent-dim", "3", "--out", str(tmp_path / "x")]) == 2
     assert cli([*BUDGET, "--model", "tests.user_programs:nothing", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_objectives_a_pair_cannot_train_are_skipped_with_the_reason(tmp_path):
+    """The table's `needs`: DReG on a sigmoid belief net (no reparameterized sampler), enum on a VAE (nothing to enumerate)."""
+    data = load_dataset("digits", "bernoulli", "dynamic")
+    options = CompareOptions(test_points=20, log_px_samples=16, elbo_samples=8, snr_draws=3, curve_points=20, curve_samples=4)
+    sbn = model_config("sbn", 64, "bernoulli", layers=[4])
+    result = compare_objectives(lambda: build_model(sbn), data, ["iwae-dreg", "captured-elbo", "vimco"], [2], TrainOptions(epochs=1), options)
+    assert [r["objective"] for r in result.runs] == ["vimco"]
+    assert "objective 'iwae-dreg' needs a reparameterized guide; guide site(s) ['h1'] are not" in result.skipped[0]["reason"]
+    vae = model_config("vae", 64, "bernoulli", latent_dim=2, hidden=[8], encoder_hidden=[8])
+    with pytest.raises(ValueError, match="no \\(objective, K\\) pair can run: objective 'enum' needs model sites marked"):
+        compare_objectives(lambda: build_model(vae), data, ["enum"], [1], TrainOptions(epochs=1), options)
