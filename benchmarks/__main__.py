@@ -7,6 +7,7 @@ Each subcommand is the module's own command line (``python -m benchmarks.<name>`
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if os.getcwd() not in sys.path:  # as `python -m` does: --model package.module:factory imports from here
+        sys.path.insert(0, os.getcwd())
     module = importlib.import_module(f"benchmarks.{argv[0]}")
     return module.cli(argv[1:])
 

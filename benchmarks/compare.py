@@ -35,13 +35,14 @@ from typing import Any
 
 from benchmarks.datasets import DATA_DIMS, load_dataset
 from benchmarks.gaps import data_config, factory_config
-from benchmarks.options import Parser, add_data_arguments, add_model_arguments, run_cli, run_info
+from benchmarks.options import Parser, add_data_arguments, add_model_arguments, preset_applies, run_cli, run_info
 from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
+from inference.diagnostics import ACTIVE_THRESHOLD
 from inference.io import atomic_write_json, atomic_write_text
 from inference.memory import MAX_ELEMENTS
 from inference.objectives import TRAINING_OBJECTIVES
-from inference.training import DEVICES, LR_SCHEDULES, TrainOptions
+from inference.training import DEVICES, LR_SCHEDULES, TrainOptions, resolve_device
 from inference.validation import positive_int
 from ppl_models import build_model, get_spec, is_factory, model_config, option_names
 
@@ -117,13 +118,7 @@ def parse_list(text: str, what: str, cast=str) -> list:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with the ``--protocol`` preset applied (a preset's model options apply where the model has them)."""
-    def keep(args: argparse.Namespace, key: str) -> bool:
-        if key not in option_names():
-            return True
-        name = args.model or PROTOCOLS[args.protocol].get("model", "vae")
-        return not is_factory(name) and key in get_spec(name).defaults
-
-    return make_parser().parse(argv, keep=keep)
+    return make_parser().parse(argv, keep=lambda args, key: preset_applies(args, key, PROTOCOLS))
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], TrainOptions, list[str], list[int], CompareOptions]:
@@ -176,10 +171,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device, progress=progress, run_config={"model": model_cfg, "data": {"dataset": data.name}},
         on_start=lambda objective, k: print(f"[{objective}, K={k}] training {base.epochs} epochs", file=sys.stderr),
     )
-    evaluation = {**vars(options), "test_points": options.test_points or len(data.test), "curve_points": min(options.curve_points, len(data.test))}
+    evaluation = {**vars(options), "test_points": options.test_points or len(data.test),
+                  "curve_points": min(options.curve_points, len(data.test)), "active_threshold": ACTIVE_THRESHOLD}
     config = {
         "protocol": args.protocol, "data": data_cfg, "model": model_cfg, "train": base.to_dict(), "objectives": objectives,
-        "num_particles": counts, "seed": args.seed, "device": args.device, "evaluation": evaluation,
+        "num_particles": counts, "seed": args.seed, "device": str(resolve_device(args.device)), "evaluation": evaluation,
     }
     result = {"config": config, "runs": comparison.runs, "skipped": comparison.skipped}
     write_report(result, args.out)

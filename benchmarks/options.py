@@ -3,8 +3,8 @@
 Every benchmark builds its parser with :class:`Parser`: an option added with
 ``preset=`` has a default that a ``--protocol`` preset may change, and
 :meth:`Parser.parse` resolves each such option as *explicit value, else the
-protocol's preset, else the default*, remembering which were given explicitly
-(``args.explicit``). The model options come from the zoo's specs
+protocol's preset, else the default*, remembering which options the command line
+set to something other than their default (``args.explicit``). The model options come from the zoo's specs
 (:mod:`ppl_models.registry`), so a new model's options appear here by themselves.
 """
 
@@ -20,7 +20,7 @@ import pyro
 import torch
 
 from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT
-from ppl_models import LIKELIHOODS, MODELS, guide_families, option_names
+from ppl_models import LIKELIHOODS, MODELS, guide_families, is_factory, option_names
 
 _UNSET = object()
 
@@ -60,7 +60,7 @@ class Parser(argparse.ArgumentParser):
     def parse(self, argv: list[str] | None = None, keep: Callable[[argparse.Namespace, str], bool] | None = None) -> argparse.Namespace:
         """Parse ``argv``; fill unset options from the protocol's preset (those ``keep(args, key)`` allows), then the defaults."""
         args = self.parse_args(argv)
-        args.explicit = {k for k, v in vars(args).items() if v is not None and v is not False}
+        args.explicit = {k for k, v in vars(args).items() if v != self.get_default(k)}  # set to other than their default
         preset = self.presets.get(getattr(args, "protocol", "none"), {})
         for key, value in preset.items():
             if not hasattr(args, key):
@@ -71,6 +71,21 @@ class Parser(argparse.ArgumentParser):
             if getattr(args, key) is None:
                 setattr(args, key, default)
         return args
+
+
+def preset_applies(args: argparse.Namespace, key: str, presets: dict[str, dict[str, Any]]) -> bool:
+    """Whether the protocol's preset of ``key`` applies: a model option applies only to a zoo model that has it.
+
+    A factory (``package.module:factory``) builds its own architecture, and an unknown model name is
+    left for the command to refuse by name.
+    """
+    if key not in option_names():
+        return True
+    name = args.model or presets[args.protocol].get("model", "vae")
+    if is_factory(name) or name not in MODELS:
+        return False
+    spec = MODELS[name]
+    return presets[args.protocol][key] in spec.guides if key == "guide" else key in spec.defaults
 
 
 def _shown(value: Any) -> str:

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
@@ -192,7 +192,10 @@ def train_one(
     done = os.path.join(run_dir, "run.json") if run_dir else None
     if resume and done and os.path.exists(done):
         with open(done) as f:
-            return json.load(f)
+            record = json.load(f)
+        if record.get("num_particles") == k and isinstance(record.get("test_log_px"), dict):
+            return record
+        # a record in an earlier layout: its training is finished (the checkpoint continues at the last epoch), measure again
     pyro.clear_param_store()
     pyro.set_rng_seed(base.seed)
     model, guide = make_pair()  # the same initial parameters for every run
@@ -282,6 +285,3 @@ def compare_objectives(
         raise ValueError("no (objective, K) pair can run: " + "; ".join(s["reason"] for s in skipped))
     return Comparison(runs, skipped, options)
 
-
-def options_dict(options: CompareOptions) -> dict[str, Any]:
-    return asdict(options)

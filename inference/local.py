@@ -134,7 +134,8 @@ class LocalOptions:
             raise ValueError(f"unknown init {self.init!r}; choose from {', '.join(LOCAL_INITS)}")
         if self.gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {self.gradient!r}; choose from {', '.join(GRADIENTS)}")
-        object.__setattr__(self, "families", tuple(check_family(f) for f in self.families))
+        families = (self.families,) if isinstance(self.families, str) else self.families  # one name is a family, not its letters
+        object.__setattr__(self, "families", tuple(check_family(f) for f in families))
 
 
 def site_infos(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo) -> dict[str, SiteInfo]:

@@ -34,7 +34,7 @@ from ppl_models.registry import build_model
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, load_checkpoint
 from .objectives import get_objective, kl_weight, make_loss
 from .program import check_data, inspect_program
-from .validation import nonnegative_number, positive_int, positive_number
+from .validation import nonnegative_int, nonnegative_number, positive_int, positive_number
 
 LR_SCHEDULES = ("constant", "iwae")
 #: What a warm-up weight beta < 1 scales: the KL term (log p(z) - log q), or the entropy term (-log q) alone.
@@ -62,8 +62,7 @@ class TrainOptions:
         get_objective(self.objective).check_particles(self.objective, self.num_particles)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        if self.epochs != 0:
-            positive_int(self.epochs, "epochs")
+        nonnegative_int(self.epochs, "epochs")
         positive_int(self.batch_size, "batch_size")
         positive_number(self.lr, "lr")
         positive_number(self.adam_eps, "adam_eps")

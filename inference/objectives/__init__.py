@@ -3,7 +3,7 @@
 Each entry is an :class:`Objective`: the factory of its loss module, a one-line
 description, whether KL warm-up applies, the range of K (``num_particles``, samples
 per datapoint per step) it accepts, and what it needs of the guide. The command-line
-help, the README's table, :func:`make_loss` and the training configuration read it.
+help, the docs' table, :func:`make_loss` and the training configuration read it.
 
 The losses live in one module per family, as Pyro groups ``infer/mcmc/``:
 
@@ -61,7 +61,7 @@ class Objective:
     """One training objective: how to build its loss and what it accepts."""
 
     build: Callable[[nn.Module, nn.Module, int], nn.Module]  #: (model, guide, num_particles) -> loss module
-    description: str  #: one line, for the CLI help and the README table
+    description: str  #: one line, for the CLI help and the docs' table
     warmup: bool  #: whether KL warm-up applies (an ELBO with a KL term); bounds without one train with warm-up 0
     min_particles: int = 1  #: the least K it accepts
     max_particles: int | None = None  #: the most K it accepts (None: no limit)
@@ -158,7 +158,7 @@ def objectives_help() -> str:
 
 
 def objectives_table() -> str:
-    """The objective table in Markdown (the README's and docs' table is this)."""
+    """The objective table in Markdown (the table in docs/training.md is this)."""
     rows = ["| objective | what | KL warm-up | K | needs |", "|---|---|---|---|---|"]
     for name, o in OBJECTIVES.items():
         k = f"{o.min_particles}" + ("" if o.max_particles == o.min_particles else f"–{o.max_particles or '∞'}")

@@ -59,6 +59,14 @@ def test_one_table_same_seed_same_numbers_and_resume(tmp_path):
     assert code == 0 and measured(read(again)) == measured(result)
     code, resumed = run(tmp_path, *args, "--resume", name="out")  # every run finished: reused as it is
     assert code == 0 and measured(read(resumed)) == measured(result)
+    record = os.path.join(out, "runs", "elbo-K1", "run.json")  # a run recorded in the layout before issue 13
+    with open(record) as f:
+        old = json.load(f)
+    old["num_samples"], old["test_log_px"] = old.pop("num_particles"), old["test_log_px"]["mean"]
+    with open(record, "w") as f:
+        json.dump(old, f)
+    code, resumed = run(tmp_path, *args, "--resume", name="out")  # measured again from its finished checkpoint
+    assert code == 0 and measured(read(resumed)) == measured(result)
 
 
 def test_curve_every_few_steps_and_resume_of_an_interrupted_run(tmp_path):
@@ -100,6 +108,11 @@ def test_protocol_presets_and_overrides():
     assert (data["binarization"], model["name"], model["layers"], model["baseline"]) == ("static", "sbn", [200, 200], "nvil")
     assert objectives == ["tracegraph", "vimco"]
     assert parse(["--num-samples", "1,2"]).num_particles == "1,2"  # the old name of the flag still works
+
+
+def test_an_unknown_model_under_a_protocol_is_an_error_not_a_traceback(capsys):
+    assert cli(["--protocol", "iwae-mnist", "--model", "nosuch"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -225,6 +225,8 @@ def test_cremer_protocol_follows_the_reference_code_and_takes_overrides():
     # local q* from the prior, stopped once more than 10 windows of 100 steps in a row fail to improve, no cap
     assert (args.local_init, args.local_lr, args.local_samples, args.local_window, args.local_patience) == ("prior", 1e-3, 50, 100, 11)
     assert args.local_max_steps >= 1_000_000
+    _, hvae, _, _ = resolve(parse(["--protocol", "cremer-mnist", "--model", "hvae"]))  # the preset's VAE sizes do not apply
+    assert (hvae["latent_dims"], hvae["activation"]) == ([100, 50], "tanh")
     args = parse(["--protocol", "cremer-mnist", "--checkpoint", "some.ckpt"])  # evaluation presets only
     assert args.epochs is None and args.dataset == "digits" and "dataset" not in args.explicit and args.num_points == 100
     assert args.log_px == "max"
@@ -280,6 +282,8 @@ def test_a_users_own_pair_from_a_factory_reaches_the_gap_table_and_its_checkpoin
     ckpt = os.path.join(out, "checkpoints", "last.ckpt")
     assert cli([*evaluation, "--checkpoint", ckpt, "--out", str(tmp_path / "eval")]) == 0
     assert read(str(tmp_path / "eval"))["splits"] == result["splits"]
+    assert cli([*evaluation, "--checkpoint", ckpt, "--latent-dim", "7", "--out", str(tmp_path / "x")]) == 2
+    assert "builds its own architecture; drop --latent-dim" in capsys.readouterr().err
     assert cli([*user, "--model", "tests.user_programs:make_pair", "--latent-dim", "3", "--out", str(tmp_path / "x")]) == 2
     assert "builds its own architecture; drop --latent-dim" in capsys.readouterr().err
     assert cli([*user, "--model", "tests.nowhere:make_pair", "--out", str(tmp_path / "x")]) == 2

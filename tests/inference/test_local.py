@@ -187,3 +187,9 @@ def test_the_gap_table_takes_a_cluster_and_a_style_per_datapoint(enumerated):
     assert result.family == ("ffg" if enumerated else "categorical+ffg")
     assert (per["log_px"] < exact + 3 * mc["log_px"] + 1e-6).all()
     assert (per["amortization_gap"] > -3 * mc["amortization_gap"]).all()
+
+
+def test_local_options_take_one_family_name_or_several():
+    assert LocalOptions(families="iaf").families == ("iaf",) and LocalOptions(families=["ffg", "iaf"]).families == ("ffg", "iaf")
+    with pytest.raises(ValueError, match="unknown local family 'maf'"):
+        LocalOptions(families=("ffg", "maf"))

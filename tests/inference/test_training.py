@@ -139,6 +139,13 @@ def test_iwae_learning_rate_schedule_and_kl_warmup():
         make_objective("renyi")
 
 
+@pytest.mark.parametrize("epochs", [-1, False, 1.5])
+def test_epochs_must_be_a_non_negative_integer(epochs):
+    with pytest.raises(ValueError, match=f"epochs must be an integer >= 0, got {epochs!r}"):
+        TrainOptions(epochs=epochs)
+    assert TrainOptions(epochs=0).epochs == 0
+
+
 def test_fit_returns_the_epoch_losses_and_the_checkpoint_that_load_trained_rebuilds(tmp_path):
     x = binary_data(60)
     torch.manual_seed(0)
