@@ -178,6 +178,12 @@ class SVIModule(pl.LightningModule):
         else:
             self.elbo.set_latent_scale(beta)
         loss = self.elbo(x) / len(x)
+        if not bool(torch.isfinite(loss)):  # before the step: the parameters stay those of the last finite loss
+            raise DivergenceError(
+                f"training diverged: the loss is {float(loss.detach())} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(batch {batch_idx} of the epoch); the parameters were not updated with it. Lower the learning rate "
+                f"(now {self.config.lr}) or check the programs for non-finite log densities"
+            )
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
@@ -242,6 +248,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+class DivergenceError(RuntimeError):
+    """Training met a non-finite loss: it stops there, before the step, naming the epoch and step."""
 
 
 @dataclass
@@ -388,7 +398,11 @@ def fit(
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             plugins=[SafeCheckpointIO()], log_every_n_steps=max(1, module.num_batches), deterministic=False,
         )
-        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+        except DivergenceError as err:
+            kept = f"; the last finished epoch's checkpoint is kept at {last}" if last and os.path.exists(last) else ""
+            raise DivergenceError(f"{err}{kept}") from None
     if earlier_metrics and trainer.is_global_zero:
         _prepend_metrics(metrics_path, earlier_metrics)
     return TrainResult(model, guide, last if ckpt_dir else None, trainer.is_global_zero, trainer.current_epoch, module.epoch_losses)

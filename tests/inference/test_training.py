@@ -1,6 +1,8 @@
 """SVI training through Lightning: improvement, checkpoints, exact resume, bad input."""
 
+import math
 import os
+import re
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch
 from inference.estimators import elbo
 from inference.io import CheckpointError, atomic_torch_save, load_checkpoint
 from inference.objectives import kl_weight, make_objective
-from inference.training import CHECKPOINT_KEYS, TrainOptions, fit, iwae_lr_factor, load_trained
+from inference.training import CHECKPOINT_KEYS, DivergenceError, TrainOptions, fit, iwae_lr_factor, load_trained
 from ppl_models import build_model, model_config
 from tests.oracles import make_ppca, sample_ppca
 
@@ -189,3 +191,57 @@ def test_fit_applies_a_data_sets_own_transform_and_refuses_plain_functions():
 
     with pytest.raises(TypeError, match="fit trains the parameters of nn.Module programs; the model is a function"):
         fit(model_fn, guide, binary_data(20), TrainOptions(epochs=1, batch_size=20))
+
+
+class _DivergingModel(torch.nn.Module):
+    """A Gaussian model whose likelihood scale turns NaN once its mean has moved past ``limit`` (a diverged decoder)."""
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(2))
+        self.limit = limit
+
+    def forward(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        scale = torch.where(self.loc.detach().abs().max() > self.limit, math.nan, 1.0)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(self.loc, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, scale, validate_args=False).to_event(1), obs=x)
+
+
+class _Guide(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(self.loc.expand(len(x), 2), 1.0).to_event(1))
+
+
+def test_a_diverged_run_stops_at_the_first_non_finite_loss_naming_epoch_and_step(tmp_path):
+    """Adam moves the model's mean about lr per step toward the data; past 0.045 its density turns NaN, a few steps
+    into the third epoch of two batches each. Training stops at that step, before updating, with finite parameters,
+    and names the step and the checkpoint of the last finished epoch, which is kept."""
+    x = torch.randn(40, 2) + 3.0
+    model, guide = _DivergingModel(limit=0.045), _Guide()
+    with pytest.raises(DivergenceError, match=r"training diverged: the loss is nan at epoch (\d+), step (\d+) \(batch (\d+) of") as err:
+        fit(model, guide, x, TrainOptions(epochs=10, batch_size=20, lr=1e-2), out_dir=str(tmp_path))
+    epoch, step, batch = (int(v) for v in re.search(r"epoch (\d+), step (\d+) \(batch (\d+)", str(err.value)).groups())
+    assert step == 2 * epoch + batch and epoch >= 1  # two batches per epoch; at least one epoch finished first
+    assert "last finished epoch's checkpoint is kept at" in str(err.value)
+    assert all(torch.isfinite(p).all() for p in [*model.parameters(), *guide.parameters()])
+    assert model.loc.detach().abs().max() > 0.045  # the update that crossed the limit was applied; the NaN loss's was not
+    assert load_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))["epoch"] == epoch - 1
+
+
+def test_infinite_learning_rates_and_warm_up_lengths_are_refused_by_name():
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got inf"):
+        TrainOptions(lr=math.inf)
+    with pytest.raises(ValueError, match="kl_warmup_epochs must be a finite number >= 0, got inf"):
+        TrainOptions(kl_warmup_epochs=math.inf)
