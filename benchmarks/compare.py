@@ -34,8 +34,16 @@ import time
 from typing import Any
 
 from benchmarks.datasets import DATA_DIMS, load_dataset
-from benchmarks.gaps import data_config, factory_config
-from benchmarks.options import Parser, add_data_arguments, add_model_arguments, preset_applies, run_cli, run_info
+from benchmarks.options import (
+    Parser,
+    add_data_arguments,
+    add_model_arguments,
+    data_config,
+    factory_config,
+    preset_applies,
+    run_cli,
+    run_info,
+)
 from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
 from inference.diagnostics import ACTIVE_THRESHOLD

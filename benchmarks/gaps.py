@@ -31,7 +31,16 @@ import pyro
 import torch
 
 from benchmarks.datasets import DATA_DIMS, Data, load_dataset
-from benchmarks.options import Parser, add_data_arguments, add_model_arguments, preset_applies, run_cli, run_info
+from benchmarks.options import (
+    Parser,
+    add_data_arguments,
+    add_model_arguments,
+    data_config,
+    factory_config,
+    preset_applies,
+    run_cli,
+    run_info,
+)
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
 from inference.families import LOCAL_FAMILIES, FlowOptions
@@ -42,7 +51,7 @@ from inference.memory import MAX_ELEMENTS
 from inference.objectives import get_objective, objectives_help
 from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, WARMUPS, TrainOptions, fit, load_trained, resolve_device
 from inference.validation import positive_int, positive_number
-from ppl_models import build_model, get_spec, is_factory, load_factory, model_config, option_names
+from ppl_models import build_model, get_spec, is_factory, model_config, option_names
 
 ARCHITECTURE = option_names()
 MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", *ARCHITECTURE)
@@ -178,22 +187,6 @@ def _explicit(args: argparse.Namespace, saved: dict[str, Any], key: str, default
     return default if value is None else value
 
 
-def data_config(dataset: str, likelihood: str, binarization: str | None, binarize_seed: int = 0) -> dict[str, Any]:
-    return {
-        "dataset": dataset, "likelihood": likelihood,
-        "binarization": binarization or ("dynamic" if likelihood == "bernoulli" else None), "binarize_seed": binarize_seed,
-    }
-
-
-def factory_config(name: str, likelihood: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The model config of ``--model package.module:factory``: the factory builds its own architecture."""
-    given = [k for k in ARCHITECTURE if k in args.explicit]
-    if given:
-        raise ValueError(f"--model {name} builds its own architecture; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
-    load_factory(name)  # refuses an unknown module or attribute now
-    return {"name": name, "likelihood": likelihood}
-
-
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], TrainOptions, dict | None]:
     """Data config, model config, training config and (if any) the loaded checkpoint."""
     checkpoint = load_checkpoint(args.checkpoint, required=CHECKPOINT_KEYS) if args.checkpoint else None
@@ -206,8 +199,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     data_cfg = data_config(_explicit(args, flat, "dataset", "digits"), likelihood, _explicit(args, flat, "binarization", None),
                            saved_data.get("binarize_seed", 0))
     if spec is None:  # the factory builds its own architecture: model options are refused, with or without a checkpoint
-        model_cfg = saved_model or factory_config(name, likelihood, args)
-        factory_config(name, likelihood, args)
+        model_cfg = factory_config(name, likelihood, args)  # refuses model options, checkpoint or not
+        model_cfg = saved_model or model_cfg
     else:
         overrides = {k: _explicit(args, flat, k, None) for k in ARCHITECTURE}
         data_dim = saved_model.get("data_dim") or DATA_DIMS[data_cfg["dataset"]]

@@ -20,7 +20,7 @@ import pyro
 import torch
 
 from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT
-from ppl_models import LIKELIHOODS, MODELS, guide_families, is_factory, option_names
+from ppl_models import LIKELIHOODS, MODELS, guide_families, is_factory, load_factory, option_names
 
 _UNSET = object()
 
@@ -126,6 +126,22 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         else:
             shown = " (default: " + ", ".join(f"{v} for {n}" for n, v in values.items()) + ")"
         model.add_argument("--" + key.replace("_", "-"), type=kind, default=None, help=f"{names}: {users[0].option_help(key)}{shown}")
+
+
+def data_config(dataset: str, likelihood: str, binarization: str | None, binarize_seed: int = 0) -> dict[str, Any]:
+    return {
+        "dataset": dataset, "likelihood": likelihood,
+        "binarization": binarization or ("dynamic" if likelihood == "bernoulli" else None), "binarize_seed": binarize_seed,
+    }
+
+
+def factory_config(name: str, likelihood: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The model config of ``--model package.module:factory``: the factory builds its own architecture."""
+    given = [k for k in option_names() if k in args.explicit]
+    if given:
+        raise ValueError(f"--model {name} builds its own architecture; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+    load_factory(name)  # refuses an unknown module or attribute now
+    return {"name": name, "likelihood": likelihood}
 
 
 def run_cli(parse: Callable[[list[str] | None], argparse.Namespace], main: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> int:
