@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from .estimators import Estimate, log_mean_exp_estimate
 from .memory import MAX_ELEMENTS, chunk_size_for
+from .nonfinite import refuse_non_finite
 from .program import (
     SAMPLE_PLATE,
     Program,
@@ -393,7 +394,7 @@ def ais(
     temperatures from 0 to 1 (then ``num_steps`` is ignored). ``init`` is ``"prior"``
     or ``"guide"`` (the amortized q as the initial distribution).
     """
-    check_data(x)
+    x = check_data(x)
     _check_chains_and_init(num_chains, init)
     betas = check_schedule(schedule if isinstance(schedule, torch.Tensor) else annealing_schedule(schedule, num_steps))
     info = inspect_program(model, guide, x)
@@ -412,7 +413,9 @@ def ais(
     if bar is not None:
         bar.close()
     log_w = torch.cat(weights, 1)
-    return AISResult(log_mean_exp_estimate(log_w, pareto=int(num_chains) > 1), log_w, torch.cat(accepts), torch.cat(steps))
+    estimate = log_mean_exp_estimate(log_w, pareto=int(num_chains) > 1)
+    refuse_non_finite(estimate.value, "the AIS log p(x)", model, guide, x, info)
+    return AISResult(estimate, log_w, torch.cat(accepts), torch.cat(steps))
 
 
 def datapoint_block(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, num_chains: int, max_elements: int) -> int:

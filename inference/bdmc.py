@@ -30,6 +30,7 @@ from .ais import (
 )
 from .estimators import Estimate, log_mean_exp_estimate
 from .memory import MAX_ELEMENTS
+from .nonfinite import refuse_non_finite
 from .program import Program, check_data, inspect_program
 from .sampling import dream
 
@@ -59,7 +60,7 @@ def bdmc(
 
     ``options`` are the AIS settings of both directions (chains, steps, schedule, initial distribution, HMC).
     """
-    check_data(x_template)
+    x_template = check_data(x_template)
     num_chains, hmc, init = int(options.num_chains), options.hmc, options.init
     betas = check_schedule(annealing_schedule(options.schedule, options.num_steps))
     info = inspect_program(model, guide, x_template)
@@ -85,5 +86,7 @@ def bdmc(
         bar.close()
     lower = log_mean_exp_estimate(torch.cat(forward, 1), pareto=num_chains > 1)
     inverse = log_mean_exp_estimate(torch.cat(reverse, 1))  # estimates log(1 / p(x))
+    refuse_non_finite(lower.value, "the BDMC forward (lower) bound", model, guide, x, info)
+    refuse_non_finite(inverse.value, "the BDMC reverse (upper) bound", model, guide, x, info)
     upper = Estimate(-inverse.value, inverse.stderr, inverse.num_samples)
     return BDMCResult(x, latents, lower, upper)

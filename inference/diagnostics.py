@@ -110,7 +110,7 @@ def active_units(
     model: Program, guide: Program, x: torch.Tensor, num_samples: int = 50, threshold: float = ACTIVE_THRESHOLD
 ) -> ActiveUnits:
     """Count the latent units whose posterior mean varies over the datapoints ``x`` by more than ``threshold``."""
-    check_data(x)
+    x = check_data(x)
     if len(x) < 2:
         raise ValueError(f"active units need at least 2 datapoints to measure a variance, got {len(x)}")
     if not threshold > 0:

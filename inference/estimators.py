@@ -23,7 +23,8 @@ import torch
 
 from .diagnostics import pareto_k
 from .memory import MAX_ELEMENTS, chunk_size_for, chunks
-from .program import Program, inspect_program, log_weights
+from .nonfinite import refuse_non_finite
+from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
 from .validation import positive_int
 
 
@@ -36,15 +37,26 @@ class Estimate(NamedTuple):
     pareto_k: torch.Tensor | None = None  #: (N,) PSIS shape estimate of the importance weights, where computed
 
 
-def _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
+class _Draws(NamedTuple):
+    x: torch.Tensor  #: the checked data
+    info: ProgramInfo
+    sizes: list[int]  #: the chunk sizes, summing to num_samples
+
+
+def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
     num_samples = positive_int(num_samples)
-    info = inspect_program(model, guide, x)  # also refuses empty, NaN or out-of-support data
+    positive_int(max_elements, "max_elements")
+    x = check_data(x)  # refuses empty or NaN data, casts binary integer data
+    info = inspect_program(model, guide, x)  # also refuses out-of-support data
     if chunk_size is None:
         chunk_size = chunk_size_for(info, x, model, guide, max_elements)
-    chunk_size = positive_int(chunk_size, "chunk_size")
+    return _Draws(x, info, list(chunks(num_samples, positive_int(chunk_size, "chunk_size"))))
+
+
+def _iter_log_weights(model, guide, draws: _Draws):
     with torch.no_grad():
-        for size in chunks(num_samples, chunk_size):
-            yield log_weights(model, guide, x, size, info)
+        for size in draws.sizes:
+            yield log_weights(model, guide, draws.x, size, draws.info)
 
 
 def elbo(
@@ -66,7 +78,8 @@ def elbo(
     total = sum_sq = None
     shift = None
     count = 0
-    for lw in _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
+    draws = _draws(model, guide, x, num_samples, chunk_size, max_elements)
+    for lw in _iter_log_weights(model, guide, draws):
         if shift is None:
             shift = lw.mean(0)  # centring keeps the running sum of squares accurate
             total = torch.zeros_like(shift)
@@ -81,7 +94,8 @@ def elbo(
         stderr = (var / count).sqrt()
     else:
         stderr = torch.full_like(mean, math.nan)
-    return Estimate(shift + mean, stderr, count)
+    value = refuse_non_finite(shift + mean, "the ELBO", model, guide, draws.x, draws.info)
+    return Estimate(value, stderr, count)
 
 
 def log_mean_exp_estimate(log_w: torch.Tensor, pareto: bool = False) -> Estimate:
@@ -127,7 +141,8 @@ def iwae_log_px(
     log_s1 = log_s2 = None
     count = 0
     kept = []
-    for lw in _iter_log_weights(model, guide, x, num_samples, chunk_size, max_elements):
+    draws = _draws(model, guide, x, num_samples, chunk_size, max_elements)
+    for lw in _iter_log_weights(model, guide, draws):
         if pareto:
             kept.append(lw)
         c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
@@ -137,4 +152,5 @@ def iwae_log_px(
     k_hat = None
     if pareto:
         k_hat = pareto_k(torch.cat(kept))
-    return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count, k_hat)
+    value = refuse_non_finite(log_s1 - math.log(count), "the importance-weighted log p(x)", model, guide, draws.x, draws.info)
+    return Estimate(value, _log_mean_stderr(log_s1, log_s2, count), count, k_hat)

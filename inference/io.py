@@ -2,18 +2,24 @@
 
 Every write goes to a temporary file in the target's folder, is flushed to
 disk, then atomically renamed over the target, so a killed run leaves either
-the old file or the new one. Checkpoints are read with
-``torch.load(..., weights_only=True)``; anything unreadable raises
-:class:`CheckpointError` naming the file and the problem.
+the old file or the new one. Checkpoints carry a SHA-256 checksum of their whole
+content (every tensor's bytes, dtype and shape, and every other value), verified
+on load, so flipped bits are caught rather than turned into shifted numbers.
+Checkpoints are read with ``torch.load(..., weights_only=True)``; anything
+unreadable, damaged or asking to run code raises :class:`CheckpointError` naming
+the file and the problem.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
+import pickle
 import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -64,10 +70,50 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n")
 
 
+#: The key under which a checkpoint stores the checksum of everything else in it.
+CHECKSUM_KEY = "sha256"
+
+
+def _feed(digest, obj: Any) -> None:
+    """Feed ``obj`` to ``digest`` in a canonical order: dicts by sorted key repr, tensors as dtype, shape and bytes."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def checksum(obj: Any) -> str:
+    """SHA-256 of ``obj`` (a checkpoint dict without its checksum): equal for a checkpoint and its faithful copy."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in obj.items() if k != CHECKSUM_KEY} if isinstance(obj, dict) else obj)
+    return digest.hexdigest()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically; a dict gets the :func:`checksum` of its content under :data:`CHECKSUM_KEY`."""
+    if isinstance(obj, dict):
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: checksum(obj)}
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _unreadable(path: str, err: Exception) -> CheckpointError:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return CheckpointError(
+        f"cannot read checkpoint {path!r}: the file is truncated, corrupt or not a torch checkpoint ({type(err).__name__}: {first})"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", required: tuple[str, ...] = ()) -> dict:
@@ -77,13 +123,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", required
         raise CheckpointError(f"no checkpoint file at {path!r}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
+    except pickle.UnpicklingError as err:
+        wanted = [line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()]
+        if not wanted:
+            raise _unreadable(path, err) from err
         raise CheckpointError(
-            f"cannot read checkpoint {path!r}: the file is truncated, corrupt or not a torch checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
+            f"refused: the file {path!r} asks to run code when loaded, which a checkpoint of weights never does "
+            f"({wanted[0]}); it was not written by this toolkit and was not loaded"
+        ) from None
+    except Exception as err:  # torch raises many types for damaged files
+        raise _unreadable(path, err) from err
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict")
+    stored = checkpoint.get(CHECKSUM_KEY)
+    if stored is None:
+        warnings.warn(f"checkpoint {path!r} carries no checksum (written before checksums were added): it cannot be verified", stacklevel=2)
+    elif stored != checksum(checkpoint):
+        raise CheckpointError(
+            f"checkpoint {path!r} is damaged: its content does not match the checksum stored in it (flipped bits on disk or in "
+            "a copy); it was not loaded. Use another copy, or retrain"
+        )
     missing = [key for key in required if key not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {path!r} was not written by this toolkit: it lacks {', '.join(map(repr, missing))}")

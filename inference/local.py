@@ -434,7 +434,7 @@ def optimize_local(
     ``"auto"`` (exact when enumerable), ``"exact"`` or ``"score"``. Converged
     datapoints are masked out, and the active ones are processed in memory-bounded groups.
     """
-    check_data(x)
+    x = check_data(x)
     num_samples = positive_int(num_samples)
     if gradient not in GRADIENTS:
         raise ValueError(f"unknown gradient {gradient!r}; choose from {', '.join(GRADIENTS)}")

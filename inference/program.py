@@ -86,18 +86,37 @@ class ProgramInfo(NamedTuple):
 
 
 def check_data(x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """Refuse data that no estimate can be trusted on: not a tensor, empty, NaN or inf."""
+    """Refuse data that no estimate can be trusted on; return ``x`` ready for the programs.
+
+    Refused by name: not a tensor, empty, NaN or inf, half-precision floats (the programs
+    compute in full precision), integer or boolean data other than 0/1. Integer and boolean
+    0/1 data (binary images stored compactly) are returned as floats of the default dtype.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or len(x) == 0:
         raise ValueError(f"{name} must hold at least one datapoint along dim 0, got shape {tuple(x.shape)}")
-    if x.is_floating_point():
-        bad = ~torch.isfinite(x)
-        if bad.any():
-            first = tuple(int(i) for i in bad.nonzero()[0])
+    if x.is_complex():
+        raise ValueError(f"{name} has dtype {x.dtype}: the models take real-valued data")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"{name} has dtype {x.dtype}; the programs compute in {torch.get_default_dtype()}: pass {name}.float() "
+            "(half-precision data would meet full-precision weights)"
+        )
+    if not x.is_floating_point():
+        values = x.unique()
+        if not bool(((values == 0) | (values == 1)).all()):
             raise ValueError(
-                f"{name} contains {int(bad.sum())} NaN or infinite value(s); the first is {x[first].item()} at index {first}"
+                f"{name} is {x.dtype} data with values from {values.min().item()} to {values.max().item()}: integer data are "
+                "taken only as binary 0/1 (cast to floats). Convert grey levels yourself, e.g. x.float() / 255"
             )
+        return x.to(torch.get_default_dtype())
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN or infinite value(s); the first is {x[first].item()} at index {first}"
+        )
     return x
 
 
@@ -152,6 +171,28 @@ def _check_support(name: str, site: dict) -> None:
         )
 
 
+def _check_observed_shape(name: str, site: dict, x: torch.Tensor) -> None:
+    """Refuse an observed value that its distribution broadcasts: the data's shape does not fit the model.
+
+    A single datapoint of shape ``(D,)`` (read as D datapoints) and a batch with an extra
+    dim (``x.unsqueeze(1)``, which makes the data plate pair every datapoint with every
+    other) both give numbers without this check, and wrong ones.
+    """
+    value, fn = site["value"], site["fn"]
+    expected = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    if tuple(value.shape) != expected:
+        hint = ""
+        if x.dim() == 1:
+            hint = " A 1-D x is read as len(x) datapoints; a single datapoint is x.unsqueeze(0)."
+        elif 1 in x.shape[1:]:
+            hint = " x has a dim of size 1 after the datapoint dim (an unsqueeze?) that the model broadcasts against the data plate."
+        raise ConventionError(
+            f"the data do not fit observed site {name!r}: x has shape {tuple(x.shape)} and the site's value has shape "
+            f"{tuple(value.shape)}, but its distribution has shape {expected} (batch {tuple(fn.batch_shape)}, event "
+            f"{tuple(fn.event_shape)}); the observed value must fill the distribution's shape, not broadcast against it.{hint}"
+        )
+
+
 def _refuse_global_vector_autoguides(guide: Program) -> None:
 
     if isinstance(guide, AutoContinuous):
@@ -180,7 +221,7 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
     (e.g. non-binary data under a Bernoulli likelihood). Raises :class:`ConventionError`
     naming the offending site.
     """
-    check_data(x)
+    x = check_data(x)
     _refuse_global_vector_autoguides(guide)
     n = len(x)
     model_trace, guide_trace = trace_pair(model, guide, x)
@@ -212,6 +253,7 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
             if not inside:
                 raise ConventionError(f"observed site {name!r} is outside pyro.plate({DATA_PLATE!r}, len(x))")
             observed.append(name)
+            _check_observed_shape(name, site, x)
             _check_support(name, site)
         elif name not in guide_sites and _is_enumerated(site):
             if not inside:

@@ -1,7 +1,10 @@
 import json
 import os
 
-from inference.io import atomic_write_json, atomic_write_text
+import pytest
+import torch
+
+from inference.io import CHECKSUM_KEY, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, checksum, load_checkpoint
 
 
 def test_atomic_writes_leave_no_temporary_files_and_write_strict_json(tmp_path):
@@ -13,3 +16,48 @@ def test_atomic_writes_leave_no_temporary_files_and_write_strict_json(tmp_path):
     assert path.read_text() == "replaced"
     assert os.listdir(path.parent) == ["result.json"]
     assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # usual permissions, not mkstemp's
+
+
+def _flip_bit_in(path, needle: bytes) -> None:
+    """Flip one bit inside the first occurrence of ``needle`` (a tensor's raw bytes) in the file."""
+    data = bytearray(path.read_bytes())
+    at = data.find(needle)
+    assert at >= 0, "the tensor's bytes are not stored verbatim in the file"
+    data[at + len(needle) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_checkpoints_carry_a_checksum_and_damaged_ones_are_refused(tmp_path):
+    weight = torch.linspace(-1, 1, 257)
+    state = {"epoch": 3, "state_dict": {"w": weight}, "optimizer_states": [{"state": {0: {"exp_avg": weight * 0.5}}}]}
+    path = tmp_path / "a.ckpt"
+    atomic_torch_save(state, path)
+    loaded = load_checkpoint(path)
+    assert loaded[CHECKSUM_KEY] == checksum(state) and torch.equal(loaded["state_dict"]["w"], weight)
+    assert checksum({**state, "epoch": 4}) != checksum(state)
+    for needle in (weight, weight * 0.5):  # a model weight, then Adam's state
+        atomic_torch_save(state, path)
+        _flip_bit_in(path, needle.numpy().tobytes())
+        with pytest.raises(CheckpointError, match="is damaged: its content does not match the checksum"):
+            load_checkpoint(path)
+
+
+def test_a_checkpoint_that_asks_to_run_code_is_refused_plainly(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused: the file .* asks to run code") as err:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(err.value)
+    assert not (tmp_path / "ran").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.makedirs, ("/nonexistent-dir-should-never-be-made/ran",))
+
+
+def test_a_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.warns(UserWarning, match="carries no checksum"):
+        assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.zeros(2))

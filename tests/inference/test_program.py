@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from inference.program import ConventionError, inspect_program, log_weights
+from inference.program import ConventionError, check_data, inspect_program, log_weights
 from ppl_models import build_model, model_config
 from tests.oracles import global_latent_model
 
@@ -223,3 +223,29 @@ def test_training_objectives_take_autonormal():
         assert len(params) == 2  # the unconstrained loc and scale of s
         grads = torch.autograd.grad(loss(x), params)
         assert all(g.isfinite().all() and g.abs().sum() > 0 for g in grads), name
+
+
+def test_data_whose_shape_does_not_fit_the_observed_site_is_refused():
+    """A single image of shape (6,) would be read as 6 datapoints, and x.unsqueeze(1) pairs every datapoint with every
+    other through the data plate; both gave numbers before the observed site's shape was checked."""
+    model, guide = vae("gaussian")
+    with pytest.raises(ConventionError, match=r"do not fit observed site 'x'.*shape \(6,\).*single datapoint is x.unsqueeze\(0\)"):
+        inspect_program(model, guide, torch.rand(6))
+    with pytest.raises(ConventionError, match=r"do not fit observed site 'x'.*\(5, 1, 6\).*\(5, 5, 6\)"):
+        inspect_program(model, guide, torch.rand(5, 1, 6))
+    inspect_program(model, guide, torch.rand(1, 6))  # one datapoint, written as a batch of one
+
+
+def test_binary_integer_data_are_cast_and_other_dtypes_are_refused_by_name():
+    model, guide = vae()
+    bits = (torch.arange(12).reshape(2, 6) % 3 == 0)
+    expected = check_data(bits.float())
+    for dtype in (torch.bool, torch.uint8, torch.int32, torch.int64):
+        cast = check_data(bits.to(dtype))
+        assert cast.dtype == torch.get_default_dtype() and torch.equal(cast, expected)
+        inspect_program(model, guide, bits.to(dtype))
+    with pytest.raises(ValueError, match=r"torch.uint8 data with values from 0 to 255.*x.float\(\) / 255"):
+        check_data(torch.tensor([[0, 255, 3]], dtype=torch.uint8))
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(ValueError, match=f"x has dtype {dtype}.*pass x.float"):
+            check_data(bits.to(dtype))
