@@ -44,14 +44,15 @@ from benchmarks.options import (
     run_cli,
     run_info,
 )
+from benchmarks.outdir import OutputFolder
 from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
 from inference.diagnostics import ACTIVE_THRESHOLD
-from inference.io import atomic_write_json, atomic_write_text
 from inference.memory import MAX_ELEMENTS
 from inference.objectives import TRAINING_OBJECTIVES
 from inference.training import DEVICES, LR_SCHEDULES, TrainOptions, resolve_device
 from inference.validation import positive_int
+from inference.validation import seed as check_seed
 from ppl_models import build_model, get_spec, is_factory, model_config, option_names
 
 #: Published set-ups. Values are defaults for options not given on the command line.
@@ -94,6 +95,7 @@ def make_parser() -> Parser:
     p.option(train, "--lr-schedule", choices=LR_SCHEDULES, preset="constant", help="constant or iwae (3^i-epoch stages)")
     p.option(train, "--kl-warmup-epochs", type=float, preset=0.0, help="linear KL warm-up for ELBO objectives")
     train.add_argument("--resume", action="store_true", help="reuse finished runs in OUT/runs and continue unfinished ones")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out (without it, or --resume, such a folder is refused)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--test-points", type=int, default=None, help="test datapoints to evaluate (default: the whole test split)")
     p.option(ev, "--log-px-samples", type=int, preset=5000, help="K for the test log p(x)")
@@ -131,6 +133,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], TrainOptions, list[str], list[int], CompareOptions]:
     """Data config, model config, the shared training config, objectives, K values and evaluation options; refuses bad settings."""
+    check_seed(args.seed, "--seed")
     objectives = parse_list(args.objectives, "--objectives")
     for name in objectives:
         if name not in TRAINING_OBJECTIVES:
@@ -161,16 +164,19 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     return data_cfg, model_cfg, train, objectives, counts, options
 
 
-def write_report(result: dict[str, Any], out: str) -> None:
-    """``compare.json``, ``compare.md`` and ``compare.png`` in ``out``."""
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json(os.path.join(out, "compare.json"), result)
-    atomic_write_text(os.path.join(out, "compare.md"), compare_markdown(result, PUBLISHED))
-    compare_plot(result, os.path.join(out, "compare.png"))
+#: What a comparison writes at the end, and what its runs write as they go.
+RESULTS = ("compare.json", "compare.md", "compare.png", "run_info.json")
+STATE = ("runs",)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     data_cfg, model_cfg, base, objectives, counts, options = resolve(args)
+    with OutputFolder(args.out, results=RESULTS, state=STATE, resume=args.resume, overwrite=args.overwrite) as folder:
+        return run(args, folder, data_cfg, model_cfg, base, objectives, counts, options)
+
+
+def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, base, objectives, counts, options) -> dict[str, Any]:
+    """Train and evaluate every (objective, K) run, and write the report into the locked ``folder``."""
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     started = time.perf_counter()
     data = load_dataset(data_cfg["dataset"], data_cfg["likelihood"], data_cfg["binarization"], data_root=args.data_root, download=args.download)
@@ -186,9 +192,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "num_particles": counts, "seed": args.seed, "device": str(resolve_device(args.device)), "evaluation": evaluation,
     }
     result = {"config": config, "runs": comparison.runs, "skipped": comparison.skipped}
-    write_report(result, args.out)
-    atomic_write_json(os.path.join(args.out, "run_info.json"), run_info(time.perf_counter() - started))
-    print(compare_markdown(result, PUBLISHED))
+    table = compare_markdown(result, PUBLISHED)
+    folder.write(table, {
+        "compare.json": result, "compare.md": table, "compare.png": lambda path: compare_plot(result, path),
+        "run_info.json": run_info(time.perf_counter() - started),
+    })
     print(f"wrote {os.path.join(args.out, 'compare.json')}, compare.md and compare.png ({time.perf_counter() - started:.0f} s)")
     return result
 

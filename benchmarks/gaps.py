@@ -22,12 +22,13 @@ Variational Autoencoders*, ICML.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 import time
 from typing import Any
 
-import pyro
 import torch
 
 from benchmarks.datasets import DATA_DIMS, Data, load_dataset
@@ -41,16 +42,19 @@ from benchmarks.options import (
     run_cli,
     run_info,
 )
+from benchmarks.outdir import OutputFolder
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
 from inference.families import LOCAL_FAMILIES, FlowOptions
 from inference.gaps import LOG_PX_METHODS, exact_reference, gap_decomposition
-from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
+from inference.io import load_checkpoint
 from inference.local import LOCAL_INITS, AdamOptions, LocalOptions, StoppingRule
 from inference.memory import MAX_ELEMENTS
 from inference.objectives import get_objective, objectives_help
+from inference.sampling import set_seed
 from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, WARMUPS, TrainOptions, fit, load_trained, resolve_device
 from inference.validation import positive_int, positive_number
+from inference.validation import seed as check_seed
 from ppl_models import build_model, get_spec, is_factory, model_config, option_names
 
 ARCHITECTURE = option_names()
@@ -125,6 +129,7 @@ def make_parser() -> Parser:
     run.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default=os.path.join("results", "gaps"), help="output folder (default: %(default)s)")
+    run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (without it, or --resume, such a folder is refused)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when attached to a terminal)")
     return p
 
@@ -149,6 +154,10 @@ def check_args(args: argparse.Namespace) -> None:
     ais_options(args)  # refuses bad AIS settings before any training
     if args.local_flow_hidden < 0:
         raise ValueError(f"--local-flow-hidden must be >= 0, got {args.local_flow_hidden}")
+    check_seed(args.seed, "--seed")
+    _devices(args.devices)
+    if args.local is not None and not _families(args.local):
+        raise ValueError(f"--local {args.local!r} names no family; give comma-separated names from {', '.join(LOCAL_FAMILIES)}, or leave it out")
     for family in _families(args.local):
         if family not in LOCAL_FAMILIES:
             raise ValueError(f"unknown local family {family!r} in --local; choose from {', '.join(LOCAL_FAMILIES)}")
@@ -229,9 +238,22 @@ def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, famil
     return {**result.summary(), "exact": exact.summary() if exact is not None else None}
 
 
+#: What the gaps job writes at the end, and what its training writes as it goes.
+RESULTS = ("gaps.json", "gaps.md", "run_info.json")
+STATE = ("checkpoints", "logs")
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     data_cfg, model_cfg, train_cfg, checkpoint = resolve(args)
+    resolve_device(args.device)
+    devices = _devices(args.devices)
+    with OutputFolder(args.out, results=RESULTS, state=STATE, trains=checkpoint is None, resume=args.resume, overwrite=args.overwrite) as folder:
+        return run(args, folder, data_cfg, model_cfg, train_cfg, checkpoint, devices)
+
+
+def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, train_cfg: TrainOptions, checkpoint, devices) -> dict[str, Any]:
+    """Train (or load), evaluate both splits, and write the results into the locked ``folder``."""
     device = resolve_device(args.device)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     started = time.perf_counter()
@@ -249,18 +271,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model, guide, _ = load_trained(args.checkpoint)
         train_seconds = 0.0
     else:
-        pyro.set_rng_seed(train_cfg.seed)
+        set_seed(train_cfg.seed)
         model, guide = build_model(model_cfg)
         if hasattr(model, "init_from_data"):  # the mixture: means at random datapoints
             model.init_from_data(data.train, torch.Generator().manual_seed(train_cfg.seed))
         t0 = time.perf_counter()
         trained = fit(
             model, guide, data, train_cfg, out_dir=args.out, resume=args.resume,
-            device=args.device, devices=_devices(args.devices), strategy=args.strategy, progress=progress, run_config=run_config,
+            device=args.device, devices=devices, strategy=args.strategy, progress=progress, run_config=run_config,
         )
         train_seconds = time.perf_counter() - t0
         if not trained.is_global_zero:
             return {}
+        if trained.epochs_run != train_cfg.epochs:  # --resume past the asked count: record the model evaluated
+            print(f"note: the checkpoint had already run {trained.epochs_run} epochs (asked: {train_cfg.epochs}); "
+                  f"evaluating the {trained.epochs_run}-epoch model", file=sys.stderr)
+            train_cfg = dataclasses.replace(train_cfg, epochs=trained.epochs_run)
     model.to(device).eval()
     guide.to(device).eval()
 
@@ -278,7 +304,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     splits, seconds = {}, {}
     for i, (split, x) in enumerate(points.items()):
         t0 = time.perf_counter()
-        pyro.set_rng_seed(args.seed * 1000 + i + 1)
+        set_seed(args.seed * 1000 + i + 1)
         splits[split] = split_summary(model, guide, x.to(device), args, families, progress)
         seconds[split] = time.perf_counter() - t0
 
@@ -287,19 +313,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "device": str(device), "checkpoint": args.checkpoint,
     }
     result = {"config": config, "splits": splits}
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write_json(os.path.join(args.out, "gaps.json"), result)
-    atomic_write_text(os.path.join(args.out, "gaps.md"), gaps_markdown(result))
-    atomic_write_json(os.path.join(args.out, "run_info.json"), run_info(
-        {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started}
-    ))
-    print(gaps_markdown(result))
+    table = gaps_markdown(result)
+    timings = {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started}
+    folder.write(table, {"gaps.json": result, "gaps.md": table, "run_info.json": run_info(timings)})
     print(f"wrote {os.path.join(args.out, 'gaps.json')} and gaps.md ({time.perf_counter() - started:.0f} s)")
     return result
 
 
 def _devices(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
+    """``--devices`` as Lightning takes it: a count >= 1, -1 (all), "auto", or device indices such as "0,1"."""
+    text = text.strip()
+    if text == "auto":
+        return text
+    if text == "-1":
+        return -1
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    if re.fullmatch(r"\d+(,\d+)+", text):
+        return text
+    raise ValueError(f"--devices must be a count >= 1, -1 (every device), 'auto' or indices such as 0,1; got {text!r}")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -19,13 +19,15 @@ import sys
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 
-from benchmarks.options import run_cli
+from benchmarks.options import positive_ints, run_cli
+from benchmarks.outdir import OutputFolder
 from benchmarks.report import MIXTURE_HEADER, mixture_markdown, mixture_row
-from inference.io import atomic_write_json, atomic_write_text
 from inference.objectives import make_loss
+from inference.sampling import set_seed
+from inference.validation import positive_int
+from inference.validation import seed as check_seed
 from ppl_models import COVARIANCES, build_model, model_config
 
 
@@ -54,7 +56,7 @@ def fit_mixture(x: torch.Tensor, components: int, covariance: str, *, restarts: 
     """Best of ``restarts`` full-batch fits of the exact marginal likelihood (the ``enum`` objective)."""
     best = None
     for r in range(restarts):
-        pyro.set_rng_seed(seed * 1000 + r)
+        set_seed(seed * 1000 + r)
         model, guide = build_model(model_config("gmm", x.shape[1], "gaussian", components=components, covariance=covariance, min_scale=1e-3))
         model.init_from_data(x, torch.Generator().manual_seed(seed * 1000 + r))
         loss = make_loss("enum", model, guide)
@@ -89,36 +91,34 @@ def compare(train: torch.Tensor, test: torch.Tensor, components: int, covariance
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mixture", description=__doc__.split("\n\n")[0])
-    p.add_argument("--components", default="2,3,4", help="K values (default: %(default)s)")
-    p.add_argument("--pca-dims", default="2,5", help="digits PCA dimensions (default: %(default)s)")
+    p.add_argument("--components", type=positive_ints, default="2,3,4", help="K values (default: %(default)s)")
+    p.add_argument("--pca-dims", type=positive_ints, default="2,5", help="digits PCA dimensions (default: %(default)s)")
     p.add_argument("--restarts", type=int, default=5, help="starts per fit, ours and EM's n_init (default: %(default)s)")
     p.add_argument("--steps", type=int, default=300, help="full-batch Adam steps per start (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("results", "mixture"))
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --out")
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        ks = [int(k) for k in args.components.split(",")]
-        dims = [int(d) for d in args.pca_dims.split(",")]
-    except ValueError:
-        raise ValueError(f"--components and --pca-dims must be comma-separated integers, got {args.components!r}, {args.pca_dims!r}") from None
-    if any(k < 1 for k in ks) or any(d < 1 for d in dims) or args.restarts < 1 or args.steps < 1:
-        raise ValueError(f"components, PCA dimensions, restarts and steps must be >= 1, got {ks}, {dims}, {args.restarts}, {args.steps}")
-    datasets = {"synthetic-2d": (synthetic(600, args.seed), synthetic(400, args.seed + 1))}
-    datasets.update({f"digits-pca{d}": digits_pca(d) for d in dims})
-    rows = []
-    print(MIXTURE_HEADER, flush=True)
-    for name, (train, test) in datasets.items():
-        for k in ks:
-            for cov in COVARIANCES:
-                rows.append({"data": name, **compare(train, test, k, cov, args.restarts, args.seed, args.steps)})
-                print(mixture_row(rows[-1]), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write_json(os.path.join(args.out, "mixture.json"), {"config": vars(args), "rows": rows})
-    atomic_write_text(os.path.join(args.out, "mixture.md"), mixture_markdown(rows, args.restarts, args.seed))
-    return {"config": vars(args), "rows": rows}
+    ks, dims = args.components, args.pca_dims
+    positive_int(args.restarts, "--restarts")
+    positive_int(args.steps, "--steps")
+    check_seed(args.seed, "--seed")
+    with OutputFolder(args.out, results=("mixture.json", "mixture.md"), overwrite=args.overwrite) as folder:
+        datasets = {"synthetic-2d": (synthetic(600, args.seed), synthetic(400, args.seed + 1))}
+        datasets.update({f"digits-pca{d}": digits_pca(d) for d in dims})
+        rows = []
+        print(MIXTURE_HEADER, flush=True)
+        for name, (train, test) in datasets.items():
+            for k in ks:
+                for cov in COVARIANCES:
+                    rows.append({"data": name, **compare(train, test, k, cov, args.restarts, args.seed, args.steps)})
+                    print(mixture_row(rows[-1]), flush=True)
+        config = {k: v for k, v in vars(args).items() if k != "overwrite"}
+        folder.write("", {"mixture.json": {"config": config, "rows": rows}, "mixture.md": mixture_markdown(rows, args.restarts, args.seed)})
+    return {"config": config, "rows": rows}
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import pyro
 import torch
 
 from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT
+from benchmarks.outdir import interrupted_message
 from ppl_models import LIKELIHOODS, MODELS, guide_families, is_factory, load_factory, option_names
 
 _UNSET = object()
@@ -35,6 +36,17 @@ def sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"layer sizes must be comma-separated integers, got {text!r}") from None
     if any(s <= 0 for s in values):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return values
+
+
+def positive_ints(text: str) -> list[int]:
+    """Parse comma-separated integers >= 1 (an argparse type: a bad value is named in the error)."""
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
     return values
 
 
@@ -145,13 +157,20 @@ def factory_config(name: str, likelihood: str, args: argparse.Namespace) -> dict
 
 
 def run_cli(parse: Callable[[list[str] | None], argparse.Namespace], main: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run ``main``; bad settings and missing data end with ``error: ...`` and exit status 2."""
+    """Parse ``argv`` and run ``main``: bad settings and missing data end with ``error: ...`` and exit status 2, a failed
+    write with exit status 1, Ctrl-C with what was kept and exit status 130."""
     args = parse(argv)
     try:
         main(args)
+    except KeyboardInterrupt:
+        print(f"\n{interrupted_message(getattr(args, 'out', None))}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write failed (disk full, permissions) after the work
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -48,12 +48,13 @@ from torch import nn
 
 from benchmarks.datasets import DEFAULT_DATA_ROOT, load_dataset
 from benchmarks.options import run_cli
+from benchmarks.outdir import OutputFolder
 from benchmarks.report import speed_markdown
 from inference.ais import HMCOptions, ais
-from inference.io import atomic_write_json, atomic_write_text
 from inference.local import StoppingRule, frozen, optimize_local
 from inference.objectives import make_loss
 from inference.training import TrainOptions, epoch_permutation, fit
+from inference.validation import seed as check_seed
 from ppl_models import build_model, model_config
 
 # ---- (a) training step ------------------------------------------------------------
@@ -356,13 +357,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", choices=("training", "local", "ais"), action="append", default=[])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("results", "speed"))
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --out")
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    check_seed(args.seed, "--seed")
+    with OutputFolder(args.out, results=("speed.json", "speed.md"), overwrite=args.overwrite) as folder:
+        return measure(args, folder)
+
+
+def measure(args: argparse.Namespace, folder: OutputFolder) -> dict[str, Any]:
     data = load_dataset("mnist", "bernoulli", "static", data_root=args.data_root)
     result: dict[str, Any] = {
-        "config": {k: v for k, v in vars(args).items() if k != "skip"},
+        "config": {k: v for k, v in vars(args).items() if k not in ("skip", "overwrite")},
         "data": "statically binarized MNIST", "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
@@ -381,10 +389,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         result["local"] = local_speed(model, guide, data.test[: args.local_points], rule)
     if "ais" not in args.skip:
         result["ais"] = ais_speed(model, guide, data.test[: args.ais_points], args.ais_chains, args.ais_steps, args.ais_leapfrog)
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write_json(os.path.join(args.out, "speed.json"), result)
-    atomic_write_text(os.path.join(args.out, "speed.md"), speed_markdown(result))
-    print(speed_markdown(result))
+    table = speed_markdown(result)
+    folder.write(table, {"speed.json": result, "speed.md": table})
     return result
 
 

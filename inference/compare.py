@@ -41,6 +41,7 @@ from .estimators import elbo, iwae_log_px
 from .io import atomic_write_json
 from .memory import MAX_ELEMENTS
 from .objectives import get_objective, make_loss
+from .sampling import set_seed
 from .stats import mean_se
 from .training import TrainOptions, fit, resolve_device
 from .validation import positive_int
@@ -131,7 +132,7 @@ class LearningCurve(pl.Callback):
         if not trainer.is_global_zero:
             return
         with torch.random.fork_rng(devices=[]):
-            pyro.set_rng_seed(self.seed * 7919 + step)
+            set_seed(self.seed * 7919 + step)
             value = iwae_log_px(self.model, self.guide, self.x.to(pl_module.device), self.samples, max_elements=self.max_elements).value
         epoch = trainer.current_epoch + (step - trainer.current_epoch * trainer.num_training_batches) / trainer.num_training_batches
         bound, bound_se = mean_se(value)
@@ -150,18 +151,18 @@ def parameter_groups(model, guide) -> dict[str, list[torch.nn.Parameter]]:
 def evaluate(model, guide, objective: str, k: int, x_test: torch.Tensor, snr_batch: torch.Tensor, options: CompareOptions,
              seed: int) -> dict[str, Any]:
     """Test log p̂(x), test ELBO, active units and gradient SNR of a trained pair."""
-    pyro.set_rng_seed(seed + 1)
+    set_seed(seed + 1)
     log_px = iwae_log_px(model, guide, x_test, options.log_px_samples, max_elements=options.max_elements)
     mean, se = mean_se(log_px.value)
     out: dict[str, Any] = {"test_log_px": {"mean": mean, "se": se, "mc_se": float(log_px.stderr.pow(2).mean().sqrt() / math.sqrt(len(x_test)))}}
-    pyro.set_rng_seed(seed + 2)
+    set_seed(seed + 2)
     bound = elbo(model, guide, x_test, options.elbo_samples, max_elements=options.max_elements)
     mean, se = mean_se(bound.value)
     out["test_elbo"] = {"mean": mean, "se": se}
-    pyro.set_rng_seed(seed + 3)
+    set_seed(seed + 3)
     units = active_units(model, guide, x_test[: min(len(x_test), 1000)])
     out["active_units"] = {"active": units.active, "total": units.total, "per_site": {n: list(v) for n, v in units.per_site.items()}}
-    pyro.set_rng_seed(seed + 4)
+    set_seed(seed + 4)
     loss = make_loss(objective, model, guide, k)
     snr = gradient_snr(lambda x: loss(x) / len(x), snr_batch, parameter_groups(model, guide), options.snr_draws)
     out["snr"] = {group: {"mean": s.mean, "median": s.median, "components": s.components} for group, s in snr.items()}
@@ -197,7 +198,7 @@ def train_one(
             return record
         # a record in an earlier layout: its training is finished (the checkpoint continues at the last epoch), measure again
     pyro.clear_param_store()
-    pyro.set_rng_seed(base.seed)
+    set_seed(base.seed)
     model, guide = make_pair()  # the same initial parameters for every run
     if hasattr(model, "init_from_data"):
         model.init_from_data(data.train, torch.Generator().manual_seed(base.seed))

@@ -17,12 +17,13 @@ Each returns an :class:`Estimate` of shape ``(len(x),)``.
 from __future__ import annotations
 
 import math
+import time
 from typing import NamedTuple
 
 import torch
 
-from .diagnostics import pareto_k
-from .memory import MAX_ELEMENTS, chunk_size_for, chunks
+from .diagnostics import LargestLogWeights, pareto_k
+from .memory import MAX_ELEMENTS, check_projected_time, chunk_size_for, chunks
 from .nonfinite import refuse_non_finite
 from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
 from .validation import positive_int
@@ -53,10 +54,14 @@ def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
     return _Draws(x, info, list(chunks(num_samples, positive_int(chunk_size, "chunk_size"))))
 
 
-def _iter_log_weights(model, guide, draws: _Draws):
+def _iter_log_weights(model, guide, draws: _Draws, what: str):
+    """The log weights, chunk by chunk; a request projected from its first chunk to run for days is refused then."""
     with torch.no_grad():
-        for size in draws.sizes:
+        started = time.perf_counter()
+        for i, size in enumerate(draws.sizes):
             yield log_weights(model, guide, draws.x, size, draws.info)
+            if i == 0 and len(draws.sizes) > 1:
+                check_projected_time(time.perf_counter() - started, draws.sizes, len(draws.x), what)
 
 
 def elbo(
@@ -79,7 +84,7 @@ def elbo(
     shift = None
     count = 0
     draws = _draws(model, guide, x, num_samples, chunk_size, max_elements)
-    for lw in _iter_log_weights(model, guide, draws):
+    for lw in _iter_log_weights(model, guide, draws, "elbo"):
         if shift is None:
             shift = lw.mean(0)  # centring keeps the running sum of squares accurate
             total = torch.zeros_like(shift)
@@ -135,22 +140,21 @@ def iwae_log_px(
     A stochastic lower bound on :math:`\log p(x_i)` that tightens as ``K`` grows
     (Burda et al. 2016). The guide is the proposal; any guide following the
     convention works, including a local (per-datapoint) one. With ``pareto=True`` the
-    weights are also kept (``8 K N`` bytes) and the estimate carries the PSIS
-    :math:`\hat k` of each datapoint's weights (:func:`inference.diagnostics.pareto_k`).
+    estimate carries the PSIS :math:`\hat k` of each datapoint's weights, exact, from the
+    :math:`3\sqrt K` largest weights kept as the chunks stream by
+    (:class:`inference.diagnostics.LargestLogWeights`): memory stays bounded by ``max_elements``.
     """
     log_s1 = log_s2 = None
     count = 0
-    kept = []
     draws = _draws(model, guide, x, num_samples, chunk_size, max_elements)
-    for lw in _iter_log_weights(model, guide, draws):
-        if pareto:
-            kept.append(lw)
+    largest = LargestLogWeights(num_samples) if pareto else None
+    for lw in _iter_log_weights(model, guide, draws, "iwae_log_px"):
+        if largest is not None:
+            largest.add(lw)
         c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
         log_s1 = c1 if log_s1 is None else torch.logaddexp(log_s1, c1)
         log_s2 = c2 if log_s2 is None else torch.logaddexp(log_s2, c2)
         count += len(lw)
-    k_hat = None
-    if pareto:
-        k_hat = pareto_k(torch.cat(kept))
+    k_hat = largest.pareto_k() if largest is not None else None
     value = refuse_non_finite(log_s1 - math.log(count), "the importance-weighted log p(x)", model, guide, draws.x, draws.info)
     return Estimate(value, _log_mean_stderr(log_s1, log_s2, count), count, k_hat)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import torch
 
 from .program import Program, ProgramInfo, trace_pair
+from .validation import positive_int
 
 #: Default bound on the number of float32 elements one chunk of samples may create.
 MAX_ELEMENTS = 2**26
+#: A request projected (from its first chunk) to run longer than this is refused with the estimate; raise it for longer runs.
+MAX_PROJECTED_SECONDS = 24 * 3600.0
 
 
 def chunk_size_for(info: ProgramInfo, x: torch.Tensor, model: Program, guide: Program, max_elements: int) -> int:
@@ -22,6 +25,7 @@ def chunk_size_for(info: ProgramInfo, x: torch.Tensor, model: Program, guide: Pr
     The footprint counts every sample-site value and distribution parameter of one
     vectorized sample (the decoder's output is among them) times 8 for intermediates.
     """
+    max_elements = positive_int(max_elements, "max_elements")
     with torch.no_grad():
         model_trace, guide_trace = trace_pair(model, guide, x)
     per_sample = 0
@@ -43,3 +47,16 @@ def chunks(total: int, size: int):
         step = min(size, total - done)
         yield step
         done += step
+
+
+def check_projected_time(first_seconds: float, sizes: list[int], num_points: int, what: str) -> None:
+    """Refuse a request whose time, projected from its first chunk of ``sizes[0]`` samples, exceeds
+    :data:`MAX_PROJECTED_SECONDS`; the message gives the estimate."""
+    total = sum(sizes)
+    projected = first_seconds * total / sizes[0]
+    if projected > MAX_PROJECTED_SECONDS:
+        raise ValueError(
+            f"{what} with num_samples={total} for {num_points} datapoint(s) would take about {projected / 3600:.3g} h: its first "
+            f"chunk of {sizes[0]} samples took {first_seconds:.3g} s. That is beyond inference.memory.MAX_PROJECTED_SECONDS "
+            f"({MAX_PROJECTED_SECONDS / 3600:.3g} h): lower num_samples, or raise that limit for a run this long"
+        )

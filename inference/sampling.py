@@ -3,15 +3,22 @@ r"""Draws every objective and estimator shares: the global latents once per batc
 * :func:`global_share` — ``B/N``, how often a mini-batch counts the global factor;
 * :func:`draw_globals` — :math:`\theta \sim q(\theta)` once, with :math:`\log p(\theta) - \log q(\theta)`;
 * :func:`dream` — :math:`(x', z') \sim p`, the model run with its observation ignored
-  (the sleep phase of wake-sleep, Hinton et al. 1995; BDMC's simulated data, Grosse et al. 2015).
+  (the sleep phase of wake-sleep, Hinton et al. 1995; BDMC's simulated data, Grosse et al. 2015);
+* :func:`set_seed` — seed Python, NumPy and torch from a seed derived from the run's seed.
 """
 
 from __future__ import annotations
 
+import pyro
 import torch
 from pyro import poutine
 
 from .program import ConventionError, ProgramInfo
+
+
+def set_seed(derived: int) -> None:
+    """``pyro.set_rng_seed`` of a seed derived from a run's seed (``seed * 1000 + i``): reduced modulo 2**32, NumPy's range."""
+    pyro.set_rng_seed(int(derived) % 2**32)
 
 
 def global_share(batch_size: int, dataset_size: int | None) -> float:

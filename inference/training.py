@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .io import CheckpointError, atomic_torch_save, atomic_write_text, load_chec
 from .objectives import get_objective, kl_weight, make_loss
 from .program import check_data, inspect_program
 from .validation import nonnegative_int, nonnegative_number, positive_int, positive_number
+from .validation import seed as check_seed
 
 LR_SCHEDULES = ("constant", "iwae")
 #: What a warm-up weight beta < 1 scales: the KL term (log p(z) - log q), or the entropy term (-log q) alone.
@@ -67,6 +69,7 @@ class TrainOptions:
         positive_number(self.lr, "lr")
         positive_number(self.adam_eps, "adam_eps")
         nonnegative_number(self.kl_warmup_epochs, "kl_warmup_epochs")
+        check_seed(self.seed, "seed")
         if self.warmup not in WARMUPS:
             raise ValueError(f"unknown warmup {self.warmup!r}; choose from {', '.join(WARMUPS)}")
 
@@ -310,17 +313,18 @@ def check_resume_config(checkpoint_config: dict[str, Any], current: dict[str, An
 
 def _read_text(path: str | None) -> str | None:
     if path and os.path.exists(path):
-        with open(path) as f:
+        with open(path, newline="") as f:  # keep the csv module's \r\n line endings as they are
             return f.read()
     return None
 
 
 def _prepend_metrics(path: str, earlier: str) -> None:
-    """Lightning's CSV logger starts a fresh file on resume; put the earlier epochs back in front."""
+    """Lightning's CSV logger starts a fresh file on resume; put the earlier epochs back in front (same line endings)."""
     later = _read_text(path) or ""
+    ending = "\r\n" if "\r\n" in (later or earlier) else "\n"
     old_lines, new_lines = earlier.splitlines(), later.splitlines()
     if new_lines and old_lines and old_lines[0] == new_lines[0]:
-        atomic_write_text(path, "\n".join(old_lines + new_lines[1:]) + "\n")
+        atomic_write_text(path, ending.join(old_lines + new_lines[1:]) + ending)
     elif not new_lines:
         atomic_write_text(path, earlier)
 
@@ -400,9 +404,16 @@ def fit(
         )
         try:
             trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            # Lightning answers Ctrl-C by sys.exit(1) with SIGINT ignored: give the caller back its KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
         except DivergenceError as err:
             kept = f"; the last finished epoch's checkpoint is kept at {last}" if last and os.path.exists(last) else ""
             raise DivergenceError(f"{err}{kept}") from None
-    if earlier_metrics and trainer.is_global_zero:
-        _prepend_metrics(metrics_path, earlier_metrics)
+        finally:  # also when interrupted: the earlier epochs' lines are never lost
+            if earlier_metrics and trainer.is_global_zero:
+                _prepend_metrics(metrics_path, earlier_metrics)
     return TrainResult(model, guide, last if ckpt_dir else None, trainer.is_global_zero, trainer.current_epoch, module.epoch_losses)

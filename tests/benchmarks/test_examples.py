@@ -18,7 +18,7 @@ EXAMPLES = {
     "mixture": "--components 2 --pca-dims 2 --restarts 1 --steps 30",
     "speed": "--data-root {mnist_root} --block 3 --repeats 2 --trainer-points 300 --trainer-epochs 2 --trainer-repeats 1 --local-points 2 --local-window 5 --local-patience 1 --local-max-steps 10 --ais-points 2 --ais-chains 3 --ais-steps 2 --ais-leapfrog 2",
 }
-NOT_EXPERIMENTS = {"__init__", "__main__", "datasets", "options", "report"}  # not runnable experiments
+NOT_EXPERIMENTS = {"outdir", "__init__", "__main__", "datasets", "options", "report"}  # not runnable experiments
 
 
 def test_every_benchmark_module_is_listed():

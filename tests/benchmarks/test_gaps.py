@@ -96,6 +96,11 @@ def test_resume_continues_a_run(tmp_path):
         (["--device", "cuda"], "cuda"),
         (["--checkpoint", "/nonexistent/x.ckpt"], "no checkpoint file"),
         (["--dataset", "mnist", "--data-root", "/nonexistent"], "MNIST not found under data root '/nonexistent'"),
+        (["--devices", "0"], "--devices must be a count >= 1, -1 (every device), 'auto' or indices such as 0,1; got '0'"),
+        (["--seed", "100000000000000000000000"], "--seed must be an integer from 0 to 4294967295, got 100000000000000000000000"),
+        (["--local", ","], "--local ',' names no family"),
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+        (["--kl-warmup-epochs", "inf"], "kl_warmup_epochs must be a finite number >= 0, got inf"),
     ],
 )
 def test_bad_input_gives_a_clear_error(tmp_path, capsys, args, message):
@@ -288,3 +293,53 @@ def test_a_users_own_pair_from_a_factory_reaches_the_gap_table_and_its_checkpoin
     assert "builds its own architecture; drop --latent-dim" in capsys.readouterr().err
     assert cli([*user, "--model", "tests.nowhere:make_pair", "--out", str(tmp_path / "x")]) == 2
     assert "cannot import 'tests.nowhere'" in capsys.readouterr().err
+
+
+def test_a_rerun_into_an_earlier_runs_folder_is_refused_or_replaces_it_whole(tmp_path, capsys):
+    _, out = run(tmp_path, name="twice")
+    first = read(out)
+    assert cli([*TINY, "--out", out, "--seed", "5"]) == 2
+    assert "holds an earlier run (gaps.json, gaps.md, run_info.json, checkpoints, logs): pass --resume" in capsys.readouterr().err
+    assert read(out) == first  # untouched
+    assert cli([*TINY, "--out", out, "--seed", "5", "--overwrite"]) == 0
+    assert read(out)["config"]["seed"] == 5 and read(out)["splits"] != first["splits"]
+    with open(os.path.join(out, "logs", "metrics.csv")) as f:
+        assert len(f.read().splitlines()) == 3  # the new run's two epochs only
+
+
+def test_resume_past_the_asked_epochs_records_the_model_it_evaluated(tmp_path, capsys):
+    _, out = run(tmp_path, name="r3")
+    asked = [*TINY[:1], "1", *TINY[2:]]
+    assert cli([*asked, "--out", out, "--resume"]) == 0
+    assert read(out)["config"]["train"]["epochs"] == 2
+    assert "the checkpoint had already run 2 epochs (asked: 1)" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_what_was_kept_and_a_failed_final_write_keeps_the_table(tmp_path, capsys, monkeypatch):
+    import benchmarks.gaps as gaps
+    import benchmarks.outdir as outdir
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gaps, "split_summary", interrupt)
+    code, out = run(tmp_path, name="ctrl-c")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: the last finished epoch's checkpoint is kept at {out}/checkpoints/last.ckpt" in err and "--resume" in err
+    assert not os.path.exists(os.path.join(out, ".lock"))
+    monkeypatch.undo()
+
+    real = outdir.atomic_write_json
+
+    def disk_full(path, obj):
+        if str(path).endswith("gaps.json"):
+            raise OSError(28, "No space left on device")
+        real(path, obj)
+
+    monkeypatch.setattr(outdir, "atomic_write_json", disk_full)
+    assert cli([*TINY, "--out", out, "--resume"]) == 1
+    captured = capsys.readouterr()
+    assert "| train | 6 |" in captured.out  # the table reached the terminal
+    assert "could not write gaps.json (No space left on device)" in captured.err and "written: gaps.md, run_info.json" in captured.err
+    assert not os.path.exists(os.path.join(out, "gaps.json")) and os.path.exists(os.path.join(out, "gaps.md"))

@@ -110,3 +110,44 @@ def test_active_units_of_a_categorical_site_count_its_categories_by_the_variatio
     with torch.no_grad():
         guide.net[0].weight.zero_()  # q(z | x) ignores x
     assert active_units(model, guide, x).per_site["z"] == (0, 3)
+
+
+def heavy_tailed_log_weights(num_samples, seed=0):
+    """Log weights of light, heavy and tied tails, one datapoint each (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    light = torch.randn(num_samples, 2, generator=g, dtype=torch.float64) * 2
+    t = torch.distributions.StudentT(torch.tensor([1.5, 3.0], dtype=torch.float64))
+    torch.manual_seed(seed)
+    heavy = t.sample((num_samples,)).abs().log() * 2
+    tied = torch.zeros(num_samples, 1, dtype=torch.float64)
+    tied[: num_samples // 2] = 1.0
+    return torch.cat([light, heavy, tied], 1)
+
+
+@pytest.mark.parametrize("num_samples", [25, 26, 100, 1000, 5000])
+def test_pareto_k_is_arviz_psis_k_hat(num_samples):
+    """Our Zhang-Stephens fit of the tail against ArviZ's psislw (an independent implementation) on the same weights."""
+    import arviz
+
+    from inference.diagnostics import pareto_k
+
+    lw = heavy_tailed_log_weights(num_samples)
+    _, expected = arviz.psislw(lw.T.numpy().copy())
+    ours = pareto_k(lw)
+    assert ours.dtype == torch.float64 and ours.shape == (5,)
+    assert torch.allclose(ours, torch.as_tensor(expected), rtol=0, atol=1e-12)  # including inf where a tie leaves no tail
+
+
+def test_pareto_k_streamed_in_chunks_is_exact_and_keeps_only_the_tail():
+    from inference.diagnostics import LargestLogWeights, pareto_k, psis_tail_length
+
+    lw = heavy_tailed_log_weights(20_000, seed=1)
+    largest = LargestLogWeights(len(lw))
+    for chunk in lw.split(333):
+        largest.add(chunk)
+        assert len(largest.values) <= psis_tail_length(len(lw)) + 1  # O(sqrt S) rows, not S
+    assert torch.equal(largest.pareto_k(), pareto_k(lw))
+    with pytest.raises(ValueError, match="19999 log weights were added, not the 20000"):
+        partial = LargestLogWeights(len(lw))
+        partial.add(lw[:-1])
+        partial.pareto_k()

@@ -9,6 +9,7 @@ import torch
 
 from inference.estimators import elbo, iwae_log_px
 from inference.program import inspect_program, log_weights
+from ppl_models import build_model, model_config
 from tests.oracles import best_ffg_guide, exact_posterior_guide, global_latent_model, make_ppca, sample_ppca
 
 
@@ -182,3 +183,17 @@ def test_float64_programs_stay_float64_in_every_estimator():
     exact_sbn = exact_log_px(sbn, sbn_guide, xb)
     assert exact_sbn.dtype == torch.float64
     assert (iwae_log_px(sbn, sbn_guide, xb, 4000).value <= exact_sbn + 1e-6 + 0.5).all()
+
+
+def test_a_request_projected_beyond_the_time_limit_is_refused_after_its_first_chunk(monkeypatch):
+    import inference.memory as memory
+
+    model, guide = build_model(model_config("vae", 6, "bernoulli", latent_dim=2, hidden=[4], encoder_hidden=[4]))
+    x = torch.ones(2, 6)
+    monkeypatch.setattr(memory, "MAX_PROJECTED_SECONDS", 1e-9)
+    with pytest.raises(ValueError, match=r"iwae_log_px with num_samples=1000000000 for 2 datapoint\(s\) would take about .* h: its first chunk of 10 "):
+        iwae_log_px(model, guide, x, 10**9, chunk_size=10, pareto=True)
+    with pytest.raises(ValueError, match="max_elements must be an integer >= 1, got 0"):
+        elbo(model, guide, x, 10, max_elements=0)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1, got nan"):
+        elbo(model, guide, x, float("nan"))

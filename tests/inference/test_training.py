@@ -245,3 +245,29 @@ def test_infinite_learning_rates_and_warm_up_lengths_are_refused_by_name():
         TrainOptions(lr=math.inf)
     with pytest.raises(ValueError, match="kl_warmup_epochs must be a finite number >= 0, got inf"):
         TrainOptions(kl_warmup_epochs=math.inf)
+
+
+def test_ctrl_c_in_training_comes_back_as_keyboard_interrupt_and_a_resume_keeps_line_endings_and_epochs(tmp_path, monkeypatch):
+    """Lightning answers Ctrl-C with sys.exit(1) and SIGINT ignored; fit gives the caller its KeyboardInterrupt back (so the
+    command line can say what was kept), keeps the metrics of the epochs before the interruption, and restores SIGINT."""
+    import signal
+
+    from inference.training import SVIModule
+
+    run(tmp_path, 2)
+    real_step = SVIModule.training_step
+
+    def step(self, batch_number, batch_idx):
+        if self.current_epoch == 3:
+            raise KeyboardInterrupt
+        return real_step(self, batch_number, batch_idx)
+
+    monkeypatch.setattr(SVIModule, "training_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, 5, resume=True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert load_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))["epoch"] == 2  # epochs 0-2 finished and kept
+    monkeypatch.undo()
+    run(tmp_path, 5, resume=True)
+    raw = (tmp_path / "logs" / "metrics.csv").read_bytes()
+    assert raw.count(b"\r\n") == 6 and raw.count(b"\n") == 6  # header + five epochs, one line ending throughout
