@@ -29,13 +29,14 @@ from .families import LOCAL_FAMILIES, FlowOptions, LocalGuide, ParametrizedGuide
 from .gaps import ExactReference, GapDecomposition, exact_reference, gap_decomposition
 from .io import CheckpointError, load_checkpoint
 from .local import AdamOptions, LocalOptions, StoppingRule, local_posterior, optimize_local
+from .nonfinite import NonFiniteError
 from .objectives import OBJECTIVES, Objective, make_loss
 from .program import ConventionError, ProgramInfo, inspect_program, log_weights, with_stopped_parameters
 from .training import Trained, TrainOptions, TrainResult, fit, load_trained
 
 __all__ = [
     "AISOptions", "AdamOptions", "CheckpointError", "CompareOptions", "Comparison", "ConventionError", "Estimate", "ExactReference",
-    "FlowOptions", "GapDecomposition", "HMCOptions", "LOCAL_FAMILIES", "LocalGuide", "LocalOptions", "OBJECTIVES", "Objective", "ParametrizedGuide",
+    "FlowOptions", "GapDecomposition", "HMCOptions", "LOCAL_FAMILIES", "LocalGuide", "LocalOptions", "NonFiniteError", "OBJECTIVES", "Objective", "ParametrizedGuide",
     "ProgramInfo", "StoppingRule", "TrainOptions", "TrainResult", "Trained", "active_units", "ais", "bdmc", "compare_objectives",
     "elbo", "exact_elbo", "exact_log_px", "exact_reference", "fit", "gap_decomposition", "gradient_snr", "inspect_program",
     "load_checkpoint", "load_trained", "local_posterior", "iwae_log_px", "log_weights", "make_loss", "optimize_local",

@@ -24,7 +24,8 @@ import torch
 from pyro import poutine
 
 from .memory import MAX_ELEMENTS, chunk_size_for
-from .program import Program, ProgramInfo, inspect_program, sample_batch_shape, score_configurations
+from .nonfinite import refuse_non_finite
+from .program import Program, ProgramInfo, check_data, inspect_program, sample_batch_shape, score_configurations
 
 #: Default bound on the number of joint configurations (12 binary units).
 MAX_CONFIGURATIONS = 4096
@@ -123,11 +124,14 @@ def exact_log_px(
 ) -> torch.Tensor:
     """:math:`\\log p(x_i)` by summing over every configuration of the local latents; shape ``(len(x),)``.
 
-    The guide is only run to check the convention and learn the site layout.
+    The guide is only run to check the convention and learn the site layout. A NaN or
+    infinite result is refused (:class:`inference.nonfinite.NonFiniteError`) with its cause.
     """
+    x = check_data(x)
     info = inspect_program(model, guide, x)
     grid = configurations(model, guide, x, info, max_configurations)
-    return log_joint_on_grid(model, guide, x, info, grid, max_elements).logsumexp(0)
+    value = log_joint_on_grid(model, guide, x, info, grid, max_elements).logsumexp(0)
+    return refuse_non_finite(value, "the exact log p(x)", model, guide, x, info)
 
 
 def log_joint_on_grid(

@@ -224,10 +224,22 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
     x = check_data(x)
     _refuse_global_vector_autoguides(guide)
     n = len(x)
-    model_trace, guide_trace = trace_pair(model, guide, x)
     x_other = x[:-1] if n > 1 else torch.cat([x, x])
-    with torch.no_grad():  # the model alone, latents from the prior: only shapes matter here
-        model_other = prune_subsample_sites(poutine.trace(model).get_trace(x_other))
+    try:
+        model_trace, guide_trace = trace_pair(model, guide, x)
+        with torch.no_grad():  # the model alone, latents from the prior: only shapes matter here
+            model_other = prune_subsample_sites(poutine.trace(model).get_trace(x_other))
+    except Exception as err:
+        from .nonfinite import NonFiniteError, non_finite_parameters  # it scores programs with this module
+
+        bad = non_finite_parameters(model, guide)
+        if bad:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise NonFiniteError(
+                f"the programs fail on x and have non-finite parameters: {', '.join(bad[:3])}"
+                f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''} (a diverged training run?); {type(err).__name__}: {first}"
+            ) from err
+        raise
 
     model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
     frames = [f for s in model_sites.values() for f in s["cond_indep_stack"] if f.name == DATA_PLATE]

@@ -54,3 +54,16 @@ def test_data_beyond_float32_are_refused_with_the_reason_not_returned_as_nan():
         elbo(model, guide, x, 4)
     finite = elbo(model, guide, torch.full((2, 6), 30.0), 4).value  # far from the data but representable: a number
     assert bool(torch.isfinite(finite).all()) and float(finite.max()) < -100
+
+
+def test_exact_enumeration_refuses_a_nan_too():
+    from inference.enumeration import exact_log_px
+
+    torch.manual_seed(0)
+    model, guide = build_model(model_config("sbn", 6, "bernoulli", layers=[3]))
+    x = torch.ones(2, 6)
+    assert bool(torch.isfinite(exact_log_px(model, guide, x)).all())
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteError, match="non-finite parameters: model\\."):
+        exact_log_px(model, guide, x)
