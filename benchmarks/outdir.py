@@ -4,9 +4,10 @@ Every benchmark opens its ``--out`` with :class:`OutputFolder` before it loads d
 
 * **writable first** — a folder that is a file, or cannot be written, is refused at once, not
   after hours of evaluation;
-* **one run at a time** — a lock file ``.lock`` records the owner's pid, host, start time and
-  command; a second run into the folder is refused naming the owner, and the lock of a run
-  that was killed (its pid is gone on this host) is taken over with a note;
+* **one run at a time** — the run holds an exclusive ``flock`` on ``.lock``, which records
+  its pid, host, start time and command; a second run into the folder is refused naming the
+  owner. The kernel drops a killed run's ``flock`` with the process, so its leftover record
+  is taken over with a note (POSIX systems: ``fcntl``);
 * **fresh or resumed** — an earlier run's results (and, for a training run, its checkpoints
   and logs) are continued with ``--resume``, replaced with ``--overwrite`` (removed before
   any work), or the run is refused: a folder never holds one run's results beside another's
@@ -21,6 +22,7 @@ A Ctrl-C is reported by :func:`interrupted_message`, which says what the folder 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -45,17 +47,16 @@ class OutputFolderError(ValueError):
 
 def _is_launched_rank() -> bool:
     """A process that Lightning's DDP launcher started for a rank other than 0: the launching process owns the folder."""
-    return any(os.environ.get(name, "0") not in ("", "0") for name in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def _pid_alive(pid: int) -> bool:
+def _read_record(fd: int) -> Any:
+    """The owner's record in a lock file: a dict, None for an empty file, or "unreadable"."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
+        text = os.pread(fd, 65536, 0).decode()
+        return json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return "unreadable"
 
 
 class OutputFolder:
@@ -75,7 +76,7 @@ class OutputFolder:
         self.path, self.results, self.state = path, tuple(results), tuple(state)
         self.trains, self.resume, self.overwrite = trains, resume, overwrite
         self.lock_path = os.path.join(path, LOCK_NAME)
-        self._token: str | None = None
+        self._fd: int | None = None
         self.notes: list[str] = []  #: what opening the folder did (a stale lock taken over, debris removed)
 
     # -- opening -------------------------------------------------------------------------------------------------
@@ -108,57 +109,71 @@ class OutputFolder:
             raise OutputFolderError(f"--out {self.path!r} cannot be written ({err.strerror or err}): nothing was run") from None
 
     def _lock(self) -> None:
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "command": " ".join(sys.argv)}
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            self._token = json.dumps(record)
-            return
-        raise OutputFolderError(f"--out {self.path!r}: could not take its lock {self.lock_path!r}")
+        """Hold an exclusive ``flock`` on ``.lock`` for the whole run and write the owner's record into it.
 
-    def _take_over_if_stale(self) -> None:
-        try:
-            with open(self.lock_path) as f:
-                owner = json.load(f)
-            pid, host = int(owner["pid"]), str(owner["host"])
-        except (OSError, ValueError, KeyError, TypeError):
-            owner, pid, host = {}, None, None
-        if pid is not None and host == socket.gethostname() and not _pid_alive(pid):
-            self.notes.append(f"note: --out {self.path!r} was locked by pid {pid}, which no longer runs (killed?); taking it over")
-            os.unlink(self.lock_path)
-            return
-        if pid is None:
-            raise OutputFolderError(f"--out {self.path!r} has an unreadable lock file {self.lock_path!r}; if no run uses the folder, delete it")
-        where = "this machine" if host == socket.gethostname() else f"host {host!r} (cannot be checked from here)"
-        raise OutputFolderError(
-            f"--out {self.path!r} is in use by another run: pid {pid} on {where}, started {owner.get('started')}, "
-            f"command: {owner.get('command')}. Wait for it or choose another --out; if that run is dead, delete {self.lock_path!r}"
+        The kernel releases the ``flock`` when its process dies, however it dies, so a lock
+        that can be taken belongs to nobody: a record found in it is a dead run's, taken over
+        with a note. The lock is held on the file the path names (checked after locking, as a
+        finishing owner unlinks it).
+        """
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                             "command": " ".join(sys.argv)})
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_record(fd)
+                os.close(fd)
+                raise self._busy(owner) from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the owner finished and unlinked the file we locked: lock the current one
+        previous = _read_record(fd)
+        if previous:
+            who = f"pid {previous.get('pid')} on {previous.get('host')!r}" if isinstance(previous, dict) else "an unknown run"
+            self.notes.append(f"note: --out {self.path!r} was locked by {who}, which no longer holds it (killed?); taking it over")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def _busy(self, owner: Any) -> OutputFolderError:
+        if not isinstance(owner, dict):
+            return OutputFolderError(f"--out {self.path!r} is in use by another run (its lock {self.lock_path!r} is held)")
+        where = "this machine" if owner.get("host") == socket.gethostname() else f"host {owner.get('host')!r}"
+        return OutputFolderError(
+            f"--out {self.path!r} is in use by another run: pid {owner.get('pid')} on {where}, started {owner.get('started')}, "
+            f"command: {owner.get('command')}. Wait for it to finish, or choose another --out"
         )
 
     def _unlock(self) -> None:
-        if self._token is None:
+        if self._fd is None:
             return
         try:
-            with open(self.lock_path) as f:
-                if f.read() == self._token:
-                    os.unlink(self.lock_path)
+            os.unlink(self.lock_path)  # while still holding it: a waiting run then locks a fresh file
         except OSError:
             pass
-        self._token = None
+        os.close(self._fd)
+        self._fd = None
 
     def _remove_debris(self) -> None:
+        """Remove temporary files of interrupted atomic writes: in the folder itself and inside its state paths only."""
         removed = []
-        for folder, _, files in os.walk(self.path):
-            for name in files:
-                if _TEMPORARY.match(name) and not name.startswith(".write-check."):
-                    os.unlink(os.path.join(folder, name))
-                    removed.append(os.path.relpath(os.path.join(folder, name), self.path))
+        places = [(self.path, False)] + [(os.path.join(self.path, n), True) for n in self.state]
+        for place, recursive in places:
+            if not os.path.isdir(place):
+                continue
+            walk = os.walk(place) if recursive else [(place, [], [f for f in os.listdir(place) if os.path.isfile(os.path.join(place, f))])]
+            for folder, _, files in walk:
+                for name in files:
+                    if _TEMPORARY.match(name) and not name.startswith(".write-check."):
+                        os.unlink(os.path.join(folder, name))
+                        removed.append(os.path.relpath(os.path.join(folder, name), self.path))
         if removed:
             self.notes.append(f"note: removed {len(removed)} temporary file(s) left by an interrupted write: {', '.join(sorted(removed))}")
 
@@ -220,4 +235,4 @@ def interrupted_message(out: str | None) -> str:
                 "--resume to continue from it")
     if os.path.isdir(runs) and os.listdir(runs):
         return f"interrupted: the finished runs are kept in {runs}; run the same command with --resume to reuse them"
-    return f"interrupted: no checkpoint was written yet in {out!r}; nothing to resume"
+    return f"interrupted: no checkpoint was written yet in {out!r}; nothing to resume (rerun with --overwrite, or another --out)"

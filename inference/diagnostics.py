@@ -101,7 +101,8 @@ def pareto_k_from_largest(largest: torch.Tensor, num_samples: int) -> torch.Tens
         if n <= 4:
             continue
         columns = (length == n).nonzero().flatten()
-        step = max(1, _GPD_BLOCK // ((30 + int(n**0.5)) * n))
+        grid = 30 + int(n**0.5)
+        step = max(1, _GPD_BLOCK // (grid * max(grid, n)))  # the (m, n, C) log1p and the (m, m, C) weights
         for start in range(0, len(columns), step):
             block = columns[start : start + step]
             k_hat[block] = _gpd_shape(exceed[m - n :, block])

@@ -41,7 +41,8 @@ class Estimate(NamedTuple):
 class _Draws(NamedTuple):
     x: torch.Tensor  #: the checked data
     info: ProgramInfo
-    sizes: list[int]  #: the chunk sizes, summing to num_samples
+    num_samples: int
+    chunk_size: int
 
 
 def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
@@ -51,17 +52,17 @@ def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
     info = inspect_program(model, guide, x)  # also refuses out-of-support data
     if chunk_size is None:
         chunk_size = chunk_size_for(info, x, model, guide, max_elements)
-    return _Draws(x, info, list(chunks(num_samples, positive_int(chunk_size, "chunk_size"))))
+    return _Draws(x, info, num_samples, positive_int(chunk_size, "chunk_size"))
 
 
 def _iter_log_weights(model, guide, draws: _Draws, what: str):
     """The log weights, chunk by chunk; a request projected from its first chunk to run for days is refused then."""
     with torch.no_grad():
         started = time.perf_counter()
-        for i, size in enumerate(draws.sizes):
+        for i, size in enumerate(chunks(draws.num_samples, draws.chunk_size)):
             yield log_weights(model, guide, draws.x, size, draws.info)
-            if i == 0 and len(draws.sizes) > 1:
-                check_projected_time(time.perf_counter() - started, draws.sizes, len(draws.x), what)
+            if i == 0 and size < draws.num_samples:
+                check_projected_time(time.perf_counter() - started, size, draws.num_samples, len(draws.x), what)
 
 
 def elbo(

@@ -77,7 +77,8 @@ CHECKSUM_KEY = "sha256"
 def _feed(digest, obj: Any) -> None:
     """Feed ``obj`` to ``digest`` in a canonical order: dicts by sorted key repr, tensors as dtype, shape and bytes."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous().reshape(-1)
+        t = obj.detach().cpu()
+        t = (t.to_dense() if t.layout != torch.strided else t).resolve_conj().resolve_neg().contiguous().reshape(-1)
         digest.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(obj, dict):
@@ -85,12 +86,22 @@ def _feed(digest, obj: Any) -> None:
         for key in sorted(obj, key=repr):
             _feed(digest, key)
             _feed(digest, obj[key])
+    elif isinstance(obj, (set, frozenset)):  # no order of its own (it changes with PYTHONHASHSEED): sort the members' digests
+        digest.update(f"S{len(obj)}".encode())
+        for member in sorted(_digest_of(item) for item in obj):
+            digest.update(member)
     elif isinstance(obj, (list, tuple)):
         digest.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
         for item in obj:
             _feed(digest, item)
     else:
         digest.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def _digest_of(obj: Any) -> bytes:
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.digest()
 
 
 def checksum(obj: Any) -> str:

@@ -49,14 +49,13 @@ def chunks(total: int, size: int):
         done += step
 
 
-def check_projected_time(first_seconds: float, sizes: list[int], num_points: int, what: str) -> None:
-    """Refuse a request whose time, projected from its first chunk of ``sizes[0]`` samples, exceeds
+def check_projected_time(first_seconds: float, first: int, total: int, num_points: int, what: str) -> None:
+    """Refuse a request of ``total`` samples whose time, projected from its first chunk of ``first`` samples, exceeds
     :data:`MAX_PROJECTED_SECONDS`; the message gives the estimate."""
-    total = sum(sizes)
-    projected = first_seconds * total / sizes[0]
+    projected = first_seconds * total / first
     if projected > MAX_PROJECTED_SECONDS:
         raise ValueError(
             f"{what} with num_samples={total} for {num_points} datapoint(s) would take about {projected / 3600:.3g} h: its first "
-            f"chunk of {sizes[0]} samples took {first_seconds:.3g} s. That is beyond inference.memory.MAX_PROJECTED_SECONDS "
+            f"chunk of {first} samples took {first_seconds:.3g} s. That is beyond inference.memory.MAX_PROJECTED_SECONDS "
             f"({MAX_PROJECTED_SECONDS / 3600:.3g} h): lower num_samples, or raise that limit for a run this long"
         )

@@ -179,6 +179,8 @@ def _check_observed_shape(name: str, site: dict, x: torch.Tensor) -> None:
     other) both give numbers without this check, and wrong ones.
     """
     value, fn = site["value"], site["fn"]
+    if value.numel() <= 1 or _is_auxiliary(site) or site["infer"].get("_deterministic"):
+        return  # a constant observation, a pyro.factor or a pyro.deterministic: broadcasting them is meant
     expected = tuple(fn.batch_shape) + tuple(fn.event_shape)
     if tuple(value.shape) != expected:
         hint = ""

@@ -181,7 +181,9 @@ class SVIModule(pl.LightningModule):
         else:
             self.elbo.set_latent_scale(beta)
         loss = self.elbo(x) / len(x)
-        if not bool(torch.isfinite(loss)):  # before the step: the parameters stay those of the last finite loss
+        # before the step, so the parameters stay those of the last finite loss; under DDP every rank stops together
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
             raise DivergenceError(
                 f"training diverged: the loss is {float(loss.detach())} at epoch {self.current_epoch}, step {self.global_step} "
                 f"(batch {batch_idx} of the epoch); the parameters were not updated with it. Lower the learning rate "
@@ -323,10 +325,12 @@ def _prepend_metrics(path: str, earlier: str) -> None:
     later = _read_text(path) or ""
     ending = "\r\n" if "\r\n" in (later or earlier) else "\n"
     old_lines, new_lines = earlier.splitlines(), later.splitlines()
-    if new_lines and old_lines and old_lines[0] == new_lines[0]:
-        atomic_write_text(path, ending.join(old_lines + new_lines[1:]) + ending)
-    elif not new_lines:
+    if not new_lines:
         atomic_write_text(path, earlier)
+    elif old_lines and old_lines[0] == new_lines[0]:
+        atomic_write_text(path, ending.join(old_lines + new_lines[1:]) + ending)
+    else:  # the columns changed: keep both blocks, each under its own header, rather than drop the earlier rows
+        atomic_write_text(path, ending.join(old_lines + new_lines) + ending)
 
 
 def fit(
@@ -402,13 +406,14 @@ def fit(
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             plugins=[SafeCheckpointIO()], log_every_n_steps=max(1, module.num_batches), deterministic=False,
         )
+        sigint = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit:
             if not trainer.interrupted:
                 raise
-            # Lightning answers Ctrl-C by sys.exit(1) with SIGINT ignored: give the caller back its KeyboardInterrupt
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # Lightning answers Ctrl-C by sys.exit(1) with SIGINT ignored: give the caller back its handler and its KeyboardInterrupt
+            signal.signal(signal.SIGINT, sigint if sigint is not None else signal.default_int_handler)
             raise KeyboardInterrupt from None
         except DivergenceError as err:
             kept = f"; the last finished epoch's checkpoint is kept at {last}" if last and os.path.exists(last) else ""

@@ -61,3 +61,19 @@ def test_a_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     with pytest.warns(UserWarning, match="carries no checksum"):
         assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.zeros(2))
+
+
+@pytest.mark.slow
+def test_the_checksum_does_not_depend_on_the_hash_seed():
+    """A set has no order of its own: its members' digests are sorted, so another PYTHONHASHSEED gives the same checksum."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import importlib.util as u, sys; spec = u.spec_from_file_location('io_alone', sys.argv[1]); m = u.module_from_spec(spec); "
+            "spec.loader.exec_module(m); print(m.checksum({'s': {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}}))")
+    path = os.path.join(repo, "inference", "io.py")  # the module alone (it imports only torch): a quick subprocess
+    runs = [subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed})
+            for seed in ("1", "2")]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert len({r.stdout for r in runs}) == 1

@@ -249,3 +249,22 @@ def test_binary_integer_data_are_cast_and_other_dtypes_are_refused_by_name():
     for dtype in (torch.float16, torch.bfloat16):
         with pytest.raises(ValueError, match=f"x has dtype {dtype}.*pass x.float"):
             check_data(bits.to(dtype))
+
+
+def test_observations_meant_to_broadcast_are_not_refused_by_the_shape_check():
+    """A constant observation, a pyro.factor and a pyro.deterministic inside the data plate broadcast on purpose."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+            pyro.sample("c", dist.Bernoulli(logits=z), obs=torch.tensor(1.0))
+            pyro.factor("f", torch.tensor(0.5))
+            pyro.deterministic("t", torch.tensor(2.0))
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+    info = inspect_program(model, guide, torch.randn(5))
+    assert set(info.observed) >= {"x", "c"}
