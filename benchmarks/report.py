@@ -67,6 +67,8 @@ def gaps_markdown(result: dict[str, Any]) -> str:
                 + (f"**{100 * k['high_fraction']:.0f}% of points above 0.7 (unreliable estimates): {', '.join(map(str, flagged[:20]))}"
                    + (" ..." if len(flagged) > 20 else "") + "**" if flagged else "no point above 0.7")
             )
+        for claim in s.get("claims", ()):
+            lines.append(f"  claim (Cremer et al. 2018) {claim['text']}")
         exact = s.get("exact")
         if exact is not None:
             gap = exact["approximation_gap"]

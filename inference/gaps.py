@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .ais import AISOptions, ais
+from .claims import judge
 from .diagnostics import PARETO_K_THRESHOLD
 from .enumeration import exact_log_px, is_enumerable
 from .estimators import Estimate, elbo, iwae_log_px
@@ -84,13 +85,16 @@ class GapDecomposition(NamedTuple):
     def summary(self) -> dict[str, Any]:
         """Means over datapoints with their standard errors, apart from what describes them.
 
-        Returns ``{"n_points", "quantities", "local", "others", "log_px"}``: ``quantities`` maps each
+        Returns ``{"n_points", "quantities", "per_point", "claims", "local", "others", "log_px"}``: ``quantities`` maps each
         of :data:`QUANTITIES` to ``{"mean", "se", "mc_se"}``, where ``se`` is the standard error of
         the mean over the evaluated datapoints (sd / sqrt(N); it covers both the spread of the data
         and Monte Carlo noise) and ``mc_se`` the Monte Carlo part alone, sqrt(sum of per-point SE^2) / N;
         ``local`` describes the q* (family, share stopped by the rule, mean steps); ``others`` gives each
         further family's L[q*] and stopping share; ``log_px`` the estimator, its K, the share of points
         whose proposal was a q*, both estimates under ``log_px="max"``, and the PSIS k-hat of the weights.
+        ``per_point`` holds every quantity per datapoint, in the order of the points (so runs can be
+        compared point by point), and ``claims`` the verdict on Cremer et al.'s claim that the
+        amortization gap is the larger part, by a paired test (:func:`inference.claims.judge`).
         """
         values, mc = self.per_datapoint(), self.monte_carlo_stderr()
         n = len(self.log_px.value)
@@ -107,9 +111,14 @@ class GapDecomposition(NamedTuple):
                 "mean": float(k_hat.mean()), "max": float(k_hat.max()), "high_fraction": len(high) / n,
                 "high_points": [int(i) for i in high],
             }
+        claims = []
+        if n > 1:  # Cremer et al. (2018): the amortization gap is the larger part of the inference gap (a paired test)
+            claims.append(judge("amortization gap > approximation gap", values["amortization_gap"], values["approximation_gap"]).to_dict())
         return {
             "n_points": n,
             "quantities": {key: _statistics(values[key], mc[key]) for key in QUANTITIES},
+            "per_point": {key: [float(v) for v in values[key]] for key in QUANTITIES},
+            "claims": claims,
             "local": {
                 "family": self.family, "converged_fraction": float(self.local.converged.double().mean()),
                 "steps_mean": float(self.local.num_steps.double().mean()),

@@ -39,6 +39,10 @@ def test_writes_a_consistent_gap_table(tmp_path, capsys):
             assert isinstance(split["quantities"][q]["mean"], float) and split["quantities"][q]["se"] >= 0
         q = split["quantities"]
         assert q["elbo_local"]["mean"] >= q["elbo_amortized"]["mean"] - 3 * q["amortization_gap"]["se"]
+        assert all(len(split["per_point"][name]) == 6 for name in QUANTITIES)  # point by point, for paired comparisons
+        claim = split["claims"][0]
+        assert claim["claim"] == "amortization gap > approximation gap" and claim["status"] in ("holds", "fails", "within noise")
+        assert claim["text"] in read(out, "gaps.md")
     assert result["config"]["data"]["dataset"] == "digits" and result["config"]["model"]["name"] == "vae"
     assert "| train | 6 |" in read(out, "gaps.md") and "| train | 6 |" in capsys.readouterr().out
     assert os.path.exists(os.path.join(out, "checkpoints", "last.ckpt"))
