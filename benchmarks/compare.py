@@ -49,7 +49,7 @@ from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
 from inference.diagnostics import ACTIVE_THRESHOLD
 from inference.memory import MAX_ELEMENTS
-from inference.objectives import TRAINING_OBJECTIVES
+from inference.objectives import OBJECTIVES, PARAMETERS, TRAINING_OBJECTIVES, get_objective
 from inference.training import DEVICES, LR_SCHEDULES, TrainOptions, resolve_device
 from inference.validation import positive_int
 from inference.validation import seed as check_seed
@@ -94,6 +94,8 @@ def make_parser() -> Parser:
     p.option(train, "--lr", type=float, preset=1e-3, help="Adam learning rate")
     p.option(train, "--lr-schedule", choices=LR_SCHEDULES, preset="constant", help="constant or iwae (3^i-epoch stages)")
     p.option(train, "--kl-warmup-epochs", type=float, preset=0.0, help="linear KL warm-up for ELBO objectives")
+    p.option(train, "--beta", type=float, preset=1.0, help="the KL weight of the beta-vae runs")
+    p.option(train, "--free-bits", type=float, preset=0.0, help="the per-site KL floor (nats) of the free-bits runs")
     train.add_argument("--resume", action="store_true", help="reuse finished runs in OUT/runs and continue unfinished ones")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out (without it, or --resume, such a folder is refused)")
     ev = p.add_argument_group("evaluation")
@@ -160,7 +162,11 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
         overrides = {k: getattr(args, k) for k in option_names() if getattr(args, k) is not None}  # refused by name if they do not apply
         model_cfg = model_config(name, DATA_DIMS[data_cfg["dataset"]], likelihood, **overrides)
     train = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                        kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed)
+                        kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed, beta=args.beta, free_bits=args.free_bits)
+    for key, value in train.params().items():  # each run takes its own objective's parameters; one no run takes is refused
+        if value != PARAMETERS[key] and not any(key in get_objective(name).params for name in objectives):
+            takers = [n for n, o in OBJECTIVES.items() if key in o.params]
+            raise ValueError(f"--{key.replace('_', '-')} {value} applies to {', '.join(takers)}, which --objectives does not list")
     return data_cfg, model_cfg, train, objectives, counts, options
 
 

@@ -40,7 +40,7 @@ from .diagnostics import active_units, gradient_snr
 from .estimators import elbo, iwae_log_px
 from .io import atomic_write_json
 from .memory import MAX_ELEMENTS
-from .objectives import get_objective, make_loss
+from .objectives import PARAMETERS, get_objective, make_loss
 from .sampling import set_seed
 from .stats import mean_se
 from .training import TrainOptions, fit, resolve_device
@@ -149,7 +149,7 @@ def parameter_groups(model, guide) -> dict[str, list[torch.nn.Parameter]]:
 
 
 def evaluate(model, guide, objective: str, k: int, x_test: torch.Tensor, snr_batch: torch.Tensor, options: CompareOptions,
-             seed: int) -> dict[str, Any]:
+             seed: int, params: dict[str, float] | None = None) -> dict[str, Any]:
     """Test log p̂(x), test ELBO, active units and gradient SNR of a trained pair."""
     set_seed(seed + 1)
     log_px = iwae_log_px(model, guide, x_test, options.log_px_samples, max_elements=options.max_elements)
@@ -163,7 +163,7 @@ def evaluate(model, guide, objective: str, k: int, x_test: torch.Tensor, snr_bat
     units = active_units(model, guide, x_test[: min(len(x_test), 1000)])
     out["active_units"] = {"active": units.active, "total": units.total, "per_site": {n: list(v) for n, v in units.per_site.items()}}
     set_seed(seed + 4)
-    loss = make_loss(objective, model, guide, k)
+    loss = make_loss(objective, model, guide, k, **(params or {}))
     snr = gradient_snr(lambda x: loss(x) / len(x), snr_batch, parameter_groups(model, guide), options.snr_draws)
     out["snr"] = {group: {"mean": s.mean, "median": s.median, "components": s.components} for group, s in snr.items()}
     return out
@@ -202,8 +202,10 @@ def train_one(
     model, guide = make_pair()  # the same initial parameters for every run
     if hasattr(model, "init_from_data"):
         model.init_from_data(data.train, torch.Generator().manual_seed(base.seed))
-    warmup = base.kl_warmup_epochs if get_objective(objective).warmup else 0.0
-    train = TrainOptions(**{**base.to_dict(), "objective": objective, "num_particles": k, "kl_warmup_epochs": warmup})
+    entry = get_objective(objective)
+    warmup = base.kl_warmup_epochs if entry.warmup else 0.0
+    params = {key: (value if key in entry.params else PARAMETERS[key]) for key, value in base.params().items()}  # its own only
+    train = TrainOptions(**{**base.to_dict(), "objective": objective, "num_particles": k, "kl_warmup_epochs": warmup, **params})
     x_curve = data.eval_points("test", min(options.curve_points, len(data.test)))
     resume_run = bool(resume and run_dir and os.path.exists(os.path.join(run_dir, "checkpoints", "last.ckpt")))
     curve_path = os.path.join(run_dir, "curve.json") if run_dir else None
@@ -222,7 +224,7 @@ def train_one(
     result = {
         "objective": objective, "num_particles": k, "train": train.to_dict(), "train_seconds": train_seconds,
         "steps": curve.steps, "seconds_per_step": curve.step_seconds / max(curve.steps, 1),
-        **evaluate(model, guide, objective, k, x_test, snr_batch, options, base.seed),
+        **evaluate(model, guide, objective, k, x_test, snr_batch, options, base.seed, train.params()),
         "curve": curve.points,
         "train_loss": _read_train_loss(run_dir) if run_dir else trained.losses,
     }

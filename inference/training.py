@@ -33,7 +33,7 @@ from torch import nn
 from ppl_models.registry import build_model
 
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, load_checkpoint
-from .objectives import get_objective, kl_weight, make_loss
+from .objectives import PARAMETERS, get_objective, kl_weight, make_loss
 from .program import check_data, inspect_program
 from .validation import nonnegative_int, nonnegative_number, positive_int, positive_number
 from .validation import seed as check_seed
@@ -59,9 +59,13 @@ class TrainOptions:
     kl_warmup_epochs: float = 0.0
     seed: int = 0
     warmup: str = "kl"  #: "kl" (Bowman et al. 2016) or "entropy" (only -log q scaled, as Cremer et al.'s code does)
+    beta: float = 1.0  #: the KL weight of objective "beta-vae" (Higgins et al. 2017)
+    free_bits: float = 0.0  #: the per-site KL floor, in nats, of objective "free-bits" (Kingma et al. 2016)
 
     def __post_init__(self) -> None:
         get_objective(self.objective).check_particles(self.objective, self.num_particles)
+        positive_number(self.beta, "beta")
+        nonnegative_number(self.free_bits, "free_bits")  # whether the objective takes them: make_loss (a base config may hold them)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         nonnegative_int(self.epochs, "epochs")
@@ -75,6 +79,10 @@ class TrainOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def params(self) -> dict[str, float]:
+        """The objective parameters (``inference.objectives.PARAMETERS``) of this configuration."""
+        return {key: getattr(self, key) for key in PARAMETERS}
 
 
 def iwae_lr_factor(epoch: int) -> float:
@@ -138,7 +146,7 @@ class SVIModule(pl.LightningModule):
         self.run_config = dict(run_config or {})
         self.transform = transform
         self.model, self.guide = model, guide
-        self.elbo = make_loss(config.objective, model, guide, config.num_particles)
+        self.elbo = make_loss(config.objective, model, guide, config.num_particles, **config.params())
         # every objective counts the global factor B/N per batch of B (inference.objectives): N is the training set
         self.elbo.dataset_size = len(train_x)
         if config.warmup == "entropy" and config.kl_warmup_epochs > 0 and not hasattr(self.elbo, "set_entropy_scale"):

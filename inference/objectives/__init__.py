@@ -11,7 +11,12 @@ The losses live in one module per family, as Pyro groups ``infer/mcmc/``:
   ``TraceGraph_ELBO``, ``TraceEnum_ELBO`` and ``RenyiELBO`` as losses, with KL warm-up;
 * :mod:`inference.objectives.capture` — ``Trace_ELBO``'s estimator replayed from a recorded graph;
 * :mod:`inference.objectives.iwae` — the importance-weighted bound per datapoint (IWAE, STL, DReG, VIMCO);
-* :mod:`inference.objectives.wake_sleep` — reweighted wake-sleep and wake-sleep.
+* :mod:`inference.objectives.wake_sleep` — reweighted wake-sleep and wake-sleep;
+* :mod:`inference.objectives.kl_control` — the β-VAE and free-bits ELBOs (remedies for posterior collapse).
+
+An objective may take parameters (:data:`PARAMETERS`: ``beta``, ``free_bits``), named in its
+entry's ``params``; they are :class:`inference.training.TrainOptions` fields, and an objective
+refuses a parameter it does not take when it is set to other than its default.
 
 Every loss takes ``(model, guide, num_particles)``, returns the negative objective summed
 over the batch, and has ``set_latent_scale(beta)`` and ``dataset_size`` (N: on a batch of B
@@ -34,6 +39,7 @@ from torch import nn
 from ..validation import positive_int
 from .capture import CapturedELBO
 from .iwae import IWAELoss
+from .kl_control import KLControlledELBO
 from .pyro_losses import (
     Annealed,
     AnnealedLoss,
@@ -46,6 +52,9 @@ from .pyro_losses import (
     make_objective,
 )
 from .wake_sleep import RWS_VARIANTS, RWSLoss, WakeSleepLoss
+
+#: Objective parameters and their defaults (the value at which each objective that takes one is the plain ELBO).
+PARAMETERS: dict[str, float] = {"beta": 1.0, "free_bits": 0.0}
 
 #: What an objective needs of the program pair.
 NEEDS = {
@@ -67,6 +76,17 @@ class Objective:
     max_particles: int | None = None  #: the most K it accepts (None: no limit)
     needs: str = "any"  #: a key of :data:`NEEDS`
     why_particles: str = ""  #: the reason for the K range, said when a K outside it is refused
+    params: tuple[str, ...] = ()  #: the parameters of :data:`PARAMETERS` its build takes as keyword arguments
+
+    def check_params(self, name: str, params: dict[str, float]) -> dict[str, float]:
+        """The parameters this objective takes (from ``params``); one it does not take, set to other than its default, is refused."""
+        for key, value in params.items():
+            if key not in PARAMETERS:
+                raise ValueError(f"unknown objective parameter {key!r}; known: {', '.join(PARAMETERS)}")
+            if key not in self.params and value != PARAMETERS[key]:
+                takers = [n for n, o in OBJECTIVES.items() if key in o.params]
+                raise ValueError(f"{key}={value} applies to objective(s) {', '.join(takers)}, not to {name!r}")
+        return {key: params[key] for key in self.params if key in params}
 
     def check_pair(self, name: str, model: nn.Module, guide: nn.Module, x: torch.Tensor) -> None:
         """Refuse, with the reason, a pair this objective cannot train: a guide site without a reparameterized sampler
@@ -130,6 +150,16 @@ OBJECTIVES: dict[str, Objective] = {
     "rws-sleep": Objective(_rws("rws-sleep"), "reweighted wake-sleep, sleep update of the guide", False),
     "rws-both": Objective(_rws("rws-both"), "reweighted wake-sleep, the average of wake and sleep guide updates", False),
     "wake-sleep": Objective(lambda model, guide, k: WakeSleepLoss(model, guide, k), "wake-sleep: ELBO gradient for the model, sleep update for the guide (Hinton et al. 1995)", False),
+    "beta-vae": Objective(
+        lambda model, guide, k, beta=1.0: KLControlledELBO(model, guide, k, beta=beta),
+        "the ELBO with a fixed weight beta on its KL term (Higgins et al. 2017; --beta, 1 is the ELBO)", True,
+        needs="reparameterized", params=("beta",),
+    ),
+    "free-bits": Objective(
+        lambda model, guide, k, free_bits=0.0: KLControlledELBO(model, guide, k, free_bits=free_bits),
+        "the ELBO with each latent site's batch-mean KL floored at lambda nats (Kingma et al. 2016; --free-bits, 0 is the ELBO)", True,
+        needs="reparameterized", params=("free_bits",),
+    ),
     "renyi": Objective(
         lambda model, guide, k: RenyiLoss(model, guide, k), "Pyro's RenyiELBO(alpha=0), for comparison: whole-batch weights with global latents (pyro 3104)", False,
     ),
@@ -146,10 +176,11 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
-def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1) -> nn.Module:
-    """The training loss of objective ``name`` with K = ``num_particles``: the negative objective summed over the batch."""
+def make_loss(name: str, model: nn.Module, guide: nn.Module, num_particles: int = 1, **params: float) -> nn.Module:
+    """The training loss of objective ``name`` with K = ``num_particles`` and its ``params`` (e.g. ``beta=4``): the negative
+    objective summed over the batch."""
     entry = get_objective(name)
-    return entry.build(model, guide, entry.check_particles(name, num_particles))
+    return entry.build(model, guide, entry.check_particles(name, num_particles), **entry.check_params(name, params))
 
 
 def objectives_help() -> str:
@@ -167,7 +198,7 @@ def objectives_table() -> str:
 
 
 __all__ = [
-    "NEEDS", "OBJECTIVES", "TRAINING_OBJECTIVES", "Annealed", "AnnealedLoss", "CapturedELBO", "EnumLoss", "GlobalShare",
-    "IWAELoss", "LatentScale", "Objective", "RWSLoss", "RenyiLoss", "TraceGraphLoss", "WakeSleepLoss", "get_objective",
+    "NEEDS", "OBJECTIVES", "PARAMETERS", "TRAINING_OBJECTIVES", "Annealed", "AnnealedLoss", "CapturedELBO", "EnumLoss", "GlobalShare",
+    "IWAELoss", "KLControlledELBO", "LatentScale", "Objective", "RWSLoss", "RenyiLoss", "TraceGraphLoss", "WakeSleepLoss", "get_objective",
     "kl_weight", "make_loss", "make_objective", "objectives_help", "objectives_table",
 ]

@@ -123,6 +123,7 @@ def test_an_unknown_model_under_a_protocol_is_an_error_not_a_traceback(capsys):
     (["--test-points", "100000"], "num_points=100000 exceeds the test split"),
     (["--snr-draws", "1"], "--snr-draws must be >= 2"),
     (["--objectives", "tracegraph", "--num-particles", "5"], "no (objective, K) pair"),
+    (["--beta", "4"], "--beta 4.0 applies to beta-vae, which --objectives does not list"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, extra, message):
     code, _ = run(tmp_path, *extra)
@@ -161,3 +162,12 @@ def test_objectives_a_pair_cannot_train_are_skipped_with_the_reason(tmp_path):
     vae = model_config("vae", 64, "bernoulli", latent_dim=2, hidden=[8], encoder_hidden=[8])
     with pytest.raises(ValueError, match="no \\(objective, K\\) pair can run: objective 'enum' needs model sites marked"):
         compare_objectives(lambda: build_model(vae), data, ["enum"], [1], TrainOptions(epochs=1), options)
+
+
+def test_each_run_takes_its_own_objectives_parameters(tmp_path):
+    code, out = run(tmp_path, "--objectives", "elbo,beta-vae,free-bits", "--num-particles", "1", "--beta", "4", "--free-bits", "0.5")
+    assert code == 0
+    train = {r["objective"]: r["train"] for r in read(out)["runs"]}
+    assert (train["elbo"]["beta"], train["elbo"]["free_bits"]) == (1.0, 0.0)
+    assert (train["beta-vae"]["beta"], train["beta-vae"]["free_bits"]) == (4.0, 0.0)
+    assert (train["free-bits"]["beta"], train["free-bits"]["free_bits"]) == (1.0, 0.5)

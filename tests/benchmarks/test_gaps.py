@@ -103,6 +103,7 @@ def test_resume_continues_a_run(tmp_path):
         (["--devices", "0"], "--devices must be a count >= 1, -1 (every device), 'auto' or indices such as 0,1; got '0'"),
         (["--seed", "100000000000000000000000"], "--seed must be an integer from 0 to 4294967295, got 100000000000000000000000"),
         (["--local", ","], "--local ',' names no family"),
+        (["--beta", "4"], "beta=4.0 applies to objective(s) beta-vae, not to 'elbo'"),
         (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
         (["--kl-warmup-epochs", "inf"], "kl_warmup_epochs must be a finite number >= 0, got inf"),
     ],
