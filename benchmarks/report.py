@@ -122,6 +122,10 @@ def compare_markdown(result: dict[str, Any], published: dict[tuple[str, str, int
             ref = published.get((model, r["objective"], r["num_particles"]))
             row += f" {ref:.2f} |" if ref is not None else " |"
         lines.append(row)
+    paired = [r["paired"] for r in result["runs"] if r.get("paired")]
+    if paired:
+        lines += ["", f"Paired differences on the same test points, against {paired[0]['against']} (verdict at {paired[0]['test_log_px']['z']:g} SE):", ""]
+        lines += [f"- {p[key]['text']}" for p in paired for key in ("test_log_px", "test_elbo")]
     for s in result["skipped"]:
         lines.append(f"\nSkipped {s['objective']} with K={s['num_particles']}: {s['reason']}")
     lines += ["", "SNR: mean over parameter components of |E[gradient]| / sd[gradient] of the objective's own estimator "

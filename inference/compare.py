@@ -36,6 +36,7 @@ import pyro
 import torch
 from torch import nn
 
+from .claims import judge
 from .diagnostics import active_units, gradient_snr
 from .estimators import elbo, iwae_log_px
 from .io import atomic_write_json
@@ -159,6 +160,7 @@ def evaluate(model, guide, objective: str, k: int, x_test: torch.Tensor, snr_bat
     bound = elbo(model, guide, x_test, options.elbo_samples, max_elements=options.max_elements)
     mean, se = mean_se(bound.value)
     out["test_elbo"] = {"mean": mean, "se": se}
+    out["per_point"] = {"test_log_px": [float(v) for v in log_px.value], "test_elbo": [float(v) for v in bound.value]}
     set_seed(seed + 3)
     units = active_units(model, guide, x_test[: min(len(x_test), 1000)])
     out["active_units"] = {"active": units.active, "total": units.total, "per_site": {n: list(v) for n, v in units.per_site.items()}}
@@ -194,7 +196,7 @@ def train_one(
     if resume and done and os.path.exists(done):
         with open(done) as f:
             record = json.load(f)
-        if record.get("num_particles") == k and isinstance(record.get("test_log_px"), dict):
+        if record.get("num_particles") == k and isinstance(record.get("test_log_px"), dict) and "per_point" in record:
             return record
         # a record in an earlier layout: its training is finished (the checkpoint continues at the last epoch), measure again
     pyro.clear_param_store()
@@ -286,5 +288,25 @@ def compare_objectives(
                                   progress=progress, run_config=run_config))
     if not runs:
         raise ValueError("no (objective, K) pair can run: " + "; ".join(s["reason"] for s in skipped))
+    add_paired_differences(runs)
     return Comparison(runs, skipped, options)
+
+
+def add_paired_differences(runs: list[dict[str, Any]]) -> None:
+    """Give every run after the first its paired verdicts against the first on the same test points: ``run["paired"]``.
+
+    "run > first" for the test log p̂(x) and the test ELBO (:func:`inference.claims.judge`): two
+    models evaluated on the same points are compared point by point, not by overlapping error bars.
+    """
+    if not runs:
+        return
+    first = runs[0]
+    label = lambda r: f"{r['objective']} K={r['num_particles']}"  # noqa: E731
+    for run in runs[1:]:
+        run["paired"] = {
+            "against": label(first),
+            **{key: judge(f"{label(run)} {key.replace('_', ' ')} > {label(first)}", torch.tensor(run["per_point"][key]),
+                          torch.tensor(first["per_point"][key])).to_dict()
+               for key in ("test_log_px", "test_elbo")},
+        }
 

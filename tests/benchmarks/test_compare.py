@@ -171,3 +171,7 @@ def test_each_run_takes_its_own_objectives_parameters(tmp_path):
     assert (train["elbo"]["beta"], train["elbo"]["free_bits"]) == (1.0, 0.0)
     assert (train["beta-vae"]["beta"], train["beta-vae"]["free_bits"]) == (4.0, 0.0)
     assert (train["free-bits"]["beta"], train["free-bits"]["free_bits"]) == (1.0, 0.5)
+    runs = read(out)["runs"]
+    assert all(len(r["per_point"]["test_log_px"]) == 20 for r in runs) and "paired" not in runs[0]
+    for r in runs[1:]:  # judged point by point against the first run, and the verdicts are in the report
+        assert r["paired"]["against"] == "elbo K=1" and r["paired"]["test_log_px"]["text"] in read(out, "compare.md")

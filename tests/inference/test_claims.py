@@ -47,3 +47,17 @@ def test_bad_inputs_are_refused():
         paired_difference(torch.tensor([1.0, math.nan]), torch.ones(2))
     with pytest.raises(ValueError, match="z must be positive"):
         judge("a > b", torch.ones(3), torch.zeros(3), z=0)
+
+
+def test_a_comparison_judges_every_run_against_the_first_point_by_point():
+    from inference.compare import add_paired_differences
+
+    a, b = correlated(shift=0.3)
+    runs = [{"objective": "elbo", "num_particles": 1, "per_point": {"test_log_px": b.tolist(), "test_elbo": b.tolist()}},
+            {"objective": "iwae", "num_particles": 5, "per_point": {"test_log_px": a.tolist(), "test_elbo": (b - 0.3).tolist()}}]
+    add_paired_differences(runs)
+    assert "paired" not in runs[0]
+    paired = runs[1]["paired"]
+    assert paired["against"] == "elbo K=1"
+    assert paired["test_log_px"]["status"] == "holds" and paired["test_elbo"]["status"] == "fails"
+    assert paired["test_log_px"]["claim"] == "iwae K=5 test log px > elbo K=1"
