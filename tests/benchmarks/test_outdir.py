@@ -10,8 +10,6 @@ import pytest
 
 from benchmarks.outdir import LOCK_NAME, OutputFolder, OutputFolderError, interrupted_message
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 RESULTS = ("gaps.json", "gaps.md")
 STATE = ("checkpoints", "logs")
 
@@ -31,14 +29,18 @@ def test_a_file_or_an_unwritable_path_is_refused_before_any_work(tmp_path):
             pass
 
 
-@pytest.mark.slow
 def test_a_second_run_is_refused_by_the_owners_pid_and_a_dead_owners_lock_is_taken_over(tmp_path, capsys):
-    holder = ("import sys, time; from benchmarks.outdir import OutputFolder\n"
-              "with OutputFolder(sys.argv[1], results=()):\n    print('ready', flush=True); time.sleep(60)")
-    owner = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    # a live run holding the folder, as OutputFolder holds it (an exclusive flock on .lock and its record), without
+    # importing the toolkit so that the process starts in milliseconds
+    holder = ("import fcntl, json, os, socket, sys, time\n"
+              "fd = os.open(os.path.join(sys.argv[1], '.lock'), os.O_RDWR | os.O_CREAT, 0o644)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+              "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': 'now', 'command': 'held'}).encode())\n"
+              "print('ready', flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline().strip() == "ready"
-        with pytest.raises(OutputFolderError, match=f"in use by another run: pid {owner.pid} on this machine.*-c"):
+        with pytest.raises(OutputFolderError, match=f"in use by another run: pid {owner.pid} on this machine.*command: held"):
             with folder(tmp_path):
                 pass
     finally:
