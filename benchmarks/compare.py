@@ -49,7 +49,7 @@ from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
 from inference.diagnostics import ACTIVE_THRESHOLD
 from inference.memory import MAX_ELEMENTS
-from inference.objectives import OBJECTIVES, PARAMETERS, TRAINING_OBJECTIVES, get_objective
+from inference.objectives import PARAMETERS, TRAINING_OBJECTIVES, get_objective, objectives_taking
 from inference.training import DEVICES, LR_SCHEDULES, TrainOptions, resolve_device
 from inference.validation import positive_int
 from inference.validation import seed as check_seed
@@ -165,8 +165,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
                         kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed, beta=args.beta, free_bits=args.free_bits)
     for key, value in train.params().items():  # each run takes its own objective's parameters; one no run takes is refused
         if value != PARAMETERS[key] and not any(key in get_objective(name).params for name in objectives):
-            takers = [n for n, o in OBJECTIVES.items() if key in o.params]
-            raise ValueError(f"--{key.replace('_', '-')} {value} applies to {', '.join(takers)}, which --objectives does not list")
+            raise ValueError(f"--{key.replace('_', '-')} {value} applies to {', '.join(objectives_taking(key))}, which --objectives does not list")
     return data_cfg, model_cfg, train, objectives, counts, options
 
 

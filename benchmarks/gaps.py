@@ -250,15 +250,13 @@ STATE = ("checkpoints", "logs")
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     data_cfg, model_cfg, train_cfg, checkpoint = resolve(args)
-    resolve_device(args.device)
-    devices = _devices(args.devices)
+    device, devices = resolve_device(args.device), _devices(args.devices)
     with OutputFolder(args.out, results=RESULTS, state=STATE, trains=checkpoint is None, resume=args.resume, overwrite=args.overwrite) as folder:
-        return run(args, folder, data_cfg, model_cfg, train_cfg, checkpoint, devices)
+        return run(args, folder, data_cfg, model_cfg, train_cfg, checkpoint, device, devices)
 
 
-def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, train_cfg: TrainOptions, checkpoint, devices) -> dict[str, Any]:
+def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, train_cfg: TrainOptions, checkpoint, device, devices) -> dict[str, Any]:
     """Train (or load), evaluate both splits, and write the results into the locked ``folder``."""
-    device = resolve_device(args.device)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     started = time.perf_counter()
     data: Data = load_dataset(

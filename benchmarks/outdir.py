@@ -163,17 +163,16 @@ class OutputFolder:
 
     def _remove_debris(self) -> None:
         """Remove temporary files of interrupted atomic writes: in the folder itself and inside its state paths only."""
+        candidates = [os.path.join(self.path, name) for name in os.listdir(self.path)]  # the folder itself, not below
+        for name in self.state:
+            for folder, _, files in os.walk(os.path.join(self.path, name)):  # nothing when the state path is absent
+                candidates += [os.path.join(folder, f) for f in files]
         removed = []
-        places = [(self.path, False)] + [(os.path.join(self.path, n), True) for n in self.state]
-        for place, recursive in places:
-            if not os.path.isdir(place):
-                continue
-            walk = os.walk(place) if recursive else [(place, [], [f for f in os.listdir(place) if os.path.isfile(os.path.join(place, f))])]
-            for folder, _, files in walk:
-                for name in files:
-                    if _TEMPORARY.match(name) and not name.startswith(".write-check."):
-                        os.unlink(os.path.join(folder, name))
-                        removed.append(os.path.relpath(os.path.join(folder, name), self.path))
+        for path in candidates:
+            name = os.path.basename(path)
+            if os.path.isfile(path) and _TEMPORARY.match(name) and not name.startswith(".write-check."):
+                os.unlink(path)
+                removed.append(os.path.relpath(path, self.path))
         if removed:
             self.notes.append(f"note: removed {len(removed)} temporary file(s) left by an interrupted write: {', '.join(sorted(removed))}")
 

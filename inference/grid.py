@@ -43,8 +43,7 @@ class GridPosterior(NamedTuple):
 
     def mean(self) -> torch.Tensor:
         """(N, 2) the posterior mean on the grid."""
-        width = float(self.axis[1] - self.axis[0]) if len(self.axis) > 1 else 2 * float(self.axis[0].abs())
-        weights = (self.log_posterior + 2 * math.log(width)).exp()
+        weights = self.log_joint.flatten(1).softmax(1).reshape(self.log_joint.shape)  # each cell's posterior mass
         za = (weights.sum(2) * self.axis).sum(1)
         zb = (weights.sum(1) * self.axis).sum(1)
         return torch.stack([za, zb], 1)

@@ -14,7 +14,6 @@ cause in the order a user would check it:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import pyro
 import torch
@@ -39,6 +38,11 @@ def non_finite_parameters(*programs: Program) -> list[str]:
     store = pyro.get_param_store()
     found += [f"pyro.param {name!r}" for name in store.keys() if not bool(torch.isfinite(store[name]).all())]
     return found
+
+
+def describe_parameters(names: list[str]) -> str:
+    """``names`` shown, at most three, for a message."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _bad_parameters_of(fn) -> list[str]:
@@ -77,8 +81,7 @@ def diagnose(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo)
     reasons = []
     params = non_finite_parameters(model, guide)
     if params:
-        shown = ", ".join(params[:3]) + (f" and {len(params) - 3} more" if len(params) > 3 else "")
-        reasons.append(f"non-finite parameters: {shown} (a diverged training run?)")
+        reasons.append(f"non-finite parameters: {describe_parameters(params)} (a diverged training run?)")
     if x.is_floating_point():
         largest = float(x.abs().max())
         if largest > LARGE_DATA:
@@ -93,7 +96,7 @@ def diagnose(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo)
 
 
 def refuse_non_finite(
-    value: torch.Tensor, what: str, model: Program, guide: Program | Iterable, x: torch.Tensor, info: ProgramInfo
+    value: torch.Tensor, what: str, model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo
 ) -> torch.Tensor:
     """``value`` (per datapoint) if every entry is finite, else :class:`NonFiniteError` with :func:`diagnose`'s reason."""
     bad = ~torch.isfinite(value)

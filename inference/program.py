@@ -232,14 +232,14 @@ def inspect_program(model: Program, guide: Program, x: torch.Tensor) -> ProgramI
         with torch.no_grad():  # the model alone, latents from the prior: only shapes matter here
             model_other = prune_subsample_sites(poutine.trace(model).get_trace(x_other))
     except Exception as err:
-        from .nonfinite import NonFiniteError, non_finite_parameters  # it scores programs with this module
+        from .nonfinite import NonFiniteError, describe_parameters, non_finite_parameters  # it scores programs with this module
 
         bad = non_finite_parameters(model, guide)
         if bad:
             first = str(err).splitlines()[0] if str(err) else ""
             raise NonFiniteError(
-                f"the programs fail on x and have non-finite parameters: {', '.join(bad[:3])}"
-                f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''} (a diverged training run?); {type(err).__name__}: {first}"
+                f"the programs fail on x and have non-finite parameters: {describe_parameters(bad)} (a diverged training run?); "
+                f"{type(err).__name__}: {first}"
             ) from err
         raise
 

@@ -84,8 +84,7 @@ class Objective:
             if key not in PARAMETERS:
                 raise ValueError(f"unknown objective parameter {key!r}; known: {', '.join(PARAMETERS)}")
             if key not in self.params and value != PARAMETERS[key]:
-                takers = [n for n, o in OBJECTIVES.items() if key in o.params]
-                raise ValueError(f"{key}={value} applies to objective(s) {', '.join(takers)}, not to {name!r}")
+                raise ValueError(f"{key}={value} applies to objective(s) {', '.join(objectives_taking(key))}, not to {name!r}")
         return {key: params[key] for key in self.params if key in params}
 
     def check_pair(self, name: str, model: nn.Module, guide: nn.Module, x: torch.Tensor) -> None:
@@ -169,6 +168,11 @@ OBJECTIVES: dict[str, Objective] = {
 TRAINING_OBJECTIVES = tuple(OBJECTIVES)
 
 
+def objectives_taking(param: str) -> list[str]:
+    """The names of the objectives that take the parameter ``param`` (a key of :data:`PARAMETERS`)."""
+    return [name for name, entry in OBJECTIVES.items() if param in entry.params]
+
+
 def get_objective(name: str) -> Objective:
     """The table entry of ``name``; an unknown name is refused with the list of known ones."""
     if name not in OBJECTIVES:
@@ -200,5 +204,5 @@ def objectives_table() -> str:
 __all__ = [
     "NEEDS", "OBJECTIVES", "PARAMETERS", "TRAINING_OBJECTIVES", "Annealed", "AnnealedLoss", "CapturedELBO", "EnumLoss", "GlobalShare",
     "IWAELoss", "KLControlledELBO", "LatentScale", "Objective", "RWSLoss", "RenyiLoss", "TraceGraphLoss", "WakeSleepLoss", "get_objective",
-    "kl_weight", "make_loss", "make_objective", "objectives_help", "objectives_table",
+    "kl_weight", "make_loss", "make_objective", "objectives_help", "objectives_table", "objectives_taking",
 ]
