@@ -96,6 +96,8 @@ def make_parser() -> Parser:
     p.option(train, "--kl-warmup-epochs", type=float, preset=0.0, help="linear KL warm-up for ELBO objectives")
     p.option(train, "--beta", type=float, preset=1.0, help="the KL weight of the beta-vae runs")
     p.option(train, "--free-bits", type=float, preset=0.0, help="the per-site KL floor (nats) of the free-bits runs")
+    p.option(train, "--svi-steps", type=int, preset=0, help="the refinement steps k of the sa-vae runs")
+    p.option(train, "--svi-lr", type=float, preset=1.0, help="the refinement step size of the sa-vae runs")
     train.add_argument("--resume", action="store_true", help="reuse finished runs in OUT/runs and continue unfinished ones")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out (without it, or --resume, such a folder is refused)")
     ev = p.add_argument_group("evaluation")
@@ -162,7 +164,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
         overrides = {k: getattr(args, k) for k in option_names() if getattr(args, k) is not None}  # refused by name if they do not apply
         model_cfg = model_config(name, DATA_DIMS[data_cfg["dataset"]], likelihood, **overrides)
     train = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                        kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed, beta=args.beta, free_bits=args.free_bits)
+                        kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed, beta=args.beta, free_bits=args.free_bits,
+                        svi_steps=args.svi_steps, svi_lr=args.svi_lr)
     for key, value in train.params().items():  # each run takes its own objective's parameters; one no run takes is refused
         if value != PARAMETERS[key] and not any(key in get_objective(name).params for name in objectives):
             raise ValueError(f"--{key.replace('_', '-')} {value} applies to {', '.join(objectives_taking(key))}, which --objectives does not list")

@@ -61,7 +61,7 @@ ARCHITECTURE = option_names()
 MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", *ARCHITECTURE)
 #: Options of TrainOptions that the command line sets (with --checkpoint they come from the checkpoint).
 TRAIN_CONFIG_OPTIONS = ("objective", "num_particles", "epochs", "batch_size", "lr", "adam_eps", "lr_schedule", "kl_warmup_epochs", "warmup",
-                        "beta", "free_bits")
+                        "beta", "free_bits", "svi_steps", "svi_lr")
 TRAIN_OPTIONS = (*TRAIN_CONFIG_OPTIONS, "resume")
 
 
@@ -101,6 +101,8 @@ def make_parser() -> Parser:
     train.add_argument("--adam-eps", type=float, default=None, help="Adam's epsilon (default: 1e-4, Burda et al. 2016)")
     train.add_argument("--beta", type=float, default=None, help="objective beta-vae: the weight on the KL term (default: 1, the ELBO)")
     train.add_argument("--free-bits", type=float, default=None, help="objective free-bits: each latent site's KL floor in nats (default: 0, the ELBO)")
+    train.add_argument("--svi-steps", type=int, default=None, help="objective sa-vae: refinement steps k per datapoint (default: 0, the ELBO)")
+    train.add_argument("--svi-lr", type=float, default=None, help="objective sa-vae: refinement step size (default: 1)")
     train.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training")
     train.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoints/last.ckpt")
     ev = p.add_argument_group("evaluation")
@@ -224,7 +226,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     warmup = 10.0 if get_objective(objective).warmup else 0.0  # warm-up scales an ELBO's KL; the bounds without one train without it
     defaults = TrainOptions(**{"kl_warmup_epochs": warmup, "seed": args.seed, **model_train})
     train = TrainOptions(**{**defaults.to_dict(), **{k: getattr(args, k) for k in TRAIN_CONFIG_OPTIONS if getattr(args, k) is not None}})
-    get_objective(train.objective).check_params(train.objective, train.params())  # --beta, --free-bits: refused now if not taken
+    get_objective(train.objective).check_params(train.objective, train.params())  # --beta, --free-bits, --svi-*: refused now if not taken
     return data_cfg, model_cfg, train, checkpoint
 
 

@@ -61,11 +61,15 @@ class TrainOptions:
     warmup: str = "kl"  #: "kl" (Bowman et al. 2016) or "entropy" (only -log q scaled, as Cremer et al.'s code does)
     beta: float = 1.0  #: the KL weight of objective "beta-vae" (Higgins et al. 2017)
     free_bits: float = 0.0  #: the per-site KL floor, in nats, of objective "free-bits" (Kingma et al. 2016)
+    svi_steps: int = 0  #: the refinement steps k of objective "sa-vae" (Kim et al. 2018)
+    svi_lr: float = 1.0  #: the refinement step size of objective "sa-vae"
 
     def __post_init__(self) -> None:
         get_objective(self.objective).check_particles(self.objective, self.num_particles)
         positive_number(self.beta, "beta")
         nonnegative_number(self.free_bits, "free_bits")  # whether the objective takes them: make_loss (a base config may hold them)
+        nonnegative_int(self.svi_steps, "svi_steps")
+        positive_number(self.svi_lr, "svi_lr")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         nonnegative_int(self.epochs, "epochs")

@@ -12,9 +12,10 @@ The losses live in one module per family, as Pyro groups ``infer/mcmc/``:
 * :mod:`inference.objectives.capture` — ``Trace_ELBO``'s estimator replayed from a recorded graph;
 * :mod:`inference.objectives.iwae` — the importance-weighted bound per datapoint (IWAE, STL, DReG, VIMCO);
 * :mod:`inference.objectives.wake_sleep` — reweighted wake-sleep and wake-sleep;
-* :mod:`inference.objectives.kl_control` — the β-VAE and free-bits ELBOs (remedies for posterior collapse).
+* :mod:`inference.objectives.kl_control` — the β-VAE and free-bits ELBOs (remedies for posterior collapse);
+* :mod:`inference.objectives.semi_amortized` — SA-VAE: the encoder's output refined by k SVI steps, trained through them.
 
-An objective may take parameters (:data:`PARAMETERS`: ``beta``, ``free_bits``), named in its
+An objective may take parameters (:data:`PARAMETERS`: ``beta``, ``free_bits``, ``svi_steps``, ``svi_lr``), named in its
 entry's ``params``; they are :class:`inference.training.TrainOptions` fields, and an objective
 refuses a parameter it does not take when it is set to other than its default.
 
@@ -51,10 +52,11 @@ from .pyro_losses import (
     kl_weight,
     make_objective,
 )
+from .semi_amortized import SemiAmortizedELBO
 from .wake_sleep import RWS_VARIANTS, RWSLoss, WakeSleepLoss
 
 #: Objective parameters and their defaults (the value at which each objective that takes one is the plain ELBO).
-PARAMETERS: dict[str, float] = {"beta": 1.0, "free_bits": 0.0}
+PARAMETERS: dict[str, float] = {"beta": 1.0, "free_bits": 0.0, "svi_steps": 0, "svi_lr": 1.0}
 
 #: What an objective needs of the program pair.
 NEEDS = {
@@ -62,6 +64,7 @@ NEEDS = {
     "reparameterized": "a reparameterized guide",
     "discrete": "non-reparameterized (discrete) guide sites; works with any",
     "enumerated": "model sites marked infer={'enumerate': 'parallel'}",
+    "params": "a reparameterized guide with variational_params(x) and forward(x, params) (the zoo's Gaussian encoders)",
 }
 
 
@@ -91,12 +94,15 @@ class Objective:
         """Refuse, with the reason, a pair this objective cannot train: a guide site without a reparameterized sampler
         for an objective that ``needs`` one, or a model without enumerated sites for ``enum``. Draws nothing from the
         caller's random stream."""
-        if self.needs not in ("reparameterized", "enumerated"):
+        if self.needs not in ("reparameterized", "enumerated", "params"):
             return
+        if self.needs == "params" and not callable(getattr(guide, "variational_params", None)):
+            raise ValueError(f"objective {name!r} refines the encoder's per-datapoint output; {type(guide).__name__} has no "
+                             "variational_params(x) and forward(x, params)")
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
-            trace = prune_subsample_sites(poutine.trace(guide if self.needs == "reparameterized" else model).get_trace(x))
+            trace = prune_subsample_sites(poutine.trace(model if self.needs == "enumerated" else guide).get_trace(x))
         sites = [site for site in trace.nodes.values() if site["type"] == "sample" and not site["is_observed"]]
-        if self.needs == "reparameterized":
+        if self.needs in ("reparameterized", "params"):
             score = [site["name"] for site in sites if not site["fn"].has_rsample]
             if score:
                 raise ValueError(f"objective {name!r} needs a reparameterized guide; guide site(s) {score} are not (use 'iwae' or 'vimco')")
@@ -159,6 +165,11 @@ OBJECTIVES: dict[str, Objective] = {
         "the ELBO with each latent site's batch-mean KL floored at lambda nats (Kingma et al. 2016; --free-bits, 0 is the ELBO)", True,
         needs="reparameterized", params=("free_bits",),
     ),
+    "sa-vae": Objective(
+        lambda model, guide, k, svi_steps=0, svi_lr=1.0: SemiAmortizedELBO(model, guide, k, svi_steps=svi_steps, svi_lr=svi_lr),
+        "semi-amortized: the encoder's output refined by k SGD steps on each datapoint's ELBO, trained through them (Kim et al. 2018; "
+        "--svi-steps k, 0 is the ELBO; --svi-lr)", True, needs="params", params=("svi_steps", "svi_lr"),
+    ),
     "renyi": Objective(
         lambda model, guide, k: RenyiLoss(model, guide, k), "Pyro's RenyiELBO(alpha=0), for comparison: whole-batch weights with global latents (pyro 3104)", False,
     ),
@@ -203,6 +214,6 @@ def objectives_table() -> str:
 
 __all__ = [
     "NEEDS", "OBJECTIVES", "PARAMETERS", "TRAINING_OBJECTIVES", "Annealed", "AnnealedLoss", "CapturedELBO", "EnumLoss", "GlobalShare",
-    "IWAELoss", "KLControlledELBO", "LatentScale", "Objective", "RWSLoss", "RenyiLoss", "TraceGraphLoss", "WakeSleepLoss", "get_objective",
+    "IWAELoss", "KLControlledELBO", "LatentScale", "Objective", "RWSLoss", "RenyiLoss", "SemiAmortizedELBO", "TraceGraphLoss", "WakeSleepLoss", "get_objective",
     "kl_weight", "make_loss", "make_objective", "objectives_help", "objectives_table", "objectives_taking",
 ]

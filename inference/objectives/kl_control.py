@@ -32,6 +32,29 @@ from ..sampling import global_share
 from ..validation import nonnegative_number, positive_number
 
 
+def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: int = 1
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    r"""The ELBO's terms from ``K = num_particles`` joint samples: per-datapoint reconstruction :math:`R_i` ``(B,)``, each
+    local site's :math:`\mathrm{KL}_{g,i}` ``(B,)``, and the global term :math:`\log p(\theta) - \log q(\theta)`, each averaged over K.
+
+    :math:`\mathcal L_i = R_i - \sum_g \mathrm{KL}_{g,i}`; differentiable (pathwise) in the parameters of both programs.
+    """
+    with pyro.plate(SAMPLE_PLATE, num_particles, dim=info.sample_dim):
+        model_trace, guide_trace = trace_pair(model, guide, x)
+    recon = sum(per_datapoint_log_prob(n, model_trace.nodes[n], info) for n in info.observed)
+    recon = recon.expand(num_particles, len(x)).mean(0)
+    kl = {
+        name: (per_datapoint_log_prob(name, guide_trace.nodes[name], info)
+               - per_datapoint_log_prob(name, model_trace.nodes[name], info)).expand(num_particles, len(x)).mean(0)
+        for name in info.local_latents
+    }
+    global_ = x.new_zeros(())
+    for name in info.global_latents:
+        m, g = model_trace.nodes[name], guide_trace.nodes[name]
+        global_ = global_ + (m["fn"].log_prob(m["value"]).sum() - g["fn"].log_prob(g["value"]).sum()) / num_particles
+    return recon, kl, global_
+
+
 class KLControlledELBO(nn.Module):
     """The negative β-VAE / free-bits objective above, summed over the batch (``beta=1, free_bits=0``: the ELBO)."""
 
@@ -58,21 +81,7 @@ class KLControlledELBO(nn.Module):
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Per-datapoint reconstruction ``(B,)``, each local site's KL ``(B,)`` and the global term, each averaged over K."""
-        info = self._prepare(x)
-        with pyro.plate(SAMPLE_PLATE, self.num_particles, dim=info.sample_dim):
-            model_trace, guide_trace = trace_pair(self.model, self.guide, x)
-        recon = sum(per_datapoint_log_prob(n, model_trace.nodes[n], info) for n in info.observed)
-        recon = recon.expand(self.num_particles, len(x)).mean(0)
-        kl = {
-            name: (per_datapoint_log_prob(name, guide_trace.nodes[name], info)
-                   - per_datapoint_log_prob(name, model_trace.nodes[name], info)).expand(self.num_particles, len(x)).mean(0)
-            for name in info.local_latents
-        }
-        global_ = x.new_zeros(())
-        for name in info.global_latents:
-            m, g = model_trace.nodes[name], guide_trace.nodes[name]
-            global_ = global_ + (m["fn"].log_prob(m["value"]).sum() - g["fn"].log_prob(g["value"]).sum()) / self.num_particles
-        return recon, kl, global_
+        return elbo_terms(self.model, self.guide, x, self._prepare(x), self.num_particles)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recon, kl, global_ = self.terms(x)

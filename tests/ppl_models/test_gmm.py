@@ -67,9 +67,9 @@ def test_training_with_trace_enum_improves_the_likelihood():
 @pytest.mark.parametrize("data", ["synthetic", "digits-pca2"])
 @pytest.mark.parametrize("covariance", ["diag", "full"])
 def test_held_out_likelihood_matches_sklearn_em(data, covariance):
-    """Same K and covariance type, best of 5 starts each, both measured here: within 0.05 nats per point."""
+    """Same K and covariance type, best of 2 starts each (ours and EM's n_init), both measured here: within 0.05 nats per point."""
     train, test = (synthetic(600, 0), synthetic(400, 1)) if data == "synthetic" else digits_pca(2)
-    row = compare(train, test, 3, covariance, restarts=5)
+    row = compare(train, test, 3, covariance, restarts=2)
     assert abs(row["difference"]) < 0.05, row
 
 

@@ -109,4 +109,4 @@ def test_parameters_go_only_to_the_objectives_that_take_them():
         TrainOptions(objective="beta-vae", beta=0.0)
     with pytest.raises(ValueError, match="free_bits must be a finite number >= 0"):
         TrainOptions(objective="free-bits", free_bits=-1.0)
-    assert TrainOptions(objective="beta-vae", beta=4.0).params() == {"beta": 4.0, "free_bits": 0.0}
+    assert TrainOptions(objective="beta-vae", beta=4.0).params() == {"beta": 4.0, "free_bits": 0.0, "svi_steps": 0, "svi_lr": 1.0}
