@@ -92,7 +92,7 @@ def make_parser() -> Parser:
     p.option(train, "--epochs", type=int, preset=20, help="epochs")
     p.option(train, "--batch-size", type=int, preset=100, help="batch size")
     p.option(train, "--lr", type=float, preset=1e-3, help="Adam learning rate")
-    p.option(train, "--lr-schedule", choices=LR_SCHEDULES, preset="constant", help="constant or iwae (3^i-epoch stages)")
+    p.option(train, "--lr-schedule", choices=LR_SCHEDULES, preset="constant", help="constant, iwae (3^i-epoch stages) or iwae-even (the same eight rates, equal stages)")
     p.option(train, "--kl-warmup-epochs", type=float, preset=0.0, help="linear KL warm-up for ELBO objectives")
     p.option(train, "--beta", type=float, preset=1.0, help="the KL weight of the beta-vae runs")
     p.option(train, "--free-bits", type=float, preset=0.0, help="the per-site KL floor (nats) of the free-bits runs")
@@ -108,6 +108,7 @@ def make_parser() -> Parser:
     p.option(ev, "--curve-points", type=int, preset=500, help="test points for the learning curve")
     p.option(ev, "--curve-samples", type=int, preset=100, help="K of the learning curve's IWAE bound")
     ev.add_argument("--curve-steps", type=int, default=None, help="also evaluate the curve every this many steps (default: once per epoch)")
+    p.option(ev, "--curve-epochs", type=int, preset=1, help="evaluate the curve at the end of every this many epochs (and of the last)")
     p.option(ev, "--max-elements", type=int, preset=MAX_ELEMENTS, help="memory budget per chunk of samples")
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="cpu")
@@ -146,14 +147,14 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     for k in counts:
         if k < 1:
             raise ValueError(f"each K in --num-particles must be an integer >= 1, got {k}")
-    for key in ("elbo_samples", "snr_draws", "curve_points", "curve_samples", "max_elements", "curve_steps", "test_points"):
+    for key in ("elbo_samples", "snr_draws", "curve_points", "curve_samples", "max_elements", "curve_steps", "test_points", "curve_epochs"):
         if getattr(args, key) is not None:
             positive_int(getattr(args, key), "--" + key.replace("_", "-"))
     if args.snr_draws < 2:
         raise ValueError(f"--snr-draws must be >= 2 to measure a standard deviation, got {args.snr_draws}")
     positive_int(args.log_px_samples, "--log-px-samples (K)")
     options = CompareOptions(args.test_points, args.log_px_samples, args.elbo_samples, args.snr_draws, args.curve_points,
-                             args.curve_samples, args.curve_steps, args.max_elements)
+                             args.curve_samples, args.curve_steps, args.max_elements, args.curve_epochs)
     name = args.model or "vae"
     spec = None if is_factory(name) else get_spec(name)
     likelihood = args.likelihood or (spec.likelihoods[0] if spec else "bernoulli")

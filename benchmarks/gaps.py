@@ -95,7 +95,7 @@ def make_parser() -> Parser:
     train.add_argument("--epochs", type=int, default=None, help="default: 100")
     train.add_argument("--batch-size", type=int, default=None, help="default: 100")
     train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
-    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None, help="constant (default) or iwae (3^i-epoch stages)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None, help="constant (default), iwae (3^i-epoch stages) or iwae-even (the same eight rates, equal stages)")
     train.add_argument("--kl-warmup-epochs", type=float, default=None, help="linear KL warm-up length (default: 10 where warm-up applies, else 0)")
     train.add_argument("--warmup", choices=WARMUPS, default=None, help="what the warm-up weight scales: kl (log p(z) - log q, default) or entropy (-log q alone, as Cremer et al.'s code)")
     train.add_argument("--adam-eps", type=float, default=None, help="Adam's epsilon (default: 1e-4, Burda et al. 2016)")

@@ -136,22 +136,38 @@ def compare_markdown(result: dict[str, Any], published: dict[tuple[str, str, int
     return "\n".join(lines) + "\n"
 
 
-def compare_plot(result: dict[str, Any], path: str) -> None:
-    """The learning curves of every run, as a PNG written atomically to ``path``."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in result["runs"]:
-        pts = r["curve"]
-        ax.plot([p["step"] for p in pts], [p["bound"] for p in pts], marker="o" if len(pts) < 30 else None, label=f"{r['objective']} K={r['num_particles']}")
-    ev = result["config"]["evaluation"]
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"test IWAE bound, K={ev['curve_samples']} (nats)")
-    ax.set_title(f"{result['config']['model']['name']} on {result['config']['data']['dataset']}: {ev['curve_points']} test points")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG atomically to ``path`` and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def curves_figure(curves: dict[str, list[dict[str, float]]], path: str, ylabel: str, title: str) -> None:
+    """Learning curves side by side against training steps and against wall-clock training time (``train_seconds``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for label, pts in curves.items():
+        marker = "o" if len(pts) < 30 else None
+        axes[0].plot([p["step"] for p in pts], [p["bound"] for p in pts], marker=marker, label=label)
+        if all("train_seconds" in p for p in pts):
+            axes[1].plot([p["train_seconds"] / 60 for p in pts], [p["bound"] for p in pts], marker=marker, label=label)
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("wall-clock training time (minutes, evaluations excluded)")
+    axes[0].set_ylabel(ylabel)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def compare_plot(result: dict[str, Any], path: str) -> None:
+    """The learning curves of every run, against steps and against wall-clock time, as a PNG written atomically to ``path``."""
+    ev = result["config"]["evaluation"]
+    curves = {f"{r['objective']} K={r['num_particles']}": r["curve"] for r in result["runs"]}
+    curves_figure(curves, path, f"test IWAE bound, K={ev['curve_samples']} (nats)",
+                  f"{result['config']['model']['name']} on {result['config']['data']['dataset']}: {ev['curve_points']} test points")
 
 
 def speed_markdown(result: dict[str, Any]) -> str:

@@ -62,9 +62,10 @@ class CompareOptions:
     curve_samples: int = 100  #: K of the learning curve's IWAE bound
     curve_steps: int | None = None  #: also evaluate the curve every this many steps (None: once per epoch)
     max_elements: int = MAX_ELEMENTS  #: memory budget per chunk of samples
+    curve_epochs: int = 1  #: evaluate the curve at the end of every this many epochs (and of the last)
 
     def __post_init__(self) -> None:
-        for key in ("log_px_samples", "elbo_samples", "snr_draws", "curve_points", "curve_samples", "max_elements"):
+        for key in ("log_px_samples", "elbo_samples", "snr_draws", "curve_points", "curve_samples", "max_elements", "curve_epochs"):
             positive_int(getattr(self, key), key)
         for key in ("test_points", "curve_steps"):
             if getattr(self, key) is not None:
@@ -96,22 +97,25 @@ class Comparison(NamedTuple):
 
 
 class LearningCurve(pl.Callback):
-    """The IWAE bound with ``samples`` samples on fixed test points after every epoch (and every ``every_steps`` steps),
-    and the wall time of the training steps alone.
+    """The IWAE bound with ``samples`` samples on fixed test points after every ``every_epochs`` epochs (and the last, and
+    every ``every_steps`` steps), against steps, epochs and wall-clock time: ``train_seconds`` is the time spent in
+    training steps so far (the evaluations themselves not counted).
 
     With a ``path`` the points are kept there (rewritten atomically after each), so a resumed run keeps its
-    earlier ones. The evaluation draws from a forked random generator: training sees the same random numbers with or without it.
+    earlier ones and its clock continues from the last point. The evaluation draws from a forked random generator:
+    training sees the same random numbers with or without it.
     """
 
     def __init__(self, model, guide, x: torch.Tensor, samples: int, seed: int, max_elements: int, path: str | None = None,
-                 every_steps: int | None = None):
+                 every_steps: int | None = None, every_epochs: int = 1):
         super().__init__()
         self.model, self.guide, self.x, self.samples, self.seed, self.max_elements = model, guide, x, samples, seed, max_elements
-        self.path, self.every_steps = path, every_steps
+        self.path, self.every_steps, self.every_epochs = path, every_steps, positive_int(every_epochs, "every_epochs")
         self.points: list[dict[str, float]] = []
         if path and os.path.exists(path):
             with open(path) as f:
                 self.points = json.load(f)
+        self.clock = float(self.points[-1].get("train_seconds", 0.0)) if self.points else 0.0  #: training-step seconds so far
         self.step_seconds = 0.0
         self.steps = 0
         self._t0 = 0.0
@@ -120,14 +124,18 @@ class LearningCurve(pl.Callback):
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.step_seconds += time.perf_counter() - self._t0
+        seconds = time.perf_counter() - self._t0
+        self.step_seconds += seconds
+        self.clock += seconds
         self.steps += 1
         step = trainer.global_step
         if self.every_steps and step % self.every_steps == 0 and batch_idx + 1 < trainer.num_training_batches:
             self._evaluate(trainer, pl_module, step)  # (the last batch of an epoch is evaluated at the epoch's end)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._evaluate(trainer, pl_module, trainer.global_step)
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_epochs == 0 or epoch >= trainer.max_epochs:
+            self._evaluate(trainer, pl_module, trainer.global_step)
 
     def _evaluate(self, trainer, pl_module, step: int) -> None:
         if not trainer.is_global_zero:
@@ -137,7 +145,7 @@ class LearningCurve(pl.Callback):
             value = iwae_log_px(self.model, self.guide, self.x.to(pl_module.device), self.samples, max_elements=self.max_elements).value
         epoch = trainer.current_epoch + (step - trainer.current_epoch * trainer.num_training_batches) / trainer.num_training_batches
         bound, bound_se = mean_se(value)
-        self.points.append({"step": step, "epoch": round(epoch, 4), "bound": bound, "bound_se": bound_se})
+        self.points.append({"step": step, "epoch": round(epoch, 4), "train_seconds": round(self.clock, 3), "bound": bound, "bound_se": bound_se})
         if self.path:
             atomic_write_json(self.path, self.points)
 
@@ -213,7 +221,8 @@ def train_one(
     curve_path = os.path.join(run_dir, "curve.json") if run_dir else None
     if curve_path and not resume_run and os.path.exists(curve_path):
         os.remove(curve_path)  # a fresh run: an earlier run's curve does not belong to it
-    curve = LearningCurve(model, guide, x_curve, options.curve_samples, base.seed, options.max_elements, curve_path, options.curve_steps)
+    curve = LearningCurve(model, guide, x_curve, options.curve_samples, base.seed, options.max_elements, curve_path, options.curve_steps,
+                          options.curve_epochs)
     t0 = time.perf_counter()
     trained = fit(model, guide, data.train, train, transform=data.transform, out_dir=run_dir, resume=resume_run, device=device,
                   progress=progress, run_config=run_config, callbacks=[curve])

@@ -38,7 +38,9 @@ from .program import check_data, inspect_program
 from .validation import nonnegative_int, nonnegative_number, positive_int, positive_number
 from .validation import seed as check_seed
 
-LR_SCHEDULES = ("constant", "iwae")
+#: constant; iwae: Burda et al.'s 3^i-epoch stages (3280 epochs); iwae-even: the same eight learning rates, each for an
+#: equal share of the run's epochs (a shorter budget's version of the schedule)
+LR_SCHEDULES = ("constant", "iwae", "iwae-even")
 #: What a warm-up weight beta < 1 scales: the KL term (log p(z) - log q), or the entropy term (-log q) alone.
 WARMUPS = ("kl", "entropy")
 DEVICES = ("cpu", "cuda", "auto")
@@ -96,6 +98,23 @@ def iwae_lr_factor(epoch: int) -> float:
         stage += 1
         end += 3**stage
     return 10 ** (-stage / 7)
+
+
+def iwae_even_lr_factor(epoch: int, epochs: int) -> float:
+    """Burda et al.'s eight learning rates 1e-3 * 10^(-i/7), i = 0..7, each for an equal share of ``epochs``."""
+    stage = min(7, (8 * epoch) // max(int(epochs), 1))
+    return 10 ** (-stage / 7)
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The learning-rate multiplier of ``schedule`` (:data:`LR_SCHEDULES`) at ``epoch`` of a run of ``epochs``."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "iwae":
+        return iwae_lr_factor(epoch)
+    if schedule == "iwae-even":
+        return iwae_even_lr_factor(epoch, epochs)
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
 
 
 def _seed_for(*parts: int) -> int:
@@ -223,7 +242,8 @@ class SVIModule(pl.LightningModule):
         optimizer = torch.optim.Adam(self.elbo.parameters(), lr=self.config.lr, eps=self.config.adam_eps)
         if self.config.lr_schedule == "constant":
             return optimizer
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, iwae_lr_factor)
+        schedule, epochs = self.config.lr_schedule, self.config.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(schedule, epoch, epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import torch
 from inference.estimators import elbo
 from inference.io import CheckpointError, atomic_torch_save, load_checkpoint
 from inference.objectives import kl_weight, make_objective
-from inference.training import CHECKPOINT_KEYS, DivergenceError, TrainOptions, fit, iwae_lr_factor, load_trained
+from inference.training import CHECKPOINT_KEYS, DivergenceError, TrainOptions, fit, iwae_lr_factor, load_trained, lr_factor
 from ppl_models import build_model, model_config
 from tests.oracles import make_ppca, sample_ppca
 
@@ -136,6 +136,9 @@ def test_iwae_learning_rate_schedule_and_kl_warmup():
     assert iwae_lr_factor(4) == 10 ** (-2 / 7)
     assert iwae_lr_factor(3279) == iwae_lr_factor(10_000) == 10 ** (-7 / 7)
     assert iwae_lr_factor(1093) == 10 ** (-7 / 7) and iwae_lr_factor(1092) == 10 ** (-6 / 7)  # 1093 = sum of 3^i, i < 7
+    # iwae-even: the same eight factors, each for 1/8 of the run (800 epochs: 100 each)
+    assert [lr_factor("iwae-even", e, 800) for e in (0, 99, 100, 699, 700, 799)] == [1.0, 1.0, 10 ** (-1 / 7), 10 ** (-6 / 7), 10 ** (-7 / 7), 10 ** (-7 / 7)]
+    assert lr_factor("constant", 5, 10) == 1.0 and lr_factor("iwae", 4, 10) == iwae_lr_factor(4)
     assert kl_weight(0, 0) == 1.0 and kl_weight(0, 10) == 0.1 and kl_weight(9, 10) == 1.0 and kl_weight(50, 10) == 1.0
     with pytest.raises(ValueError, match="unknown objective"):
         make_objective("renyi")

@@ -1,0 +1,120 @@
+"""Reproduce *Inference Suboptimality in Variational Autoencoders* and go past it: ``python -m benchmarks.reproduce EXPERIMENT``.
+
+Cremer, Li & Duvenaud (2018), ICML; beyond the paper, semi-amortized inference (Kim et al. 2018),
+posterior-collapse remedies (Bowman et al. 2016; Kingma et al. 2016; Higgins et al. 2017) and the
+IWAE table (Burda, Grosse & Salakhutdinov 2016). One module per experiment (:data:`EXPERIMENTS`),
+each a function ``run(runner) -> Report`` over a shared :class:`benchmarks.reproduce.runner.Runner`;
+each writes ``EXPERIMENT.json`` (every number with its standard error, per-datapoint values, the
+budget, the configuration, the versions), ``EXPERIMENT.md`` (the tables and the verdict on each
+claim, computed by :func:`inference.claims.judge`) and its PNG figures into ``--out``.
+
+``--budget full`` is the papers' protocol (for a GPU); ``--budget cpu`` a reduced one
+(:mod:`benchmarks.reproduce.budget`); ``--budget tiny`` runs everything in seconds (the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from typing import Any
+
+from benchmarks.datasets import DATASETS, DEFAULT_DATA_ROOT
+from benchmarks.options import run_cli
+from benchmarks.outdir import OutputFolder
+from inference.io import atomic_write_json, atomic_write_text
+from inference.training import DEVICES
+from inference.validation import seed as check_seed
+
+from .budget import BUDGETS, budget_for
+from .runner import Runner, versions
+
+#: Experiment name -> module of this package, in the paper's order (9: the IWAE table).
+EXPERIMENTS = {
+    "gaps-by-family": "gaps_by_family",
+    "encoder-capacity": "encoder_capacity",
+    "flows-amortization": "flows_amortization",
+    "generator-adapts": "generator_adapts",
+    "gaps-over-training": "gaps_over_training",
+    "posterior-2d": "posterior_2d",
+    "semi-amortized": "semi_amortized",
+    "collapse": "collapse",
+    "iwae-table": "iwae_table",
+}
+
+
+def experiment_module(name: str):
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or all")
+    return importlib.import_module(f"benchmarks.reproduce.{EXPERIMENTS[name]}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}, or all")
+    p.add_argument("--budget", choices=BUDGETS, default="cpu", help="cpu (default: a reduced protocol), full (the paper's), tiny (seconds)")
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: %(default)s")
+    p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding MNIST/raw (default: %(default)s)")
+    p.add_argument("--download", action="store_true", help="let torchvision download MNIST into --data-root")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default: results/reproduce/DATASET-BUDGET)")
+    p.add_argument("--resume", action="store_true", help="continue unfinished trainings (finished models and evaluations are always reused)")
+    p.add_argument("--overwrite", action="store_true", help="retrain, re-evaluate and replace the experiment's results")
+    p.add_argument("--iwae-rows", default=None, help="iwae-table: train and report only these rows, e.g. vae-elbo-1,vae-iwae-5 (default: the budget's)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when attached to a terminal)")
+    return p
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    args = make_parser().parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join("results", "reproduce", f"{args.dataset}-{args.budget}")
+    return args
+
+
+def result_files(name: str) -> tuple[str, ...]:
+    return (f"{name}.json", f"{name}.md", *experiment_module(name).FIGURES)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    for name in names:
+        experiment_module(name)  # refuses an unknown name before any work
+    check_seed(args.seed, "--seed")
+    budget = budget_for(args.budget, args.dataset)
+    results = tuple(f for name in names for f in result_files(name))
+    out: dict[str, Any] = {}
+    with OutputFolder(args.out, results=results, state=("models", "evals"), trains=False, resume=args.resume, overwrite=args.overwrite):
+        runner = Runner(args, budget, args.out)
+        for name in names:
+            out[name] = run_experiment(runner, name)
+    return out
+
+
+def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
+    """Run one experiment and write its JSON, Markdown and figures into the runner's folder."""
+    module = experiment_module(name)
+    started = time.perf_counter()
+    report = module.run(runner)
+    seconds = time.perf_counter() - started
+    b = runner.budget
+    header = (f"Budget `{b.name}` on `{b.dataset}`, seed {runner.seed}; produced by `python -m benchmarks.reproduce {name} --budget {b.name} "
+              f"--dataset {b.dataset}` in {seconds / 60:.1f} min (models trained in this run: {', '.join(runner.trained_now) or 'none, all reused'}). "
+              "Nats per datapoint; ± is the standard error of the mean over datapoints; every verdict is a paired test at 3 SE.")
+    record = {**report.to_dict(), "budget": b.to_dict(), "seed": runner.seed, "device": str(runner.device), "seconds": seconds,
+              "versions": versions(), "command": " ".join(sys.argv)}
+    markdown = report.markdown(header)
+    print(markdown)
+    atomic_write_json(os.path.join(runner.out, f"{name}.json"), record)
+    atomic_write_text(os.path.join(runner.out, f"{name}.md"), markdown)
+    for filename, draw in report.figures.items():
+        draw(os.path.join(runner.out, filename))
+    print(f"wrote {os.path.join(runner.out, name + '.json')}, .md and {len(report.figures)} figure(s)", file=sys.stderr)
+    return record
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(parse, main, argv)

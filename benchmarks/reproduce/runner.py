@@ -1,0 +1,230 @@
+"""What every reproduction experiment shares: the data, trained models and evaluations kept in ``--out``, and the report.
+
+A :class:`Runner` holds one ``--out`` folder, locked for the run (:class:`benchmarks.outdir.OutputFolder`):
+
+* ``models/<name>/`` — one trained pair per name (checkpoints, CSV logs, snapshots, ``done.json``).
+  A finished model whose recorded configuration equals the one asked for is reused by every
+  experiment (``all`` trains each model once); an unfinished one is continued with ``--resume``
+  (bit-identical to an uninterrupted run) and refused without it;
+* ``evals/<key>.json`` — each evaluation (a gap decomposition, a refinement, ...) with the
+  configuration it was computed under; reused when the configuration matches, recomputed otherwise;
+* ``<experiment>.json``, ``<experiment>.md`` and its figures — written at the end, atomically.
+
+``--overwrite`` retrains and re-evaluates what the experiment uses and replaces its results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import pyro
+import torch
+
+from benchmarks.datasets import DATA_DIMS, Data, load_dataset
+from inference.ais import AISOptions, HMCOptions
+from inference.families import FlowOptions
+from inference.gaps import gap_decomposition
+from inference.io import atomic_torch_save, atomic_write_json, load_checkpoint
+from inference.local import AdamOptions, LocalOptions, StoppingRule
+from inference.sampling import set_seed
+from inference.training import TrainOptions, fit, load_trained, resolve_device
+from ppl_models import build_model, model_config
+
+from .budget import Budget
+
+
+def versions() -> dict[str, str]:
+    """The software and machine a result was produced with."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__, "machine": platform.machine(),
+            "threads": str(torch.get_num_threads())}
+
+
+def config_key(config: Any) -> str:
+    """A short stable digest of a JSON-able configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Snapshots(pl.Callback):
+    """Save the model's and guide's weights every ``every`` epochs (and after the last) into ``folder/epoch-XXXX.pt``."""
+
+    def __init__(self, model, guide, folder: str, every: int):
+        super().__init__()
+        self.model, self.guide, self.folder, self.every = model, guide, folder, int(every)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.is_global_zero and (epoch % self.every == 0 or epoch >= trainer.max_epochs):
+            atomic_torch_save({"epoch": epoch, "model_state": self.model.state_dict(), "guide_state": self.guide.state_dict()},
+                              os.path.join(self.folder, f"epoch-{epoch:05d}.pt"))
+
+
+class Runner:
+    """The shared state of one ``python -m benchmarks.reproduce`` run (see module docstring)."""
+
+    def __init__(self, args: argparse.Namespace, budget: Budget, out: str):
+        self.args, self.budget, self.out = args, budget, out
+        self.device = resolve_device(args.device)
+        self.seed = args.seed
+        self.progress = sys.stderr.isatty() if args.progress is None else args.progress
+        self._data: dict[str, Data] = {}
+        self.trained_now: list[str] = []  #: models this run trained (not reused)
+        self._fresh: set[str] = set()  #: with --overwrite, the names already redone by this run
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def data(self, likelihood: str = "bernoulli") -> Data:
+        if likelihood not in self._data:
+            self._data[likelihood] = load_dataset(self.budget.dataset, likelihood, "dynamic" if likelihood == "bernoulli" else None,
+                                                  data_root=self.args.data_root, download=self.args.download)
+        return self._data[likelihood]
+
+    def points(self, split: str, num_points: int | None = None, likelihood: str = "bernoulli") -> torch.Tensor:
+        data = self.data(likelihood)
+        n = min(num_points or self.budget.num_points, len(data.split(split)))
+        return data.eval_points(split, n).to(self.device)
+
+    @property
+    def data_dim(self) -> int:
+        return DATA_DIMS[self.budget.dataset]
+
+    # -- models -------------------------------------------------------------------------------------------------
+    def vae_config(self, **overrides: Any) -> dict[str, Any]:
+        """The experiments' VAE: the budget's architecture with ``overrides`` (guide family, encoder sizes, ...)."""
+        b = self.budget
+        options = {"latent_dim": b.latent_dim, "hidden": list(b.hidden), "encoder_hidden": list(b.hidden), "activation": b.activation,
+                   "flow_layers": b.flow_layers, "flow_hidden": [b.flow_hidden]}
+        options.update(overrides)
+        name = options.pop("name", "vae")
+        likelihood = options.pop("likelihood", "bernoulli")
+        return model_config(name, self.data_dim, likelihood, **options)
+
+    def train_options(self, **overrides: Any) -> TrainOptions:
+        b = self.budget
+        base = dict(epochs=b.epochs, batch_size=b.batch_size, lr=b.lr, lr_schedule=b.lr_schedule, kl_warmup_epochs=b.warmup_epochs, seed=self.seed)
+        base.update(overrides)
+        return TrainOptions(**base)
+
+    def model_dir(self, name: str) -> str:
+        return os.path.join(self.out, "models", name)
+
+    def train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
+              callbacks: tuple[pl.Callback, ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
+        """The pair ``name`` trained with ``train``: reused when finished with this configuration, continued with ``--resume``."""
+        folder = self.model_dir(name)
+        done_path = os.path.join(folder, "done.json")
+        record = {"model": model_cfg, "train": train.to_dict(), "data": {"dataset": self.budget.dataset, "likelihood": model_cfg["likelihood"]},
+                  "snapshots": snapshots}
+        if self.args.overwrite and name not in self._fresh and os.path.exists(folder):
+            shutil.rmtree(folder)
+        self._fresh.add(name)
+        if os.path.exists(done_path):
+            with open(done_path) as f:
+                done = json.load(f)
+            if done["record"] != json.loads(json.dumps(record)):
+                raise ValueError(f"model {name!r} in {folder!r} was trained with other settings than this run asks for; "
+                                 "use --overwrite to retrain it, or another --out")
+            model, guide, _ = load_trained(os.path.join(folder, "checkpoints", "last.ckpt"))
+            return model.to(self.device).eval(), guide.to(self.device).eval(), done
+        checkpoint = os.path.join(folder, "checkpoints", "last.ckpt")
+        resume = os.path.exists(checkpoint)
+        if resume and not self.args.resume:
+            raise ValueError(f"model {name!r} has an unfinished training in {folder!r}: pass --resume to continue it, or --overwrite")
+        data = self.data(model_cfg["likelihood"])
+        set_seed(train.seed)
+        model, guide = build_model(model_cfg)
+        extra = list(callbacks)
+        if snapshots:
+            extra.append(Snapshots(model, guide, os.path.join(folder, "snapshots"), snapshots))
+        print(f"training {name} ({train.objective}, {train.epochs} epochs){' (resumed)' if resume else ''}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        result = fit(model, guide, data, train, out_dir=folder, resume=resume, device=self.args.device, progress=self.progress,
+                     run_config={"data": record["data"], "model": model_cfg}, callbacks=tuple(extra))
+        done = {"record": record, "train_seconds": time.perf_counter() - t0, "losses": result.losses, "versions": versions()}
+        atomic_write_json(done_path, done)
+        self.trained_now.append(name)
+        return model.to(self.device).eval(), guide.to(self.device).eval(), done
+
+    def snapshot_pairs(self, name: str) -> list[tuple[int, Any, Any]]:
+        """``(epoch, model, guide)`` for every snapshot of the finished model ``name``, in epoch order."""
+        folder = os.path.join(self.model_dir(name), "snapshots")
+        with open(os.path.join(self.model_dir(name), "done.json")) as f:
+            model_cfg = json.load(f)["record"]["model"]
+        pairs = []
+        for file in sorted(os.listdir(folder)):
+            if file.endswith(".pt"):
+                state = load_checkpoint(os.path.join(folder, file), required=("epoch", "model_state", "guide_state"))
+                model, guide = build_model(model_cfg)
+                model.load_state_dict(state["model_state"])
+                guide.load_state_dict(state["guide_state"])
+                pairs.append((int(state["epoch"]), model.to(self.device).eval(), guide.to(self.device).eval()))
+        return pairs
+
+    # -- evaluations --------------------------------------------------------------------------------------------
+    def evaluation(self, name: str, config: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``compute()`` under ``config``, kept in ``evals/<name>.json``: reused while the configuration matches."""
+        path = os.path.join(self.out, "evals", f"{name}.json")
+        config = json.loads(json.dumps(config, default=str))
+        if os.path.exists(path) and not (self.args.overwrite and name not in self._fresh):
+            with open(path) as f:
+                stored = json.load(f)
+            if stored.get("config") == config:
+                return stored["result"]
+        self._fresh.add(name)
+        set_seed(self.seed * 1000 + int(config_key(config), 16) % 997)
+        t0 = time.perf_counter()
+        result = compute()
+        atomic_write_json(path, {"config": config, "seconds": time.perf_counter() - t0, "result": result})
+        with open(path) as f:  # what every later reader sees (non-finite numbers as null)
+            return json.load(f)["result"]
+
+    def local_options(self, families: tuple[str, ...] = (), **overrides: Any) -> LocalOptions:
+        b = self.budget
+        return LocalOptions(
+            num_samples=b.local_samples, adam=AdamOptions(lr=b.local_lr), rule=StoppingRule(b.local_window, b.local_patience, b.local_max_steps),
+            init="encoder", flow=FlowOptions(b.flow_layers, b.flow_hidden), families=families, **overrides,
+        )
+
+    def ais_options(self) -> AISOptions:
+        b = self.budget
+        return AISOptions(num_chains=b.ais_chains, num_steps=b.ais_steps, schedule="sigmoid", init="prior",
+                          hmc=HMCOptions(leapfrog_steps=b.ais_leapfrog))
+
+    def gaps(self, name: str, model, guide, split: str, *, families: tuple[str, ...] = ("ffg", "iaf"), log_px: str = "max",
+             num_points: int | None = None) -> dict[str, Any]:
+        """The gap decomposition of model ``name`` on the first points of ``split`` (summary with per-point values), cached.
+
+        q* in the guide's own family defines the gaps; ``families`` are fitted beside it (``ffg`` and ``iaf``: L[q*_FFG]
+        and L[q*_flow] for every model); log p(x) is the higher of AIS and IWAE (``max``), both recorded.
+        """
+        x = self.points(split, num_points)
+        b = self.budget
+        config = {"what": "gaps", "model": name, "split": split, "n": len(x), "families": list(families), "log_px": log_px,
+                  "log_px_samples": b.log_px_samples, "elbo_samples": b.elbo_samples, "local": self.local_options(families).__repr__(),
+                  "ais": self.ais_options().__repr__() if log_px != "iwae" else None, "weights": self._weights_digest(model, guide)}
+
+        def compute() -> dict[str, Any]:
+            result = gap_decomposition(model, guide, x, log_px_samples=b.log_px_samples, elbo_samples=b.elbo_samples,
+                                       local=self.local_options(families), log_px=log_px, ais_options=self.ais_options(),
+                                       max_elements=b.max_elements, progress=self.progress)
+            return result.summary()
+
+        return self.evaluation(f"gaps-{name}-{split}-{config_key(config)}", config, compute)
+
+    @staticmethod
+    def _weights_digest(model, guide) -> str:
+        """A digest of the pair's weights, so an evaluation is never reused for other weights of the same name."""
+        digest = hashlib.sha256()
+        for module in (model, guide):
+            for key, value in sorted(module.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
