@@ -1,4 +1,4 @@
-"""One console command for the benchmarks: ``latent-inference gaps|compare|mixture|speed [options]``.
+"""One console command for the benchmarks: ``latent-inference gaps|compare|mixture|speed|reproduce|sweep [options]``.
 
 Each subcommand is the module's own command line (``python -m benchmarks.<name>`` keeps working);
 ``latent-inference <name> --help`` lists its options.
@@ -15,6 +15,8 @@ COMMANDS = {
     "compare": "inference algorithms compared on one model, one table",
     "mixture": "our Gaussian mixture against scikit-learn's EM",
     "speed": "the speed benchmark: our loops against hand-written PyTorch",
+    "reproduce": "Cremer et al. (2018) reproduced and extended, one experiment per name (and the IWAE table)",
+    "sweep": "one benchmark over a grid of options, one table and one figure",
 }
 
 

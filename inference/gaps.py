@@ -90,8 +90,8 @@ class GapDecomposition(NamedTuple):
         the mean over the evaluated datapoints (sd / sqrt(N); it covers both the spread of the data
         and Monte Carlo noise) and ``mc_se`` the Monte Carlo part alone, sqrt(sum of per-point SE^2) / N;
         ``local`` describes the q* (family, share stopped by the rule, mean steps); ``others`` gives each
-        further family's L[q*] and stopping share; ``log_px`` the estimator, its K, the share of points
-        whose proposal was a q*, both estimates under ``log_px="max"``, and the PSIS k-hat of the weights.
+        further family's L[q*] (with its per-point values) and stopping share; ``log_px`` the estimator, its K, the share of points
+        whose proposal was a q*, both estimates under ``log_px="max"`` (with their per-point values), and the PSIS k-hat of the weights.
         ``per_point`` holds every quantity per datapoint, in the order of the points (so runs can be
         compared point by point), and ``claims`` the verdict on Cremer et al.'s claim that the
         amortization gap is the larger part, by a paired test (:func:`inference.claims.judge`).
@@ -101,7 +101,8 @@ class GapDecomposition(NamedTuple):
         log_px: dict[str, Any] = {
             "method": self.log_px_method, "num_samples": self.log_px.num_samples,
             "proposal_local_fraction": float(self.proposal_is_local.double().mean()),
-            "estimates": {name: _statistics(est.value, est.stderr) for name, est in (self.log_px_estimates or {}).items()},
+            "estimates": {name: {**_statistics(est.value, est.stderr), "per_point": [float(v) for v in est.value]}
+                          for name, est in (self.log_px_estimates or {}).items()},
             "pareto_k": None,
         }
         if self.log_px.pareto_k is not None and not self.log_px.pareto_k.isnan().all():
@@ -124,7 +125,8 @@ class GapDecomposition(NamedTuple):
                 "steps_mean": float(self.local.num_steps.double().mean()),
             },
             "others": {
-                name: {"elbo": _statistics(other.elbo.value, other.elbo.stderr), "converged_fraction": float(other.converged.double().mean())}
+                name: {"elbo": _statistics(other.elbo.value, other.elbo.stderr), "converged_fraction": float(other.converged.double().mean()),
+                       "per_point": [float(v) for v in other.elbo.value]}
                 for name, other in (self.others or {}).items()
             },
             "log_px": log_px,

@@ -97,12 +97,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
     """Run one experiment and write its JSON, Markdown and figures into the runner's folder."""
     module = experiment_module(name)
-    started = time.perf_counter()
+    started, trained_before = time.perf_counter(), len(runner.trained_now)
     report = module.run(runner)
+    trained = runner.trained_now[trained_before:]
     seconds = time.perf_counter() - started
     b = runner.budget
     header = (f"Budget `{b.name}` on `{b.dataset}`, seed {runner.seed}; produced by `python -m benchmarks.reproduce {name} --budget {b.name} "
-              f"--dataset {b.dataset}` in {seconds / 60:.1f} min (models trained in this run: {', '.join(runner.trained_now) or 'none, all reused'}). "
+              f"--dataset {b.dataset}` in {seconds / 60:.1f} min (models trained for it in this run: {', '.join(trained) or 'none, all reused'}). "
               "Nats per datapoint; ± is the standard error of the mean over datapoints; every verdict is a paired test at 3 SE.")
     record = {**report.to_dict(), "budget": b.to_dict(), "seed": runner.seed, "device": str(runner.device), "seconds": seconds,
               "versions": versions(), "command": " ".join(sys.argv)}

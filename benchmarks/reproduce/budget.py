@@ -56,6 +56,7 @@ class Budget:
     # experiment 7: refinement steps (test time and SA-VAE training), the SA-VAE step size, its training epochs
     refine_steps: tuple[int, ...] = (1, 5, 20)
     svi_lr: float = 0.1
+    sa_steps: tuple[int, ...] = (1, 5, 20)  #: the SA-VAE models' training steps k
     sa_epochs: int = 100
     # experiment 8: the strong (autoregressive) decoder's grid
     collapse_epochs: int = 100
@@ -82,7 +83,7 @@ _DIGITS_CPU = Budget(
 _MNIST_CPU = Budget(
     "cpu", "mnist", epochs=60, num_points=50, log_px_samples=2000, elbo_samples=500, ais_chains=16, ais_steps=300, ais_leapfrog=5,
     local_samples=20, local_window=50, local_patience=5, local_max_steps=3000, encoder_sizes=((), (200, 200), (500, 500)),
-    snapshot_every=10, posterior_epochs=30, grid_points=150, refine_steps=(1, 5, 20), sa_epochs=10, collapse_epochs=20,
+    snapshot_every=10, posterior_epochs=30, grid_points=150, refine_steps=(1, 5, 20), sa_steps=(1,), sa_epochs=10, collapse_epochs=20,
     betas=(0.5, 1.0, 2.0), free_bits=(0.0, 0.5), collapse_warmup=(0.0, 5.0), curve_every=20,
     # measured on 2 cores through our loop (batch 100): 6.5 s per epoch with K = 1, 15.8 s with K = 5, so 90 minutes are
     # about 800 and 330 epochs
@@ -102,8 +103,8 @@ _FULL = {
 _TINY = Budget(
     "tiny", "digits", latent_dim=2, hidden=(8,), epochs=2, batch_size=100, warmup_epochs=1.0, flow_layers=1, flow_hidden=4,
     num_points=4, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, local_samples=4,
-    local_window=2, local_patience=1, local_max_steps=6, encoder_sizes=((), (8,)), snapshot_every=1, posterior_epochs=2,
-    grid_points=30, grid_bound=6.0, refine_steps=(1, 2), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),
+    local_window=2, local_patience=1, local_max_steps=6, encoder_sizes=((), (16,)), snapshot_every=1, posterior_epochs=2,
+    grid_points=30, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),
     collapse_warmup=(0.0,), iwae_rows=(("vae", "elbo", 1, 1), ("vae", "iwae", 2, 1)), iwae_test_points=8, curve_every=1,
 )
 

@@ -117,12 +117,16 @@ class Runner:
         return os.path.join(self.out, "models", name)
 
     def train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
-              callbacks: tuple[pl.Callback, ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
-        """The pair ``name`` trained with ``train``: reused when finished with this configuration, continued with ``--resume``."""
+              decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
+        """The pair ``name`` trained with ``train``: reused when finished with this configuration, continued with ``--resume``.
+
+        ``decoder=(name, model)`` starts the model from that trained model's weights and freezes them: only the
+        guide is trained (an encoder fitted to a fixed generative model).
+        """
         folder = self.model_dir(name)
         done_path = os.path.join(folder, "done.json")
         record = {"model": model_cfg, "train": train.to_dict(), "data": {"dataset": self.budget.dataset, "likelihood": model_cfg["likelihood"]},
-                  "snapshots": snapshots}
+                  "snapshots": snapshots, "decoder": None if decoder is None else {"from": decoder[0], "weights": self._weights_digest(decoder[1])}}
         if self.args.overwrite and name not in self._fresh and os.path.exists(folder):
             shutil.rmtree(folder)
         self._fresh.add(name)
@@ -141,6 +145,9 @@ class Runner:
         data = self.data(model_cfg["likelihood"])
         set_seed(train.seed)
         model, guide = build_model(model_cfg)
+        if decoder is not None:
+            model.load_state_dict(decoder[1].state_dict())
+            model.requires_grad_(False)  # Adam leaves parameters without gradients alone
         extra = list(callbacks)
         if snapshots:
             extra.append(Snapshots(model, guide, os.path.join(folder, "snapshots"), snapshots))
@@ -220,10 +227,10 @@ class Runner:
         return self.evaluation(f"gaps-{name}-{split}-{config_key(config)}", config, compute)
 
     @staticmethod
-    def _weights_digest(model, guide) -> str:
-        """A digest of the pair's weights, so an evaluation is never reused for other weights of the same name."""
+    def _weights_digest(*modules) -> str:
+        """A digest of the modules' weights, so an evaluation is never reused for other weights of the same name."""
         digest = hashlib.sha256()
-        for module in (model, guide):
+        for module in modules:
             for key, value in sorted(module.state_dict().items()):
                 digest.update(key.encode())
                 digest.update(value.detach().cpu().contiguous().numpy().tobytes())

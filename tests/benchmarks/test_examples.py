@@ -16,19 +16,25 @@ EXAMPLES = {
     "gaps": TINY_GAPS,
     "compare": "--epochs 1 --objectives elbo,iwae --num-particles 1,2 --test-points 8 --log-px-samples 16 --elbo-samples 8 --snr-draws 3 --curve-points 8 --curve-samples 4 --latent-dim 2 --hidden 8 --encoder-hidden 8 --no-progress",
     "mixture": "--components 2 --pca-dims 2 --restarts 1 --steps 30",
+    "reproduce": "posterior-2d --budget tiny --no-progress",
+    "sweep": "--grid seed=0 -- reproduce posterior-2d --budget tiny --no-progress",
     "speed": "--data-root {mnist_root} --block 3 --repeats 2 --trainer-points 300 --trainer-epochs 2 --trainer-repeats 1 --local-points 2 --local-window 5 --local-patience 1 --local-max-steps 10 --ais-points 2 --ais-chains 3 --ais-steps 2 --ais-leapfrog 2",
 }
 NOT_EXPERIMENTS = {"outdir", "__init__", "__main__", "datasets", "options", "report"}  # not runnable experiments
 
 
 def test_every_benchmark_module_is_listed():
-    modules = {f[:-3] for f in os.listdir(os.path.join(REPO, "benchmarks")) if f.endswith(".py")}
+    folder = os.path.join(REPO, "benchmarks")
+    modules = {f[:-3] for f in os.listdir(folder) if f.endswith(".py")}
+    modules |= {f for f in os.listdir(folder) if os.path.exists(os.path.join(folder, f, "__main__.py"))}  # runnable packages
     assert modules - NOT_EXPERIMENTS == set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_benchmark_runs(name, tmp_path, mnist_root):
-    cmd = [sys.executable, "-m", f"benchmarks.{name}", *EXAMPLES[name].format(mnist_root=mnist_root).split(), "--out", str(tmp_path)]
+    args = EXAMPLES[name].format(mnist_root=mnist_root).split()
+    cut = args.index("--") if "--" in args else len(args)  # the sweep's own --out comes before its swept command
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", *args[:cut], "--out", str(tmp_path), *args[cut:]]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert any(f.endswith(".json") for f in os.listdir(tmp_path))

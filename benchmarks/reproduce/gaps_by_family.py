@@ -1,0 +1,67 @@
+"""Experiment 1: the gaps by family, the main table of Cremer, Li & Duvenaud (2018).
+
+The same VAE trained twice, with an FFG encoder and with a flow encoder; for each, on training and
+held-out points: log p(x) (the higher of AIS and the IWAE bound, both shown), L[q*_flow], L[q*_FFG]
+(the best per-datapoint member of each family), L[q], and the approximation gap
+log p(x) − L[q*] and the amortization gap L[q*] − L[q], with q* in the family the encoder was
+trained with. Claim checked per model and split by a paired test: the amortization gap is the
+larger part of the inference gap.
+"""
+
+from __future__ import annotations
+
+from .models import FLOW, family_stat, gap_claim, vae
+from .report import Report, stat
+
+NAME = "gaps-by-family"
+TITLE = "Gaps by family (Cremer, Li & Duvenaud 2018, the main table)"
+FIGURES = ()
+PAPER_CLAIM = "the amortization gap is the larger part of the inference gap"
+
+
+def main_models(runner):
+    """The FFG-trained and flow-trained models, and their gap summaries on both splits (shared with experiments 3, 4, 5, 7)."""
+    out = {}
+    for family in ("ffg", FLOW):
+        name, model, guide, done = vae(runner, family)
+        out[family] = {"name": name, "model": model, "guide": guide, "done": done,
+                       "splits": {split: runner.gaps(name, model, guide, split) for split in ("train", "test")}}
+    return out
+
+
+def run(runner) -> Report:
+    models = main_models(runner)
+    results = {family: {"model": m["name"], "train_seconds": m["done"]["train_seconds"], "splits": m["splits"]} for family, m in models.items()}
+    report = Report(NAME, TITLE, results)
+    columns = [(family, split) for family in ("ffg", FLOW) for split in ("train", "test")]
+    labels = {"ffg": "FFG-trained", FLOW: "flow-trained"}
+    header = ["", *(f"{labels[f]}, {s}" for f, s in columns)]
+
+    def row(label, get):
+        return [label, *(get(models[f]["splits"][s]) for f, s in columns)]
+
+    def estimate(name):
+        return lambda s: stat(s["log_px"]["estimates"].get(name)) if s["log_px"]["estimates"] else "—"
+
+    report.table(header, [
+        row("log p(x) (reported)", lambda s: stat(s["quantities"]["log_px"]) + f" ({s['log_px']['method']})"),
+        row("log p(x), AIS", estimate("ais")),
+        row("log p(x), IWAE", estimate("iwae")),
+        row("L[q*_flow]", lambda s: stat(family_stat(s, FLOW))),
+        row("L[q*_FFG]", lambda s: stat(family_stat(s, "ffg"))),
+        row("L[q]", lambda s: stat(s["quantities"]["elbo_amortized"])),
+        row("approximation gap", lambda s: stat(s["quantities"]["approximation_gap"])),
+        row("amortization gap", lambda s: stat(s["quantities"]["amortization_gap"])),
+        row("inference gap", lambda s: stat(s["quantities"]["inference_gap"])),
+        row("PSIS k̂ > 0.7 (share of points)", lambda s: "—" if s["log_px"]["pareto_k"] is None else f"{s['log_px']['pareto_k']['high_fraction']:.2f}"),
+        row("q* stopped by the rule", lambda s: f"{s['local']['converged_fraction']:.2f}"),
+    ])
+    b = runner.budget
+    report.text(f"{b.num_points} training and {b.num_points} held-out points; the gaps use q* in the family the encoder was trained with "
+                f"(FFG, or a per-datapoint {FLOW} flow of the encoder's size: {b.flow_layers} transforms of {b.flow_hidden} hidden units). "
+                f"log p(x): the higher mean of AIS ({b.ais_chains} chains, {b.ais_steps} sigmoid steps from the prior, {b.ais_leapfrog} "
+                f"leapfrog steps) and the IWAE bound (K = {b.log_px_samples}, proposal the best of q and the q*'s).")
+    for family, m in models.items():
+        for split, s in m["splits"].items():
+            gap_claim(report, PAPER_CLAIM, s, f"{labels[family]}, {split}")
+    return report

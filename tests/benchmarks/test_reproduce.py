@@ -1,0 +1,116 @@
+"""Every reproduction experiment end to end on digits at the tiny budget: files, figure panels, verdicts, resume, bad input."""
+
+import json
+import os
+
+import matplotlib.pyplot as plt
+import pytest
+
+import benchmarks.report
+from benchmarks import reproduce
+from benchmarks.reproduce.budget import budget_for
+from benchmarks.reproduce.report import Report
+from inference.claims import VERDICTS
+
+pytestmark = pytest.mark.slow  # trains every experiment's models (tiny ones)
+
+#: The panels (axes) each experiment's figures must have, by file.
+PANELS = {
+    "encoder-capacity.png": 2, "gaps-over-training.png": 4, "posterior-2d.png": 16, "collapse.png": 6, "iwae-table-curves.png": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``python -m benchmarks.reproduce all --budget tiny`` in this process, with every figure's axes recorded."""
+    out = tmp_path_factory.mktemp("reproduce")
+    drawn = {}
+    original = benchmarks.report.save_figure
+
+    def recording(fig, path):
+        drawn[os.path.basename(path)] = [ax.get_title() for ax in fig.axes]
+        original(fig, path)
+
+    patch = pytest.MonkeyPatch()
+    for module in ("benchmarks.report", "benchmarks.reproduce.encoder_capacity", "benchmarks.reproduce.gaps_over_training",
+                   "benchmarks.reproduce.posterior_2d", "benchmarks.reproduce.collapse"):
+        patch.setattr(f"{module}.save_figure", recording)
+    code = reproduce.cli(["all", "--budget", "tiny", "--out", str(out), "--no-progress"])
+    patch.undo()
+    assert code == 0
+    return out, drawn
+
+
+def test_every_experiment_writes_json_markdown_and_figures_with_their_panels(tiny_run):
+    out, drawn = tiny_run
+    for name in reproduce.EXPERIMENTS:
+        with open(out / f"{name}.json") as f:
+            record = json.load(f)
+        assert record["experiment"] == name and record["budget"]["name"] == "tiny" and record["versions"]["torch"]
+        assert all(c["status"] in VERDICTS and "se" in c["difference"] for c in record["claims"])
+        markdown = (out / f"{name}.md").read_text()
+        assert markdown.startswith("# ") and "|---|" in markdown
+        for figure in reproduce.experiment_module(name).FIGURES:
+            assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert len(drawn[figure]) == PANELS[figure], (figure, drawn[figure])
+    assert sum(len(json.load(open(out / f"{n}.json"))["claims"]) for n in reproduce.EXPERIMENTS) >= 20
+    titles = drawn["posterior-2d.png"]
+    assert [t.split("\n")[0] for t in titles[:4]] == ["true posterior", "amortized q", "q*_FFG", "q*_flow"]
+    assert titles[0].split("\n")[1].startswith("log p(x)") and titles[1].split("\n")[1].startswith("ELBO")
+
+
+def test_the_main_table_has_per_point_values_and_the_claim_per_model_and_split(tiny_run):
+    out, _ = tiny_run
+    with open(out / "gaps-by-family.json") as f:
+        record = json.load(f)
+    for family in ("ffg", "iaf"):
+        split = record["results"][family]["splits"]["test"]
+        assert len(split["per_point"]["amortization_gap"]) == budget_for("tiny", "digits").num_points
+        assert set(split["log_px"]["estimates"]) == {"ais", "iwae"}  # AIS with IWAE beside it
+        assert {"ffg", "iaf"} <= {split["local"]["family"], *split["others"]}  # L[q*_FFG] and L[q*_flow] for both models
+    contexts = [c["context"] for c in record["claims"]]
+    assert contexts == ["FFG-trained, train", "FFG-trained, test", "flow-trained, train", "flow-trained, test"]
+
+
+def test_the_grid_log_marginal_agrees_with_the_iwae_estimate(tiny_run):
+    out, _ = tiny_run
+    with open(out / "posterior-2d.json") as f:
+        per_point = json.load(f)["results"]["per_point"]
+    assert all(per_point["grid_agrees_with_iwae"]), per_point
+
+
+def test_a_rerun_reuses_every_model_and_evaluation_and_an_unfinished_training_needs_resume(tiny_run, capsys):
+    out, _ = tiny_run
+    with open(out / "generator-adapts.json") as f:
+        before = json.load(f)
+    assert reproduce.cli(["generator-adapts", "--budget", "tiny", "--out", str(out), "--no-progress"]) == 2  # results there: refused
+    os.remove(out / "models" / "vae-flow" / "done.json")  # as if killed after its last checkpoint, before it was marked done
+    for name in ("generator-adapts.json", "generator-adapts.md"):
+        os.remove(out / name)
+    assert reproduce.cli(["generator-adapts", "--budget", "tiny", "--out", str(out), "--no-progress"]) == 2  # unfinished: refused
+    assert "unfinished training" in capsys.readouterr().err
+    assert reproduce.cli(["generator-adapts", "--budget", "tiny", "--out", str(out), "--resume", "--no-progress"]) == 0
+    with open(out / "generator-adapts.json") as f:
+        after = json.load(f)
+    assert after["results"] == before["results"] and after["claims"] == before["claims"]
+
+
+def test_bad_requests_are_refused_by_name(tmp_path, capsys):
+    assert reproduce.cli(["gaps-by-famly", "--out", str(tmp_path)]) == 2
+    assert "unknown experiment 'gaps-by-famly'" in capsys.readouterr().err
+    assert reproduce.cli(["collapse", "--budget", "tiny", "--dataset", "mnist", "--out", str(tmp_path)]) == 2
+    assert "tiny budget" in capsys.readouterr().err
+    assert reproduce.cli(["iwae-table", "--budget", "tiny", "--iwae-rows", "vae-elbo-7", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "unknown --iwae-rows ['vae-elbo-7']" in capsys.readouterr().err
+
+
+def test_the_report_shows_each_verdict_computed_from_the_numbers():
+    from inference.claims import judge
+
+    report = Report("x", "X", {})
+    report.claim("a claim", judge("a > b", [2.0, 2.1, 2.2], [1.0, 1.0, 1.1]).to_dict(), "train")
+    report.claim("another", judge("a > b", [1.0, 1.0, 1.1], [2.0, 2.1, 2.2]).to_dict())
+    text = report.markdown("header")
+    assert "**a claim** (train) — ✅ holds: a > b — 2.100 vs 1.033" in text
+    assert "**another** — ❌ fails: a > b" in text
+    plt.close("all")
