@@ -327,6 +327,14 @@ def load_trained(path: str, map_location: Any = "cpu") -> Trained:
     return Trained(model, guide, config)
 
 
+def export_weights(checkpoint: str, path: str) -> None:
+    """Write the trained pair of a :func:`fit` checkpoint without its optimizer and trainer state: a file a few MB in size
+    that :func:`load_trained` and ``--checkpoint`` read like the full checkpoint (it cannot resume training)."""
+    full = load_checkpoint(checkpoint, required=CHECKPOINT_KEYS)
+    atomic_torch_save({"state_dict": {}, "config": full["config"], "model_state": full["model_state"], "guide_state": full["guide_state"],
+                       "weights_only": True}, path)
+
+
 def check_resume_config(checkpoint_config: dict[str, Any], current: dict[str, Any], path: str) -> None:
     """Refuse to resume a run whose settings differ (other than the number of epochs)."""
     checkpoint_config = dict(checkpoint_config)

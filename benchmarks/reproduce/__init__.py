@@ -15,6 +15,7 @@ claim, computed by :func:`inference.claims.judge`) and its PNG figures into ``--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -26,6 +27,7 @@ from benchmarks.options import run_cli
 from benchmarks.outdir import OutputFolder
 from inference.io import atomic_write_json, atomic_write_text
 from inference.training import DEVICES
+from inference.validation import positive_int
 from inference.validation import seed as check_seed
 
 from .budget import BUDGETS, budget_for
@@ -64,6 +66,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue unfinished trainings (finished models and evaluations are always reused)")
     p.add_argument("--overwrite", action="store_true", help="retrain, re-evaluate and replace the experiment's results")
     p.add_argument("--iwae-rows", default=None, help="iwae-table: train and report only these rows, e.g. vae-elbo-1,vae-iwae-5 (default: the budget's)")
+    p.add_argument("--checkpoint", default=None, help="iwae-table: re-evaluate this checkpoint's test NLL (e.g. docs/weights/*.pt) instead of training")
+    p.add_argument("--test-points", type=int, default=None, help="iwae-table: test points to evaluate (default: the budget's, the whole test split)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when attached to a terminal)")
     return p
 
@@ -85,6 +89,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         experiment_module(name)  # refuses an unknown name before any work
     check_seed(args.seed, "--seed")
     budget = budget_for(args.budget, args.dataset)
+    if (args.checkpoint or args.test_points) and names != ["iwae-table"]:
+        raise ValueError("--checkpoint and --test-points belong to the iwae-table experiment")
+    if args.test_points is not None:
+        budget = dataclasses.replace(budget, iwae_test_points=positive_int(args.test_points, "--test-points"))
     results = tuple(f for name in names for f in result_files(name))
     out: dict[str, Any] = {}
     with OutputFolder(args.out, results=results, state=("models", "evals"), trains=False, resume=args.resume, overwrite=args.overwrite):

@@ -95,6 +95,20 @@ def test_a_rerun_reuses_every_model_and_evaluation_and_an_unfinished_training_ne
     assert after["results"] == before["results"] and after["claims"] == before["claims"]
 
 
+def test_exported_weights_re_evaluate_to_the_tables_number(tiny_run, tmp_path):
+    from inference.training import export_weights
+
+    out, _ = tiny_run
+    weights = tmp_path / "vae-k1.pt"
+    export_weights(str(out / "models" / "iwae-table-vae" / "runs" / "elbo-K1" / "checkpoints" / "last.ckpt"), str(weights))
+    assert reproduce.cli(["iwae-table", "--budget", "tiny", "--checkpoint", str(weights), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    with open(tmp_path / "eval" / "iwae-table.json") as f:
+        again = json.load(f)["results"]["rows"][0]["test_nll"]
+    with open(out / "iwae-table.json") as f:
+        table = json.load(f)["results"]["rows"][0]["test_nll"]
+    assert again == table
+
+
 def test_bad_requests_are_refused_by_name(tmp_path, capsys):
     assert reproduce.cli(["gaps-by-famly", "--out", str(tmp_path)]) == 2
     assert "unknown experiment 'gaps-by-famly'" in capsys.readouterr().err
