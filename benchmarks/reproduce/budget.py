@@ -55,7 +55,8 @@ class Budget:
     grid_bound: float = 5.0
     # experiment 7: refinement steps (test time and SA-VAE training), the SA-VAE step size, its training epochs
     refine_steps: tuple[int, ...] = (1, 5, 20)
-    svi_lr: float = 0.1
+    svi_lr: float = 0.05
+    svi_samples: int = 10  #: samples per refinement step (one-sample steps are too noisy to climb: measured on digits)
     sa_steps: tuple[int, ...] = (1, 5, 20)  #: the SA-VAE models' training steps k
     sa_epochs: int = 100
     # experiment 8: the strong (autoregressive) decoder's grid
@@ -77,7 +78,7 @@ class Budget:
 
 
 _DIGITS_CPU = Budget(
-    "cpu", "digits", epochs=300, num_points=100, ais_chains=50, ais_steps=1000, snapshot_every=20, posterior_epochs=300,
+    "cpu", "digits", epochs=300, num_points=100, ais_chains=50, ais_steps=500, local_max_steps=10_000, snapshot_every=20, posterior_epochs=300,
     sa_epochs=300, collapse_epochs=300, curve_every=10,
 )
 _MNIST_CPU = Budget(
@@ -103,7 +104,7 @@ _FULL = {
 _TINY = Budget(
     "tiny", "digits", latent_dim=2, hidden=(8,), epochs=2, batch_size=100, warmup_epochs=1.0, flow_layers=1, flow_hidden=4,
     num_points=4, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, local_samples=4,
-    local_window=2, local_patience=1, local_max_steps=6, encoder_sizes=((), (16,)), snapshot_every=1, posterior_epochs=2,
+    local_window=2, local_patience=1, local_max_steps=6, svi_samples=2, encoder_sizes=((), (16,)), snapshot_every=1, posterior_epochs=2,
     grid_points=30, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),
     collapse_warmup=(0.0,), iwae_rows=(("vae", "elbo", 1, 1), ("vae", "iwae", 2, 1)), iwae_test_points=8, curve_every=1,
 )

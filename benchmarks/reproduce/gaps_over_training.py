@@ -34,10 +34,13 @@ def chosen(epochs: list[int], most: int = MAX_SNAPSHOTS) -> list[int]:
 def run(runner) -> Report:
     b = runner.budget
     points = max(2, b.num_points // 2)
-    trained = [vae(runner, "ffg")[0], vae(runner, "ffg", b.encoder_sizes[-1])[0]]
+    trained = {}
+    for encoder in (None, b.encoder_sizes[-1]):  # the FFG model of experiment 1, the largest-encoder model of experiment 2
+        name, _, _, done = vae(runner, "ffg", encoder)
+        trained[name] = done
     results, rows = {}, []
-    for name in dict.fromkeys(trained):
-        snapshots = runner.snapshot_pairs(name)
+    for name, done in trained.items():
+        snapshots = runner.snapshot_pairs(done)
         epochs = chosen([e for e, _, _ in snapshots])
         curve = {}
         for epoch, model, guide in snapshots:

@@ -95,7 +95,7 @@ def run(runner) -> Report:
         cfg = row_config(model_name, runner.data_dim)
         train = runner.train_options(objective=objective, num_particles=k, epochs=epochs, batch_size=b.iwae_batch_size,
                                      lr=1e-3, lr_schedule=b.iwae_lr_schedule, kl_warmup_epochs=0.0, adam_eps=1e-4)
-        folder = runner.model_dir(f"iwae-table-{model_name}")
+        folder = os.path.join(runner.out, "models", f"iwae-table-{model_name}")
         run_dir = os.path.join(folder, "runs", f"{objective}-K{k}")
         done = os.path.join(run_dir, "run.json")
         if runner.args.overwrite and os.path.exists(run_dir) and run_dir not in runner._fresh:

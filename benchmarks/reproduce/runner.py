@@ -113,8 +113,9 @@ class Runner:
         base.update(overrides)
         return TrainOptions(**base)
 
-    def model_dir(self, name: str) -> str:
-        return os.path.join(self.out, "models", name)
+    def model_dir(self, name: str, record: dict[str, Any]) -> str:
+        """``OUT/models/<name>-<digest of its configuration>``: other settings never share a folder."""
+        return os.path.join(self.out, "models", f"{name}-{config_key(record)}")
 
     def train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
               decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
@@ -123,10 +124,10 @@ class Runner:
         ``decoder=(name, model)`` starts the model from that trained model's weights and freezes them: only the
         guide is trained (an encoder fitted to a fixed generative model).
         """
-        folder = self.model_dir(name)
-        done_path = os.path.join(folder, "done.json")
         record = {"model": model_cfg, "train": train.to_dict(), "data": {"dataset": self.budget.dataset, "likelihood": model_cfg["likelihood"]},
                   "snapshots": snapshots, "decoder": None if decoder is None else {"from": decoder[0], "weights": self._weights_digest(decoder[1])}}
+        folder = self.model_dir(name, record)
+        done_path = os.path.join(folder, "done.json")
         if self.args.overwrite and name not in self._fresh and os.path.exists(folder):
             shutil.rmtree(folder)
         self._fresh.add(name)
@@ -134,9 +135,9 @@ class Runner:
             with open(done_path) as f:
                 done = json.load(f)
             if done["record"] != json.loads(json.dumps(record)):
-                raise ValueError(f"model {name!r} in {folder!r} was trained with other settings than this run asks for; "
-                                 "use --overwrite to retrain it, or another --out")
+                raise ValueError(f"model {name!r} in {folder!r} records other settings than its folder's name says; remove the folder")
             model, guide, _ = load_trained(os.path.join(folder, "checkpoints", "last.ckpt"))
+            done["folder"] = folder
             return model.to(self.device).eval(), guide.to(self.device).eval(), done
         checkpoint = os.path.join(folder, "checkpoints", "last.ckpt")
         resume = os.path.exists(checkpoint)
@@ -157,14 +158,14 @@ class Runner:
                      run_config={"data": record["data"], "model": model_cfg}, callbacks=tuple(extra))
         done = {"record": record, "train_seconds": time.perf_counter() - t0, "losses": result.losses, "versions": versions()}
         atomic_write_json(done_path, done)
+        done["folder"] = folder
         self.trained_now.append(name)
         return model.to(self.device).eval(), guide.to(self.device).eval(), done
 
-    def snapshot_pairs(self, name: str) -> list[tuple[int, Any, Any]]:
-        """``(epoch, model, guide)`` for every snapshot of the finished model ``name``, in epoch order."""
-        folder = os.path.join(self.model_dir(name), "snapshots")
-        with open(os.path.join(self.model_dir(name), "done.json")) as f:
-            model_cfg = json.load(f)["record"]["model"]
+    def snapshot_pairs(self, done: dict[str, Any]) -> list[tuple[int, Any, Any]]:
+        """``(epoch, model, guide)`` for every snapshot of a finished model (its ``done`` record from :meth:`train`), in epoch order."""
+        folder = os.path.join(done["folder"], "snapshots")
+        model_cfg = done["record"]["model"]
         pairs = []
         for file in sorted(os.listdir(folder)):
             if file.endswith(".pt"):

@@ -84,7 +84,8 @@ def test_a_rerun_reuses_every_model_and_evaluation_and_an_unfinished_training_ne
     with open(out / "generator-adapts.json") as f:
         before = json.load(f)
     assert reproduce.cli(["generator-adapts", "--budget", "tiny", "--out", str(out), "--no-progress"]) == 2  # results there: refused
-    os.remove(out / "models" / "vae-flow" / "done.json")  # as if killed after its last checkpoint, before it was marked done
+    (flow_model,) = (out / "models").glob("vae-flow-*")  # <name>-<digest of its configuration>
+    os.remove(flow_model / "done.json")  # as if killed after its last checkpoint, before it was marked done
     for name in ("generator-adapts.json", "generator-adapts.md"):
         os.remove(out / name)
     assert reproduce.cli(["generator-adapts", "--budget", "tiny", "--out", str(out), "--no-progress"]) == 2  # unfinished: refused
