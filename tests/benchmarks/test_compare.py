@@ -32,8 +32,9 @@ def read(out, file="compare.json"):
 
 
 def measured(result):
-    keys = ("objective", "num_particles", "test_log_px", "test_elbo", "active_units", "snr", "curve")
-    return [{k: r[k] for k in keys} for r in result["runs"]]
+    """What a run measured, without the wall-clock times (which a rerun never repeats)."""
+    keys = ("objective", "num_particles", "test_log_px", "test_elbo", "active_units", "snr")
+    return [{**{k: r[k] for k in keys}, "curve": [{k: v for k, v in p.items() if k != "train_seconds"} for p in r["curve"]]} for r in result["runs"]]
 
 
 def test_one_table_same_seed_same_numbers_and_resume(tmp_path):
