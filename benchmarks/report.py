@@ -221,7 +221,20 @@ def speed_markdown(result: dict[str, Any]) -> str:
             f"| speed-up | {c['speedup']:.1f}x | |",
             "",
         ]
-    lines.append(f"Machine: {result['machine']}, torch {result['torch']} with {result['threads']} threads.")
+    d = result.get("evaluation")
+    if d:
+        lines += [
+            f"Evaluation: the IWAE bound with K = {d['num_samples']} on {d['points']} MNIST points, the same chunks:",
+            "",
+            "| evaluator | seconds | mean log p̂(x) |",
+            "|---|---:|---:|",
+            f"| ours: iwae_log_px | {d['ours_s']:.2f} | {d['mean_log_px']['ours']:.2f} |",
+            f"| hand-written PyTorch | {d['hand_written_s']:.2f} | {d['mean_log_px']['hand_written']:.2f} |",
+            f"| ratio | {d['ratio']:.2f} | |",
+            "",
+        ]
+    where = result.get("device_name") or result["machine"]
+    lines.append(f"Device: {result.get('device', 'cpu')} ({where}); machine {result['machine']}, torch {result['torch']} with {result['threads']} threads.")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,12 @@
     vectorized over datapoints x chains, against a Python loop calling it one
     datapoint at a time with the same chains, schedule and HMC settings.
 
+(d) Evaluation: :func:`inference.estimators.iwae_log_px` with K = 5000 (chunked, PSIS k-hat off)
+    against a hand-written evaluator of the same bound (the same chunks, one ``logsumexp``).
+
+``--device cuda`` runs everything on the GPU: every timer synchronizes the device before it reads
+the clock (a GPU runs asynchronously; an unsynchronized timer measures kernel launches). ``--quick``
+shrinks every size so the whole benchmark takes minutes (a GPU check) or seconds on a CPU (a test).
 Writes ``speed.json`` and ``speed.md`` into ``--out`` and prints the table.
 """
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import os
 import platform
 import statistics
@@ -51,11 +58,30 @@ from benchmarks.options import run_cli
 from benchmarks.outdir import OutputFolder
 from benchmarks.report import speed_markdown
 from inference.ais import HMCOptions, ais
+from inference.estimators import iwae_log_px
 from inference.local import StoppingRule, frozen, optimize_local
+from inference.memory import MAX_ELEMENTS, chunk_size_for
 from inference.objectives import make_loss
-from inference.training import TrainOptions, epoch_permutation, fit
+from inference.program import inspect_program
+from inference.training import DEVICES, TrainOptions, epoch_permutation, fit, resolve_device
 from inference.validation import seed as check_seed
 from ppl_models import build_model, model_config
+
+# ---- timing ------------------------------------------------------------------------
+
+
+def clock(device: torch.device | str = "cpu"):
+    """A ``perf_counter`` that first waits for ``device``'s queued work (CUDA runs asynchronously)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+
+        def now() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+
+        return now
+    return time.perf_counter
+
 
 # ---- (a) training step ------------------------------------------------------------
 
@@ -141,76 +167,80 @@ def _as_pyro_module(module: nn.Module) -> nn.Module:
     return clone
 
 
-def time_blocks(steps: dict[str, Any], x_batches: list[torch.Tensor], repeats: int) -> dict[str, list[float]]:
+def time_blocks(steps: dict[str, Any], x_batches: list[torch.Tensor], repeats: int, device: torch.device | str = "cpu") -> dict[str, list[float]]:
     """Seconds per step of each step function, measured in interleaved blocks."""
+    now = clock(device)
     for fn in steps.values():  # warm up
         for x in x_batches[:20]:
             fn(x)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for name, fn in steps.items():
-            t0 = time.perf_counter()
+            t0 = now()
             for x in x_batches:
                 fn(x)
-            times[name].append((time.perf_counter() - t0) / len(x_batches))
+            times[name].append((now() - t0) / len(x_batches))
     return times
 
 
 class _StepTimer(pl.Callback):
-    """Seconds per training step over epochs 1.. (epoch 0 absorbs start-up)."""
+    """Seconds per training step over epochs 1.. (epoch 0 absorbs start-up), the device synchronized at both ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.now = clock(device)
         self.start = None
         self.steps = 0
         self.seconds = None
 
     def on_train_epoch_start(self, trainer, module) -> None:
         if trainer.current_epoch == 1:
-            self.start = time.perf_counter()
+            self.start = self.now()
 
     def on_train_batch_end(self, trainer, module, *args) -> None:
         if self.start is not None:
             self.steps += 1
 
     def on_train_end(self, trainer, module) -> None:
-        self.seconds = (time.perf_counter() - self.start) / self.steps
+        self.seconds = (self.now() - self.start) / self.steps
 
 
-def _trainer_seconds_per_step(data, epochs, batch_size, seed, objective) -> float:
+def _trainer_seconds_per_step(data, epochs, batch_size, seed, objective, device: torch.device | str = "cpu") -> float:
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
-    timer = _StepTimer()
+    timer = _StepTimer(device)
     config = TrainOptions(objective=objective, epochs=epochs, batch_size=batch_size, adam_eps=1e-4, seed=seed)
-    fit(model, guide, data, config, callbacks=[timer])
+    fit(model, guide, data, config, callbacks=[timer], device=torch.device(device).type)
     return timer.seconds
 
 
-def _loop_seconds_per_step(data, epochs, batch_size, seed) -> float:
+def _loop_seconds_per_step(data, epochs, batch_size, seed, device: torch.device | str = "cpu") -> float:
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
+    model, guide, data = model.to(device), guide.to(device), data.to(device)
     step = pure_step_fn(encoder_network(guide), model.decoder, 1e-3, 1e-4)
+    now = clock(device)
     n_batches = -(-len(data) // batch_size)
     t0, count = None, 0
     for epoch in range(epochs):
         if epoch == 1:
-            t0 = time.perf_counter()
-        perm = epoch_permutation(len(data), seed, epoch)
+            t0 = now()
+        perm = epoch_permutation(len(data), seed, epoch).to(data.device)
         for b in range(n_batches):
             step(data[perm[b * batch_size : (b + 1) * batch_size]])
             count += t0 is not None
-    return (time.perf_counter() - t0) / count
+    return (now() - t0) / count
 
 
 def trainer_step_ratio(data: torch.Tensor, epochs: int, batch_size: int, seed: int, objective: str = "elbo",
-                       repeats: int = 3) -> dict[str, float]:
+                       repeats: int = 3, device: torch.device | str = "cpu") -> dict[str, float]:
     """Steady-state seconds per step of fit() vs a hand-written loop over the same batches.
 
     Each repeat runs both back to back (epoch 0 untimed); the ratio is the median over repeats.
     """
     trainer, loop = [], []
     for _ in range(repeats):
-        trainer.append(_trainer_seconds_per_step(data, epochs, batch_size, seed, objective))
-        loop.append(_loop_seconds_per_step(data, epochs, batch_size, seed))
+        trainer.append(_trainer_seconds_per_step(data, epochs, batch_size, seed, objective, device))
+        loop.append(_loop_seconds_per_step(data, epochs, batch_size, seed, device))
     ratios = [t / p for t, p in zip(trainer, loop)]
     return {
         "trainer_ms": 1e3 * statistics.median(trainer), "pure_loop_ms": 1e3 * statistics.median(loop),
@@ -218,17 +248,19 @@ def trainer_step_ratio(data: torch.Tensor, epochs: int, batch_size: int, seed: i
     }
 
 
-def training_step_speed(data: torch.Tensor, batch_size: int, repeats: int, block: int, seed: int) -> dict[str, Any]:
+def training_step_speed(data: torch.Tensor, batch_size: int, repeats: int, block: int, seed: int,
+                        device: torch.device | str = "cpu") -> dict[str, Any]:
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
-    batches = [data[i * batch_size : (i + 1) * batch_size] for i in range(block)]
+    model, guide = model.to(device), guide.to(device)
+    batches = [data[i * batch_size : (i + 1) * batch_size].to(device) for i in range(block)]
     steps = {
         "pure": pure_step_fn(encoder_network(guide), model.decoder, 1e-3, 1e-4),
         "core": our_step_fn(model, guide, "elbo", 1e-3, 1e-4),
         "captured": our_step_fn(model, guide, "captured-elbo", 1e-3, 1e-4),
         "svi": svi_step_fn(model, guide, 1e-3, 1e-4),
     }
-    times = time_blocks(steps, batches, repeats)
+    times = time_blocks(steps, batches, repeats, device)
     median = {k: statistics.median(v) for k, v in times.items()}
     ratios = [c / p for c, p in zip(times["core"], times["pure"])]
     captured = [c / p for c, p in zip(times["captured"], times["pure"])]
@@ -246,12 +278,12 @@ def training_step_speed(data: torch.Tensor, batch_size: int, repeats: int, block
 # ---- (b) local q* -----------------------------------------------------------------------
 
 
-def briefly_trained(train: torch.Tensor, seed: int):
-    """An MNIST-sized VAE trained for one epoch: the model the local q* and AIS timings run on."""
+def briefly_trained(train: torch.Tensor, seed: int, device: torch.device | str = "cpu"):
+    """An MNIST-sized VAE trained for one epoch: the model the local q*, AIS and evaluation timings run on."""
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", train.shape[1], "bernoulli"))
-    fit(model, guide, train, TrainOptions(epochs=1, batch_size=100))
-    return model, guide
+    fit(model, guide, train, TrainOptions(epochs=1, batch_size=100), device=torch.device(device).type)
+    return model.to(device).eval(), guide.to(device).eval()
 
 
 def pure_local_step_seconds(decoder: nn.Module, latent_dim: int, points: torch.Tensor, num_samples: int,
@@ -262,9 +294,10 @@ def pure_local_step_seconds(decoder: nn.Module, latent_dim: int, points: torch.T
     rule: the mean of :func:`hand_written_log_weights` over ``num_samples`` draws per point,
     its gradient with respect to the per-point means and log-scales (decoder frozen), Adam.
     """
-    loc = torch.zeros(len(points), latent_dim, requires_grad=True)
-    log_scale = torch.zeros(len(points), latent_dim, requires_grad=True)
+    loc = torch.zeros(len(points), latent_dim, device=points.device, requires_grad=True)
+    log_scale = torch.zeros(len(points), latent_dim, device=points.device, requires_grad=True)
     opt = torch.optim.Adam([loc, log_scale], lr=lr)
+    now = clock(points.device)
 
     def step() -> None:
         elbo = hand_written_log_weights(decoder, loc, log_scale, points, num_samples).mean(0)
@@ -275,10 +308,10 @@ def pure_local_step_seconds(decoder: nn.Module, latent_dim: int, points: torch.T
     with frozen(decoder):
         for _ in range(3):
             step()
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(steps):
             step()
-        return (time.perf_counter() - t0) / steps
+        return (now() - t0) / steps
 
 
 def local_speed(model, guide, points: torch.Tensor, rule: StoppingRule, num_samples: int = 50) -> dict[str, Any]:
@@ -288,15 +321,16 @@ def local_speed(model, guide, points: torch.Tensor, rule: StoppingRule, num_samp
     vectorized seconds per point-step): that ratio is reported as ``ceiling``. All three
     draw ``num_samples`` samples per point and step (the reference protocol's 50).
     """
-    t0 = time.perf_counter()
+    now = clock(points.device)
+    t0 = now()
     vec = optimize_local(model, guide, points, num_samples=num_samples, rule=rule)
-    vectorized = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    vectorized = now() - t0
+    t0 = now()
     loop_steps = []
     for i in range(len(points)):
         one = optimize_local(model, guide, points[i : i + 1], num_samples=num_samples, rule=rule)
         loop_steps.append(int(one.num_steps[0]))
-    loop = time.perf_counter() - t0
+    loop = now() - t0
     pure = pure_local_step_seconds(model.decoder, model.latent_dim, points, num_samples) / len(points)
     ours = vectorized / float(vec.num_steps.sum())
     per_loop_step = loop / sum(loop_steps)
@@ -319,13 +353,14 @@ def ais_speed(model, guide, points: torch.Tensor, chains: int, steps: int, leapf
     # chains and for the pilot run's chains that adapt the step sizes (hmc.pilot_chains per datapoint)
     pilot = hmc.pilot_chains if hmc.adapt_rate > 0 else 0
     evaluations = len(points) * (chains + pilot) * steps * (leapfrog + 1)
-    t0 = time.perf_counter()
+    now = clock(points.device)
+    t0 = now()
     ais(model, guide, points, num_chains=chains, num_steps=steps, hmc=hmc)
-    vectorized = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    vectorized = now() - t0
+    t0 = now()
     for i in range(len(points)):
         ais(model, guide, points[i : i + 1], num_chains=chains, num_steps=steps, hmc=hmc)
-    loop = time.perf_counter() - t0
+    loop = now() - t0
     return {
         "points": len(points), "chains": chains, "pilot_chains": pilot, "steps": steps, "leapfrog": leapfrog,
         "gradient_evaluations": evaluations,
@@ -334,7 +369,53 @@ def ais_speed(model, guide, points: torch.Tensor, chains: int, steps: int, leapf
     }
 
 
+# ---- (d) evaluation ----------------------------------------------------------------------
+
+
+def hand_written_iwae(encoder: nn.Module, decoder: nn.Module, points: torch.Tensor, num_samples: int, chunk: int) -> torch.Tensor:
+    r"""The IWAE bound :math:`\log \frac1K \sum_k w_k` per point of an FFG-encoder Bernoulli VAE, in plain PyTorch:
+    ``chunk`` samples at a time, the log weights of each chunk reduced by one ``logsumexp`` into a running total."""
+    with torch.no_grad():
+        loc, log_scale = encoder(points).chunk(2, dim=-1)
+        total = torch.full((len(points),), -math.inf, dtype=torch.float64, device=points.device)
+        for done in range(0, num_samples, chunk):
+            log_w = hand_written_log_weights(decoder, loc, log_scale, points, min(chunk, num_samples - done)).double()
+            total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
+        return total - math.log(num_samples)
+
+
+def evaluation_speed(model, guide, points: torch.Tensor, num_samples: int, max_elements: int | None = None) -> dict[str, Any]:
+    """``iwae_log_px`` (K samples, chunked by our memory budget, no PSIS) against :func:`hand_written_iwae` with the same chunk."""
+    max_elements = MAX_ELEMENTS if max_elements is None else max_elements
+    now = clock(points.device)
+    iwae_log_px(model, guide, points[:2], min(num_samples, 10), max_elements=max_elements)  # warm-up
+    t0 = now()
+    ours = iwae_log_px(model, guide, points, num_samples, max_elements=max_elements)
+    ours_s = now() - t0
+    chunk = chunk_size_for(inspect_program(model, guide, points), points, model, guide, max_elements)  # the chunk ours uses
+    t0 = now()
+    hand = hand_written_iwae(encoder_network(guide), model.decoder, points, num_samples, chunk)
+    hand_s = now() - t0
+    return {
+        "points": len(points), "num_samples": num_samples, "ours_s": ours_s, "hand_written_s": hand_s, "ratio": ours_s / hand_s,
+        "mean_log_px": {"ours": float(ours.value.mean()), "hand_written": float(hand.mean())},
+    }
+
+
 # ---- main --------------------------------------------------------------------------
+
+#: ``--quick`` on a GPU: every timing at a size where its ratio means something, minutes in all (each overrides its option).
+QUICK_CUDA = {
+    "block": 50, "repeats": 10, "trainer_points": 10_000, "trainer_epochs": 3, "trainer_repeats": 2, "local_points": 50,
+    "local_window": 50, "local_patience": 4, "local_max_steps": 500, "ais_points": 20, "ais_chains": 100, "ais_steps": 20,
+    "ais_leapfrog": 10, "eval_points": 200, "eval_samples": 5000, "briefly_trained_points": 10_000,
+}
+#: ``--quick`` on a CPU: tiny sizes, seconds in all (the test suite runs it so that it never rots; its ratios mean little).
+QUICK_CPU = {
+    "block": 4, "repeats": 2, "trainer_points": 400, "trainer_epochs": 2, "trainer_repeats": 1, "local_points": 4,
+    "local_window": 3, "local_patience": 1, "local_max_steps": 9, "ais_points": 2, "ais_chains": 4, "ais_steps": 3,
+    "ais_leapfrog": 2, "eval_points": 5, "eval_samples": 50, "briefly_trained_points": 400,
+}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -354,7 +435,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-chains", type=int, default=100)
     p.add_argument("--ais-steps", type=int, default=20, help="intermediate distributions for the AIS timing (default: %(default)s)")
     p.add_argument("--ais-leapfrog", type=int, default=10)
-    p.add_argument("--skip", choices=("training", "local", "ais"), action="append", default=[])
+    p.add_argument("--eval-points", type=int, default=200, help="MNIST test points for the evaluation timing (default: %(default)s)")
+    p.add_argument("--eval-samples", type=int, default=5000, help="K of the evaluation timing (default: %(default)s)")
+    p.add_argument("--briefly-trained-points", type=int, default=10_000, help="training points of the model the local, AIS and evaluation timings use")
+    p.add_argument("--skip", choices=("training", "local", "ais", "evaluation"), action="append", default=[])
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu or cuda: where every timing runs (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="small sizes: minutes on a GPU, seconds (tiny sizes) on a CPU; overrides the size options")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("results", "speed"))
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --out")
@@ -363,32 +449,40 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_seed(args.seed, "--seed")
+    if args.quick:
+        for key, value in (QUICK_CUDA if args.device == "cuda" else QUICK_CPU).items():
+            setattr(args, key, value)
     with OutputFolder(args.out, results=("speed.json", "speed.md"), overwrite=args.overwrite) as folder:
         return measure(args, folder)
 
 
 def measure(args: argparse.Namespace, folder: OutputFolder) -> dict[str, Any]:
+    device = resolve_device(args.device)
     data = load_dataset("mnist", "bernoulli", "static", data_root=args.data_root)
     result: dict[str, Any] = {
         "config": {k: v for k, v in vars(args).items() if k not in ("skip", "overwrite")},
         "data": "statically binarized MNIST", "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     if "training" not in args.skip:
-        result["training_step"] = training_step_speed(data.train, args.batch_size, args.repeats, args.block, args.seed)
+        result["training_step"] = training_step_speed(data.train, args.batch_size, args.repeats, args.block, args.seed, device)
         result["trainer"] = {
             objective: trainer_step_ratio(data.train[: args.trainer_points], args.trainer_epochs, args.batch_size, args.seed,
-                                          objective, args.trainer_repeats)
+                                          objective, args.trainer_repeats, device)
             for objective in ("elbo", "captured-elbo")
         }
         print(speed_markdown(result), flush=True)
-    if "local" not in args.skip or "ais" not in args.skip:
-        model, guide = briefly_trained(data.train[:10_000], args.seed)
+    if {"local", "ais", "evaluation"} - set(args.skip):
+        model, guide = briefly_trained(data.train[: args.briefly_trained_points], args.seed, device)
+    test = data.test.to(device)
     if "local" not in args.skip:
         rule = StoppingRule(args.local_window, args.local_patience, args.local_max_steps)
-        result["local"] = local_speed(model, guide, data.test[: args.local_points], rule)
+        result["local"] = local_speed(model, guide, test[: args.local_points], rule)
     if "ais" not in args.skip:
-        result["ais"] = ais_speed(model, guide, data.test[: args.ais_points], args.ais_chains, args.ais_steps, args.ais_leapfrog)
+        result["ais"] = ais_speed(model, guide, test[: args.ais_points], args.ais_chains, args.ais_steps, args.ais_leapfrog)
+    if "evaluation" not in args.skip:
+        result["evaluation"] = evaluation_speed(model, guide, test[: args.eval_points], args.eval_samples)
     table = speed_markdown(result)
     folder.write(table, {"speed.json": result, "speed.md": table})
     return result

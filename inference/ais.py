@@ -333,12 +333,13 @@ def anneal(
     current = torch.full((1, n), hmc.step_size, dtype=torch.float64, device=x.device)
     log_w = torch.zeros(c, n, dtype=torch.float64, device=x.device)
     accept_sum = torch.zeros(c, n, dtype=torch.float64, device=x.device)
-    state = _initial_state(model, guide, x, torch.cat([pilot_z0, z0]) if p else z0, float(betas[0]), info, layout, init)
-    for t in range(1, len(betas)):
-        beta = float(betas[t])
-        log_w = log_w + (beta - float(betas[t - 1])) * state.extra[p:]
+    temperatures = betas.tolist()  # read once: a float() of a device tensor per transition would wait for the device each time
+    state = _initial_state(model, guide, x, torch.cat([pilot_z0, z0]) if p else z0, temperatures[0], info, layout, init)
+    for t in range(1, len(temperatures)):
+        beta, previous = temperatures[t], temperatures[t - 1]
+        log_w = log_w + (beta - previous) * state.extra[p:]
         density = _annealed_density(model, guide, x, info, layout, init, beta)
-        if beta != float(betas[t - 1]):  # the density and its gradient at the current z under the new temperature
+        if beta != previous:  # the density and its gradient at the current z under the new temperature
             state = HMCState(state.z, *value_and_grad(density, state.z))
         used[t - 1] = step_sizes[t - 1] if step_sizes is not None else current[0]
         state, accept_prob = hmc_transition(state, density, used[t - 1].expand(p + c, n), hmc.leapfrog_steps)

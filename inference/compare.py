@@ -42,7 +42,7 @@ from .estimators import elbo, iwae_log_px
 from .io import atomic_write_json
 from .memory import MAX_ELEMENTS
 from .objectives import PARAMETERS, get_objective, make_loss
-from .sampling import set_seed
+from .sampling import fork_rng, set_seed
 from .stats import mean_se
 from .training import TrainOptions, fit, resolve_device
 from .validation import positive_int
@@ -140,7 +140,7 @@ class LearningCurve(pl.Callback):
     def _evaluate(self, trainer, pl_module, step: int) -> None:
         if not trainer.is_global_zero:
             return
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng(pl_module.device):  # the device's generator too: on a GPU, training noise must not depend on this
             set_seed(self.seed * 7919 + step)
             value = iwae_log_px(self.model, self.guide, self.x.to(pl_module.device), self.samples, max_elements=self.max_elements).value
         epoch = trainer.current_epoch + (step - trainer.current_epoch * trainer.num_training_batches) / trainer.num_training_batches

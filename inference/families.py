@@ -36,6 +36,7 @@ weights), so a flow fit starts from its FFG initialization.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -179,9 +180,14 @@ class BatchedHypernet:
         return out.chunk(2, dim=-1)
 
 
-def _flow_order(dim: int, layer: int, device) -> torch.Tensor:
-    order = torch.arange(dim, device=device)
-    return order if layer % 2 == 0 else order.flip(0)
+@functools.lru_cache(maxsize=256)
+def _flow_layout(dim: int, hidden: int, layer: int, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Layer ``layer``'s autoregressive order (on the CPU: the inverse iterates over it, and a device tensor would
+    synchronize at every entry) and its MADE masks on ``device``, built once, not at every optimization step."""
+    order = torch.arange(dim)
+    order = order if layer % 2 == 0 else order.flip(0)
+    masks = tuple(m.to(device) if m is not None else None for m in made_masks(dim, hidden, order))
+    return order, masks
 
 
 def init_flow_params(n: int, dim: int, options: FlowOptions, family: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -206,9 +212,7 @@ def flow_transforms(p: dict[str, torch.Tensor], dim: int, options: FlowOptions, 
     for k in range(options.layers):
         layer = {key.split(".", 1)[1]: value for key, value in p.items() if key.startswith(f"f{k}.")}
         if family == "iaf":
-            order = _flow_order(dim, k, device)
-            masks = made_masks(dim, options.hidden, order.cpu())
-            masks = tuple(m.to(device) if m is not None else None for m in masks)
+            order, masks = _flow_layout(dim, options.hidden, k, device)
             transforms.append(AffineAutoregressive(BatchedMADE(layer, masks, order)))
         else:
             if k:

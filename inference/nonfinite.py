@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .program import Program, ProgramInfo, per_datapoint_log_prob, trace_pair
+from .sampling import fork_rng
 
 #: Data beyond this magnitude overflow float32 once squared (sqrt of 3.4e38 is 1.8e19); 1e15 leaves room for sums.
 LARGE_DATA = 1e15
@@ -60,7 +61,7 @@ def _bad_parameters_of(fn) -> list[str]:
 
 
 def _first_bad_site(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo) -> str | None:
-    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+    with torch.no_grad(), fork_rng(x.device):
         model_trace, guide_trace = trace_pair(model, guide, x, info)
     checks = (("guide", guide_trace, info.guide_local_sites), ("model", model_trace, info.local_latents + info.observed))
     for which, trace, names in checks:

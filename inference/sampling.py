@@ -4,10 +4,13 @@ r"""Draws every objective and estimator shares: the global latents once per batc
 * :func:`draw_globals` — :math:`\theta \sim q(\theta)` once, with :math:`\log p(\theta) - \log q(\theta)`;
 * :func:`dream` — :math:`(x', z') \sim p`, the model run with its observation ignored
   (the sleep phase of wake-sleep, Hinton et al. 1995; BDMC's simulated data, Grosse et al. 2015);
-* :func:`set_seed` — seed Python, NumPy and torch from a seed derived from the run's seed.
+* :func:`set_seed` — seed Python, NumPy and torch from a seed derived from the run's seed;
+* :func:`fork_rng` — a side computation that leaves the random state of the CPU *and* of the device untouched.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pyro
 import torch
@@ -19,6 +22,16 @@ from .program import ConventionError, ProgramInfo
 def set_seed(derived: int) -> None:
     """``pyro.set_rng_seed`` of a seed derived from a run's seed (``seed * 1000 + i``): reduced modulo 2**32, NumPy's range."""
     pyro.set_rng_seed(int(derived) % 2**32)
+
+
+def fork_rng(device: torch.device | str | None = None) -> contextlib.AbstractContextManager:
+    """``torch.random.fork_rng`` over the CPU generator and, for a CUDA ``device``, that device's generator.
+
+    Forking only the CPU (``devices=[]``) leaves a GPU's generator advanced by the side computation,
+    so training on a GPU would depend on whether (and how often) it ran.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def global_share(batch_size: int, dataset_size: int | None) -> float:

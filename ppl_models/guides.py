@@ -38,6 +38,22 @@ def check_gaussian_family(family: str) -> str:
     return family
 
 
+class HostOrderARN(ConditionalAutoRegressiveNN):
+    """Pyro's ``ConditionalAutoRegressiveNN`` whose ``permutation`` stays on the CPU when the module moves to a device.
+
+    ``AffineAutoregressive``'s inverse (every ``log_prob`` of a value it did not sample itself: STL, DReG,
+    RWS, wake-sleep, AIS from the guide) iterates over the permutation and indexes a Python list with each
+    entry; on a GPU every entry is a host-device synchronization (latent dimensions x layers per call). The
+    masks, which the forward pass uses, move with the module as before.
+    """
+
+    def _apply(self, fn, recurse=True):
+        order = self.permutation
+        out = super()._apply(fn, recurse)
+        self._buffers["permutation"] = order
+        return out
+
+
 class GaussianHead(nn.Module):
     r"""Features ``h`` to a distribution over a ``latent_dim`` vector, in one of four families.
 
@@ -69,7 +85,7 @@ class GaussianHead(nn.Module):
             for k in range(int(flow_layers)):
                 if family == "iaf":
                     order = torch.arange(d) if k % 2 == 0 else torch.arange(d).flip(0)
-                    arn = ConditionalAutoRegressiveNN(d, in_dim, hidden, permutation=order)
+                    arn = HostOrderARN(d, in_dim, hidden, permutation=order)
                     self.flows.append(ConditionalAffineAutoregressive(arn))
                 else:
                     split = d // 2

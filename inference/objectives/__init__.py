@@ -37,6 +37,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
 
+from ..sampling import fork_rng
 from ..validation import positive_int
 from .capture import CapturedELBO
 from .iwae import IWAELoss
@@ -99,7 +100,7 @@ class Objective:
         if self.needs == "params" and not callable(getattr(guide, "variational_params", None)):
             raise ValueError(f"objective {name!r} refines the encoder's per-datapoint output; {type(guide).__name__} has no "
                              "variational_params(x) and forward(x, params)")
-        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
+        with fork_rng(x.device), torch.no_grad():
             trace = prune_subsample_sites(poutine.trace(model if self.needs == "enumerated" else guide).get_trace(x))
         sites = [site for site in trace.nodes.values() if site["type"] == "sample" and not site["is_observed"]]
         if self.needs in ("reparameterized", "params"):

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..enumeration import configurations, exact_elbo
 from ..program import DATA_PLATE, ProgramInfo, inspect_without_randomness
-from ..sampling import global_share
+from ..sampling import fork_rng, global_share
 from ..validation import positive_int
 
 PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
@@ -211,7 +211,7 @@ class EnumLoss(nn.Module):
 
     def _sites(self, x: torch.Tensor) -> tuple[str, ...]:
         if self._enumerated is None:
-            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            with fork_rng(x.device):
                 trace = poutine.trace(self.model).get_trace(x)
             self._enumerated = tuple(
                 name for name, site in trace.nodes.items()
@@ -314,7 +314,7 @@ def first_batch_checks(model, guide, x: torch.Tensor, name: str) -> FirstBatch:
             f"objective {name!r} (a Pyro ELBO) would sample the model's enumerated sites {list(info.enumerated)} from their "
             "prior instead of summing them out: use 'iwae' (K = 1 is the ELBO with them summed out), 'iwae-dreg' or 'rws'"
         )
-    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), torch.no_grad():
+    with fork_rng(x.device), torch.no_grad():
         trace = poutine.trace(guide).get_trace(x)
 
     def not_reparameterized(names: tuple[str, ...]) -> tuple[str, ...]:

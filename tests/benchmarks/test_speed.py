@@ -86,3 +86,34 @@ def test_encoder_network_gives_the_guides_variational_parameters():
     params = guide.variational_params(x)
     torch.testing.assert_close(loc, params["loc"])
     torch.testing.assert_close(log_scale, params["log_scale"])
+
+
+def test_the_hand_written_iwae_evaluator_agrees_with_ours_within_3_se():
+    """The floor of the evaluation timing computes the same bound: checked against iwae_log_px on the same pair, and a wrong
+    one (q twice as wide) would be caught."""
+    from benchmarks.speed import hand_written_iwae
+    from inference.estimators import iwae_log_px
+
+    torch.manual_seed(0)
+    model, guide = build_model(model_config("vae", 12, "bernoulli", latent_dim=3, hidden=[16]))
+    x = torch.bernoulli(torch.full((6, 12), 0.3))
+    ours = iwae_log_px(model, guide, x, 400)
+    hands = torch.stack([hand_written_iwae(encoder_network(guide), model.decoder, x, 400, chunk=64) for _ in range(20)])
+    se = (ours.stderr**2 + hands.var(0) / 20).sqrt()  # independent replicates of the hand-written one
+    assert ((ours.value - hands.mean(0)).abs() < 3 * se + 1e-3).all(), (ours.value, hands.mean(0), se)
+
+
+def test_the_quick_speed_check_runs_every_timing_on_the_cpu(tmp_path, mnist_root):
+    """``python -m benchmarks.speed --quick --device cpu`` at its tiny CPU size, on the committed MNIST subset: every timing
+    (training step, Trainer vs loop, local q*, AIS, evaluation) is measured and written, with the device named."""
+    import json
+
+    from benchmarks.speed import cli
+
+    out = tmp_path / "speed"
+    assert cli(["--quick", "--device", "cpu", "--data-root", mnist_root, "--out", str(out)]) == 0
+    result = json.loads((out / "speed.json").read_text())
+    assert result["device"] == "cpu" and result["config"]["quick"]
+    assert {"training_step", "trainer", "local", "ais", "evaluation"} <= set(result)
+    assert result["evaluation"]["ours_s"] > 0 and result["evaluation"]["hand_written_s"] > 0
+    assert "Evaluation: the IWAE bound with K = 50" in (out / "speed.md").read_text()
