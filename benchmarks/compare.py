@@ -48,7 +48,6 @@ from benchmarks.outdir import OutputFolder
 from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
 from inference.diagnostics import ACTIVE_THRESHOLD
-from inference.memory import MAX_ELEMENTS
 from inference.objectives import PARAMETERS, TRAINING_OBJECTIVES, get_objective, objectives_taking
 from inference.training import DEVICES, LR_SCHEDULES, TrainOptions, resolve_device
 from inference.validation import positive_int
@@ -109,7 +108,7 @@ def make_parser() -> Parser:
     p.option(ev, "--curve-samples", type=int, preset=100, help="K of the learning curve's IWAE bound")
     ev.add_argument("--curve-steps", type=int, default=None, help="also evaluate the curve every this many steps (default: once per epoch)")
     p.option(ev, "--curve-epochs", type=int, preset=1, help="evaluate the curve at the end of every this many epochs (and of the last)")
-    p.option(ev, "--max-elements", type=int, preset=MAX_ELEMENTS, help="memory budget per chunk of samples")
+    p.option(ev, "--max-elements", type=int, preset=None, help="memory budget per chunk of samples (default: 2^26 on a CPU, half the free memory on a GPU)")
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="cpu")
     run.add_argument("--seed", type=int, default=0)

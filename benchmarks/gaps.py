@@ -49,7 +49,7 @@ from inference.families import LOCAL_FAMILIES, FlowOptions
 from inference.gaps import LOG_PX_METHODS, exact_reference, gap_decomposition
 from inference.io import load_checkpoint
 from inference.local import LOCAL_INITS, AdamOptions, LocalOptions, StoppingRule
-from inference.memory import MAX_ELEMENTS
+from inference.memory import resolve_max_elements
 from inference.objectives import get_objective, objectives_help
 from inference.sampling import set_seed
 from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, WARMUPS, TrainOptions, fit, load_trained, resolve_device
@@ -127,7 +127,7 @@ def make_parser() -> Parser:
     p.option(ev, "--ais-pilot-chains", type=int, preset=HMCOptions.pilot_chains,
              help="chains per datapoint of the pilot run that adapts the HMC step sizes, then frozen for the weighted chains")
     p.option(ev, "--ais-init", choices=AIS_INITS, preset="prior", help="AIS initial distribution: the prior or the amortized guide")
-    p.option(ev, "--max-elements", type=int, preset=MAX_ELEMENTS, help="memory budget: tensor elements one chunk of samples may create (raise it on a GPU)")
+    p.option(ev, "--max-elements", type=int, preset=None, help="memory budget: tensor elements one chunk of samples may create (default: 2^26 on a CPU, half the free memory on a GPU)")
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="cpu")
     run.add_argument("--devices", default="1", help="devices for training (Lightning), e.g. 2 with --strategy ddp")
@@ -154,7 +154,8 @@ def check_args(args: argparse.Namespace) -> None:
     positive_int(args.num_points, "--num-points")
     positive_int(args.log_px_samples, "--log-px-samples (K)")
     for name in ("elbo_samples", "local_samples", "local_window", "local_patience", "local_max_steps", "max_elements", "local_flow_layers"):
-        positive_int(getattr(args, name), "--" + name.replace("_", "-"))
+        if getattr(args, name) is not None or name != "max_elements":
+            positive_int(getattr(args, name), "--" + name.replace("_", "-"))
     positive_number(args.local_lr, "--local-lr")
     ais_options(args)  # refuses bad AIS settings before any training
     if args.local_flow_hidden < 0:
@@ -298,7 +299,7 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
         "num_points": args.num_points, "log_px_samples": args.log_px_samples, "elbo_samples": args.elbo_samples,
         "local_samples": args.local_samples, "local_lr": args.local_lr, "local_window": args.local_window,
         "local_patience": args.local_patience, "local_max_steps": args.local_max_steps, "local_init": args.local_init,
-        "max_elements": args.max_elements, "local_families": list(families),
+        "max_elements": resolve_max_elements(args.max_elements, device), "local_families": list(families),
         "local_flow_layers": args.local_flow_layers, "local_flow_hidden": args.local_flow_hidden, "log_px": args.log_px,
     }
     if args.log_px in ("ais", "max"):

@@ -52,7 +52,7 @@ from pyro.distributions import constraints
 from tqdm.auto import tqdm
 
 from .estimators import Estimate, log_mean_exp_estimate
-from .memory import MAX_ELEMENTS, chunk_size_for
+from .memory import chunk_size_for, halve_after_oom
 from .nonfinite import refuse_non_finite
 from .program import (
     SAMPLE_PLATE,
@@ -386,7 +386,7 @@ def ais(
     schedule: str | torch.Tensor = "sigmoid",
     hmc: HMCOptions = HMCOptions(),
     init: str = "prior",
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
     progress: bool = False,
 ) -> AISResult:
     """Per-datapoint AIS estimate of :math:`\\log p(x_i)` (see the module docstring); shape ``(len(x),)``.
@@ -404,13 +404,19 @@ def ais(
     block = datapoint_block(model, guide, x, info, int(num_chains) + pilot_count(hmc), max_elements)
     bar = progress_bar(len(betas) - 1, math.ceil(len(x) / block)) if progress else None
     weights, accepts, steps = [], [], []
-    for start in range(0, len(x), block):
+    start = 0
+    while start < len(x):
         xb = x[start : start + block]
         gb = guide_block(guide, start, start + len(xb), len(x))
-        run = forward_run(model, gb, xb, betas, int(num_chains), hmc, info, layout, init, bar)
+        try:
+            run = forward_run(model, gb, xb, betas, int(num_chains), hmc, info, layout, init, bar)
+        except torch.OutOfMemoryError:  # this block again, and the rest, with half as many datapoints at once
+            block = halve_after_oom(len(xb), "ais")
+            continue
         weights.append(run.log_weights)
         accepts.append(run.acceptance)
         steps.append(run.step_sizes[-1])
+        start += len(xb)
     if bar is not None:
         bar.close()
     log_w = torch.cat(weights, 1)

@@ -29,7 +29,6 @@ from .ais import (
     progress_bar,
 )
 from .estimators import Estimate, log_mean_exp_estimate
-from .memory import MAX_ELEMENTS
 from .nonfinite import refuse_non_finite
 from .program import Program, check_data, inspect_program
 from .sampling import dream
@@ -53,7 +52,7 @@ def bdmc(
     x_template: torch.Tensor,
     options: AISOptions = AISOptions(),
     *,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
     progress: bool = False,
 ) -> BDMCResult:
     r"""Simulate ``len(x_template)`` datapoints from the model and bound their :math:`\log p(x)` from both sides.

@@ -40,7 +40,6 @@ from .claims import judge
 from .diagnostics import active_units, gradient_snr
 from .estimators import elbo, iwae_log_px
 from .io import atomic_write_json
-from .memory import MAX_ELEMENTS
 from .objectives import PARAMETERS, get_objective, make_loss
 from .sampling import fork_rng, set_seed
 from .stats import mean_se
@@ -61,13 +60,13 @@ class CompareOptions:
     curve_points: int = 500  #: test points of the learning curve
     curve_samples: int = 100  #: K of the learning curve's IWAE bound
     curve_steps: int | None = None  #: also evaluate the curve every this many steps (None: once per epoch)
-    max_elements: int = MAX_ELEMENTS  #: memory budget per chunk of samples
+    max_elements: int | None = None  #: memory budget per chunk of samples (None: the device's default, inference.memory)
     curve_epochs: int = 1  #: evaluate the curve at the end of every this many epochs (and of the last)
 
     def __post_init__(self) -> None:
-        for key in ("log_px_samples", "elbo_samples", "snr_draws", "curve_points", "curve_samples", "max_elements", "curve_epochs"):
+        for key in ("log_px_samples", "elbo_samples", "snr_draws", "curve_points", "curve_samples", "curve_epochs"):
             positive_int(getattr(self, key), key)
-        for key in ("test_points", "curve_steps"):
+        for key in ("test_points", "curve_steps", "max_elements"):
             if getattr(self, key) is not None:
                 positive_int(getattr(self, key), key)
         if self.snr_draws < 2:
@@ -106,7 +105,7 @@ class LearningCurve(pl.Callback):
     training sees the same random numbers with or without it.
     """
 
-    def __init__(self, model, guide, x: torch.Tensor, samples: int, seed: int, max_elements: int, path: str | None = None,
+    def __init__(self, model, guide, x: torch.Tensor, samples: int, seed: int, max_elements: int | None, path: str | None = None,
                  every_steps: int | None = None, every_epochs: int = 1):
         super().__init__()
         self.model, self.guide, self.x, self.samples, self.seed, self.max_elements = model, guide, x, samples, seed, max_elements

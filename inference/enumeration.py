@@ -23,7 +23,7 @@ import math
 import torch
 from pyro import poutine
 
-from .memory import MAX_ELEMENTS, chunk_size_for
+from .memory import chunk_size_for, resolve_max_elements
 from .nonfinite import refuse_non_finite
 from .program import Program, ProgramInfo, check_data, inspect_program, sample_batch_shape, score_configurations
 
@@ -120,7 +120,7 @@ def exact_log_px(
     x: torch.Tensor,
     *,
     max_configurations: int = MAX_CONFIGURATIONS,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
 ) -> torch.Tensor:
     """:math:`\\log p(x_i)` by summing over every configuration of the local latents; shape ``(len(x),)``.
 
@@ -135,7 +135,7 @@ def exact_log_px(
 
 
 def log_joint_on_grid(
-    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, grid: dict[str, torch.Tensor], max_elements: int = MAX_ELEMENTS
+    model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo, grid: dict[str, torch.Tensor], max_elements: int | None = None
 ) -> torch.Tensor:
     """:math:`\\log p(x_i, z_c)` for every configuration ``c`` of ``grid`` and datapoint ``i``: ``(C, len(x))``, no graph."""
     size = chunk_size_for(info, x, model, guide, max_elements)
@@ -154,7 +154,7 @@ def exact_elbo(
     *,
     model_grad: bool = False,
     max_configurations: int = MAX_CONFIGURATIONS,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
     info: ProgramInfo | None = None,
     grid: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -169,7 +169,7 @@ def exact_elbo(
         info = inspect_program(model, guide, x)
     if grid is None:
         grid = configurations(model, guide, x, info, max_configurations)
-    size = max(1, max_elements // (8 * len(x) * max(1, _footprint(grid))))
+    size = max(1, resolve_max_elements(max_elements, x.device) // (8 * len(x) * max(1, _footprint(grid))))
     total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     for chunk in _chunked(grid, size):
         values = expand_grid(chunk, len(x), info)

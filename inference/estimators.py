@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from .diagnostics import LargestLogWeights, pareto_k
-from .memory import MAX_ELEMENTS, check_projected_time, chunk_size_for, chunks
+from .memory import check_projected_time, chunk_size_for, halve_after_oom
 from .nonfinite import refuse_non_finite
 from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
 from .validation import positive_int
@@ -47,7 +47,8 @@ class _Draws(NamedTuple):
 
 def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
     num_samples = positive_int(num_samples)
-    positive_int(max_elements, "max_elements")
+    if max_elements is not None:
+        positive_int(max_elements, "max_elements")
     x = check_data(x)  # refuses empty or NaN data, casts binary integer data
     info = inspect_program(model, guide, x)  # also refuses out-of-support data
     if chunk_size is None:
@@ -56,13 +57,25 @@ def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
 
 
 def _iter_log_weights(model, guide, draws: _Draws, what: str):
-    """The log weights, chunk by chunk; a request projected from its first chunk to run for days is refused then."""
+    """The log weights, chunk by chunk; a request projected from its first chunk to run for days is refused then.
+
+    A chunk that runs out of device memory is drawn again at half the size (and so are the chunks after it),
+    with a log line (:func:`inference.memory.halve_after_oom`)."""
     with torch.no_grad():
         started = time.perf_counter()
-        for i, size in enumerate(chunks(draws.num_samples, draws.chunk_size)):
-            yield log_weights(model, guide, draws.x, size, draws.info)
-            if i == 0 and size < draws.num_samples:
+        chunk, done, first = draws.chunk_size, 0, True
+        while done < draws.num_samples:
+            size = min(chunk, draws.num_samples - done)
+            try:
+                lw = log_weights(model, guide, draws.x, size, draws.info)
+            except torch.OutOfMemoryError:
+                chunk = halve_after_oom(size, what)
+                continue
+            yield lw
+            done += size
+            if first and size < draws.num_samples:
                 check_projected_time(time.perf_counter() - started, size, draws.num_samples, len(draws.x), what)
+            first = False
 
 
 def elbo(
@@ -72,7 +85,7 @@ def elbo(
     num_samples: int = 1000,
     *,
     chunk_size: int | None = None,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
 ) -> Estimate:
     r"""Per-datapoint ELBO :math:`E_{q(z|x_i)}[\log p(x_i, z) - \log q(z|x_i)]`, shape ``(len(x),)``.
 
@@ -133,7 +146,7 @@ def iwae_log_px(
     num_samples: int = 5000,
     *,
     chunk_size: int | None = None,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
     pareto: bool = False,
 ) -> Estimate:
     r"""Importance-weighted estimate :math:`\log \frac1K \sum_{k=1}^K p(x_i, z_k)/q(z_k|x_i)`, ``z_k ~ q(z|x_i)``.

@@ -43,7 +43,6 @@ from .enumeration import exact_log_px, is_enumerable
 from .estimators import Estimate, elbo, iwae_log_px
 from .families import OWN
 from .local import LocalOptions, LocalPosterior, local_posterior
-from .memory import MAX_ELEMENTS
 from .program import Program
 from .stats import mean_se
 from .validation import positive_int
@@ -151,7 +150,7 @@ class ExactReference(NamedTuple):
         return {"log_px": {"mean": mean, "se": se}, "source": self.source, "approximation_gap": self.approximation_gap}
 
 
-def exact_reference(model: Program, guide: Program, x: torch.Tensor, family: str, max_elements: int = MAX_ELEMENTS) -> ExactReference | None:
+def exact_reference(model: Program, guide: Program, x: torch.Tensor, family: str, max_elements: int | None = None) -> ExactReference | None:
     """Exact log p(x) where it is known, and the exact approximation gap of q*'s ``family`` where the family allows.
 
     log p(x): the model's closed form (``model.log_px``, PPCA and the mixture), else
@@ -184,7 +183,7 @@ def gap_decomposition(
     local: LocalOptions = LocalOptions(),
     log_px: str = "iwae",
     ais_options: AISOptions = AISOptions(),
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
     progress: bool = False,
 ) -> GapDecomposition:
     """Estimate log p(x), L[q*] and L[q] for every row of ``x`` (see module docstring).

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from .enumeration import expand_grid
-from .memory import MAX_ELEMENTS, chunk_size_for
+from .memory import chunk_size_for
 from .program import Program, check_data, inspect_program, score_configurations
 from .validation import positive_int
 
@@ -80,7 +80,7 @@ def _score_on_grid(program: Program, x: torch.Tensor, info, site: str, grid: tor
 
 def grid_posterior(
     model: Program, guide: Program, x: torch.Tensor, bounds: tuple[float, float] = (-4.0, 4.0), points: int = 200, *,
-    max_edge_mass: float = 1e-3, max_elements: int = MAX_ELEMENTS,
+    max_edge_mass: float = 1e-3, max_elements: int | None = None,
 ) -> GridPosterior:
     """The posterior of the pair's one 2-D latent site on a ``points x points`` grid over ``bounds``, for every row of ``x``."""
     x = check_data(x)
@@ -103,7 +103,7 @@ def grid_posterior(
     return GridPosterior(axis, log_joint, log_px, edge)
 
 
-def guide_on_grid(guide: Program, model: Program, x: torch.Tensor, axis: torch.Tensor, *, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
+def guide_on_grid(guide: Program, model: Program, x: torch.Tensor, axis: torch.Tensor, *, max_elements: int | None = None) -> torch.Tensor:
     """(N, P, P) the guide's log q(z | x_i) at the cell centres of ``axis`` (the grid of :func:`grid_posterior`)."""
     x = check_data(x)
     info, site = _latent_site(model, guide, x)

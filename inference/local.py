@@ -62,7 +62,7 @@ from .families import (
     own_family_label,
     site_families,
 )
-from .memory import MAX_ELEMENTS, chunk_size_for
+from .memory import chunk_size_for, resolve_max_elements
 from .program import (
     SAMPLE_PLATE,
     Program,
@@ -423,7 +423,7 @@ def optimize_local(
     flow: FlowOptions = FlowOptions(),
     gradient: str = "auto",
     max_configurations: int = MAX_CONFIGURATIONS,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
     progress: bool = False,
 ) -> LocalFit:
     """Optimize a per-datapoint guide of ``family`` for every row of ``x`` at once (see module docstring).
@@ -456,7 +456,7 @@ def optimize_local(
     if objective.mode == "pathwise":
         group = max(1, chunk_size_for(info, x[:1], model, guide, max_elements) // num_samples)
     elif objective.mode == "exact":
-        group = max(1, max_elements // (8 * max(1, objective.log_joint.shape[0] * sum(math.prod(s.event_shape) for s in local.sites.values()))))
+        group = max(1, resolve_max_elements(max_elements, x.device) // (8 * max(1, objective.log_joint.shape[0] * sum(math.prod(s.event_shape) for s in local.sites.values()))))
     else:
         group = max(1, chunk_size_for(info, x[:1], model, local.subset(torch.arange(1)), max_elements) // objective.samples_per_step)
     with frozen(model, guide):
@@ -587,7 +587,7 @@ def local_posterior(
     *,
     family: str = OWN,
     eval_samples: int = 1000,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
     progress: bool = False,
 ) -> LocalPosterior:
     """Fit q* of ``family`` for each datapoint (:func:`optimize_local` with ``options``) and estimate L[q*] with ``eval_samples`` samples."""

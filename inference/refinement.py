@@ -29,7 +29,6 @@ import torch
 from .estimators import Estimate, elbo
 from .families import OWN
 from .local import LocalOptions, StoppingRule, local_posterior
-from .memory import MAX_ELEMENTS
 from .program import Program, check_data
 from .validation import nonnegative_int
 
@@ -63,7 +62,7 @@ def share_closed(refined: torch.Tensor, amortized: torch.Tensor, best: torch.Ten
 
 def refine(
     model: Program, guide: Program, x: torch.Tensor, steps: Sequence[int] = (1, 5, 20), reference: torch.Tensor | None = None, *,
-    options: LocalOptions = LocalOptions(), eval_samples: int = 1000, max_elements: int = MAX_ELEMENTS,
+    options: LocalOptions = LocalOptions(), eval_samples: int = 1000, max_elements: int | None = None,
 ) -> Refinement:
     """``L[q_k]`` after exactly ``k`` refinement steps from the amortized output, for each ``k`` of ``steps``.
 
