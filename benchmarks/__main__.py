@@ -1,4 +1,4 @@
-"""One console command for the benchmarks: ``latent-inference gaps|compare|mixture|speed|reproduce|sweep [options]``.
+"""One console command for the benchmarks: ``latent-inference gaps|compare|mixture|speed|reproduce|sweep|gpu_check [options]``.
 
 Each subcommand is the module's own command line (``python -m benchmarks.<name>`` keeps working);
 ``latent-inference <name> --help`` lists its options.
@@ -17,6 +17,7 @@ COMMANDS = {
     "speed": "the speed benchmark: our loops against hand-written PyTorch",
     "reproduce": "Cremer et al. (2018) reproduced and extended, one experiment per name (and the IWAE table)",
     "sweep": "one benchmark over a grid of options, one table and one figure",
+    "gpu_check": "one command that checks the toolkit on a GPU (or, --device cpu --tiny, on a CPU)",
 }
 
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = ["usage: latent-inference {" + ",".join(COMMANDS) + "} [options]", ""]
-        lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+        lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
         print("\n".join(lines), file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)

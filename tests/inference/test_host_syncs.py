@@ -1,13 +1,13 @@
-"""Host-device synchronizations in the hot loops, counted on the CPU (tests/sync.py): none per training step of the
+"""Host-device synchronizations in the hot loops, counted on the CPU (inference.host_syncs): none per training step of the
 sync-free objectives, none per AIS transition, none between the stopping rule's windows of local q*."""
 
 import pytest
 import torch
 
 from inference import LocalOptions, StoppingRule, ais, local_posterior
+from inference.host_syncs import HostSyncs, count_host_syncs
 from inference.objectives import make_loss
 from ppl_models import build_model, model_config
-from tests.sync import HostSyncs
 
 VAE = model_config("vae", 16, "bernoulli", latent_dim=3, hidden=[8], encoder_hidden=[8])
 
@@ -67,3 +67,9 @@ def test_the_flow_encoders_autoregressive_order_stays_on_the_host_when_the_guide
     assert order.device.type == "cpu" and order.tolist() == [3, 2, 1, 0]
     assert all(m.device.type == "meta" for m in masks)
     assert _flow_layout(4, 6, 1, torch.device("meta"))[1] is masks  # built once, not at every step
+
+
+def test_count_host_syncs_counts_each_read_of_a_tensors_value():
+    t = torch.arange(3.0)
+    assert count_host_syncs(lambda: (t * 2).sum()) == {"dispatch": 0}
+    assert count_host_syncs(lambda: [float(v) for v in t] + [bool(t.any())]) == {"dispatch": 4}
