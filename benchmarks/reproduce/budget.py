@@ -78,10 +78,13 @@ class Budget:
 
 
 _DIGITS_CPU = Budget(
-    # q* by the MNIST budget's rule (50-step windows, patience 5) with 20 samples a step: measured, the paper's rule (100 x 10,
-    # 50 samples, cap 10,000) took 11.5 min for one model's 100 training points (FFG and flow q*, AIS), mean 2,172 steps
-    "cpu", "digits", epochs=300, num_points=100, ais_chains=32, ais_steps=300, ais_leapfrog=5, local_samples=20, local_window=50,
-    local_patience=5, local_max_steps=5000, snapshot_every=20, posterior_epochs=300, sa_epochs=300, collapse_epochs=300, curve_every=10,
+    # minutes per experiment on 2 cores. q* by the MNIST budget's rule (50-step windows, patience 5) with 20 samples a step:
+    # measured, the paper's rule (100 x 10, 50 samples, cap 10,000) took 11.5 min for one model's 100 training points (FFG and
+    # flow q*, AIS), mean 2,172 steps; with this rule and 100 points, experiment 1 alone took 21 min, so 50 points per split
+    "cpu", "digits", epochs=300, num_points=50, ais_chains=16, ais_steps=200, ais_leapfrog=5, local_samples=20, local_window=50,
+    local_patience=5, local_max_steps=3000, snapshot_every=20, posterior_epochs=300, sa_steps=(1,), sa_epochs=300,
+    collapse_epochs=100, free_bits=(0.0, 0.5, 1.0), collapse_warmup=(0.0, 10.0), curve_every=10,
+    iwae_rows=(("vae", "elbo", 1, 300), ("vae", "iwae", 5, 300)),
 )
 _MNIST_CPU = Budget(
     "cpu", "mnist", epochs=60, num_points=50, log_px_samples=2000, elbo_samples=500, ais_chains=16, ais_steps=300, ais_leapfrog=5,
