@@ -254,11 +254,39 @@ def init_local(
     families = site_families(family, sites)
     start = starting_point(model, guide, x, info, sites, init)
     tensors = {name: init_params(families[name], sites[name], start[name], options) for name in sites}
+    tensors.update(_guide_start(guide, x, families, tensors, options) if init == "encoder" else {})
     global_guide = poutine.block(guide, expose=list(info.guide_global_sites)) if info.global_latents else None
     local = LocalGuide(families, tensors, sites, info.data_dim, options, global_guide)
     if label != OWN:  # otherwise the families themselves name it, e.g. "categorical+ffg"
         local.family = label
     return local
+
+
+def _guide_start(guide, x, families, tensors, options: FlowOptions) -> dict[str, dict[str, torch.Tensor]]:
+    """The per-datapoint parameters a guide gives for its own family (``guide.local_start(x)``, optional), for each site
+    whose family and flow size are the guide's own: local q* then starts at the amortized q itself.
+
+    Only parameters of the exact names and shapes :func:`init_params` made are taken; anything else is refused.
+    """
+    start = getattr(guide, "local_start", None)
+    if not callable(start) or getattr(guide, "local_family", None) is None:
+        return {}
+    layers, hidden = getattr(guide, "local_flow", (options.layers, [options.hidden]))
+    if (int(layers), list(hidden)) != (options.layers, [options.hidden] if options.hidden else []):
+        return {}
+    with torch.no_grad():
+        given = start(x) or {}
+    out = {}
+    for name, params in given.items():
+        if name not in tensors or families[name] != guide.local_family:
+            continue
+        expected = {k: tuple(v.shape) for k, v in tensors[name].items()}
+        got = {k: tuple(v.shape) for k, v in params.items()}
+        if got != expected:
+            raise ValueError(f"{type(guide).__name__}.local_start gives site {name!r} the parameters {got}; its family "
+                             f"{families[name]!r} needs {expected}")
+        out[name] = {k: v.detach().to(tensors[name][k].dtype).clone() for k, v in params.items()}
+    return out
 
 
 def _parametrized_start(model, guide, x, info, sites, init, label) -> ParametrizedGuide:

@@ -125,6 +125,30 @@ class GaussianHead(nn.Module):
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         return self.distribution(self.params(h))
 
+    def local_flow_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """This head's member for each datapoint, as the parameters of a per-datapoint IAF (:mod:`inference.families`).
+
+        With its context ``h_i`` fixed, each ``ConditionalAffineAutoregressive`` layer is a MADE whose first-layer
+        bias is ``W_c h_i + b``: the per-datapoint flow (same masks, same order, ReLU) with ``b1_i = W_c h_i + b``
+        and the shared weights copied is the same distribution, so local q* can start *at* q instead of at a
+        Gaussian. None unless the family is ``iaf`` with one hidden layer per flow (what per-datapoint flows have).
+        """
+        if self.family != "iaf" or any(len(flow.nn.layers) != 2 for flow in self.flows):
+            return None
+        h = params["context"]
+        n, d = h.shape[0], self.latent_dim
+        out = {"loc": params["loc"], "log_scale": params["log_scale"]}
+        for k, flow in enumerate(self.flows):
+            first, last = flow.nn.layers
+            w1 = first.weight * first.mask  # (H, c + d): the context's columns first, as the network concatenates them
+            context = h.shape[-1]
+            out[f"f{k}.w1"] = w1[:, context:].expand(n, *w1[:, context:].shape)
+            out[f"f{k}.b1"] = h @ w1[:, :context].T + first.bias
+            w2 = last.weight * last.mask  # (2d, H): rows [mean_1..mean_d, log_scale_1..log_scale_d]
+            out[f"f{k}.w2"] = w2.expand(n, 2 * d, w2.shape[1])
+            out[f"f{k}.b2"] = last.bias.expand(n, 2 * d)
+        return out
+
 
 class GaussianEncoder(nn.Module):
     """Amortized ``q(z|x)`` of any :data:`GAUSSIAN_FAMILIES` member: MLP features of ``x``, then a :class:`GaussianHead`.
@@ -157,6 +181,13 @@ class GaussianEncoder(nn.Module):
     def variational_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The encoder's per-datapoint output (see :meth:`GaussianHead.params`)."""
         return self.head.params(self.features(x))
+
+    def local_start(self, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Where local q* in this guide's own per-datapoint family starts: ``{site: parameters}``, each datapoint's
+        amortized member itself (the documented hook of :func:`inference.local.init_local`); None where the
+        local family's start from the guide's mean and scale already is that member (FFG) or none is known."""
+        params = self.head.local_flow_params(self.variational_params(x))
+        return None if params is None else {self.site: params}
 
     def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> None:
         fn = self.head.distribution(self.variational_params(x) if params is None else params)

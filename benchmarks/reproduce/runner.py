@@ -217,7 +217,9 @@ class Runner:
         b = self.budget
         config = {"what": "gaps", "model": name, "split": split, "n": len(x), "families": list(families), "log_px": log_px,
                   "log_px_samples": b.log_px_samples, "elbo_samples": b.elbo_samples, "local": self.local_options(families).__repr__(),
-                  "ais": self.ais_options().__repr__() if log_px != "iwae" else None, "weights": self._weights_digest(model, guide)}
+                  "ais": self.ais_options().__repr__() if log_px != "iwae" else None, "weights": self._weights_digest(model, guide),
+                  # q* in a flow guide's own family starts at the amortized flow (GaussianEncoder.local_start) since issue 15
+                  "flow_start": "amortized" if callable(getattr(guide, "local_start", None)) and getattr(guide, "local_family", None) == "iaf" else None}
 
         def compute() -> dict[str, Any]:
             result = gap_decomposition(model, guide, x, log_px_samples=b.log_px_samples, elbo_samples=b.elbo_samples,

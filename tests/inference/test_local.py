@@ -7,6 +7,7 @@ import torch
 
 from inference.families import LocalGuide, SiteInfo
 from inference.local import AdamOptions, LocalOptions, StoppingRule, WindowRule, adam_update, fit_per_datapoint, local_posterior, optimize_local
+from ppl_models import build_model, model_config
 from tests.oracles import discrete_latent_pair, make_ppca, sample_ppca
 
 FAST = dict(num_samples=100, adam=AdamOptions(lr=2e-2), rule=StoppingRule(window=50, patience=4, max_steps=10_000))
@@ -193,3 +194,35 @@ def test_local_options_take_one_family_name_or_several():
     assert LocalOptions(families="iaf").families == ("iaf",) and LocalOptions(families=["ffg", "iaf"]).families == ("ffg", "iaf")
     with pytest.raises(ValueError, match="unknown local family 'maf'"):
         LocalOptions(families=("ffg", "maf"))
+
+
+def test_local_q_star_in_a_flow_guides_own_family_starts_at_the_amortized_flow_itself():
+    """A per-datapoint IAF started from the amortized IAF encoder (its context folded into each datapoint's first-layer
+    bias, ``GaussianEncoder.local_start``) is the same distribution: the same log q at the same z, for each datapoint.
+    Started from the moment-matched Gaussian (the default for a guide without the hook), it is not."""
+    from pyro import poutine
+
+    from inference.local import init_local
+    from inference.program import inspect_program, trace_pair
+
+    torch.manual_seed(0)
+    model, guide = build_model(model_config("vae", 12, "bernoulli", latent_dim=3, hidden=[16], encoder_hidden=[16], guide="iaf",
+                                            flow_layers=2, flow_hidden=[8]))
+    with torch.no_grad():  # move the flows off the identity their zero-initialized outputs would leave them at
+        for p in guide.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.bernoulli(torch.full((5, 12), 0.4))
+    info = inspect_program(model, guide, x)
+    local = init_local(model, guide, x, info)
+    assert local.family == "iaf"
+    with torch.no_grad():
+        _, trace = trace_pair(model, guide, x)
+        z = trace.nodes["z"]["value"]
+        amortized = trace.nodes["z"]["fn"].log_prob(z)
+        ours = poutine.trace(poutine.condition(local, data={"z": z})).get_trace(x).nodes["z"]["fn"].log_prob(z)
+    torch.testing.assert_close(ours, amortized, atol=1e-4, rtol=1e-4)
+    guide.local_start = lambda x: None  # without the hook: the moment-matched Gaussian start, another distribution
+    plain = init_local(model, guide, x, info)
+    with torch.no_grad():
+        other = poutine.trace(poutine.condition(plain, data={"z": z})).get_trace(x).nodes["z"]["fn"].log_prob(z)
+    assert (other - amortized).abs().max() > 0.05
