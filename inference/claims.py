@@ -11,12 +11,20 @@ which is smaller than the unpaired :math:`\sqrt{\mathrm{SE}(\bar a)^2 + \mathrm{
 whenever :math:`a` and :math:`b` move together over the datapoints (they usually do:
 a hard digit is hard for every estimator). The verdict on "a > b" is then
 
-* **holds** when :math:`\bar d > z\,\mathrm{SE}`,
-* **fails** when :math:`\bar d < -z\,\mathrm{SE}` (the opposite holds),
+* **holds** when :math:`\bar d > t\,\mathrm{SE}`,
+* **fails** when :math:`\bar d < -t\,\mathrm{SE}` (the opposite holds),
 * **within noise** otherwise,
 
-with :math:`z` = :data:`Z` = 3 by default, the project's rule for statistical checks. A
-verdict is computed, never written by hand.
+with :math:`t` the Student-t quantile on :math:`n - 1` degrees of freedom at the two-sided level
+of :math:`z` = :data:`Z` = 3 normal standard errors (the project's rule), so that a verdict on a
+few points is no easier to reach than on many: :math:`t` = 3.00 as :math:`n \to \infty`, 3.16 at
+:math:`n` = 50, 9.2 at :math:`n` = 4 (:func:`critical_value`).
+
+A claim that two quantities are *the same* ("the approximation gap stays") is not supported by a
+"within noise" on "a > b", which is only the absence of evidence: :func:`judge_equal` tests it as an
+equivalence with a stated margin :math:`m` — **holds** when :math:`|\bar d| + t\,\mathrm{SE} < m`,
+**fails** when :math:`|\bar d| - t\,\mathrm{SE} > m`, **within noise** otherwise.
+A verdict is computed, never written by hand.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import math
 from typing import NamedTuple
 
 import torch
+from scipy import stats
 
 #: Standard errors a difference must clear for a verdict other than "within noise".
 Z = 3.0
@@ -47,17 +56,31 @@ class Verdict(NamedTuple):
     a: float  #: mean of a
     b: float  #: mean of b
     difference: Difference  #: paired a - b
-    z: float
+    z: float  #: the nominal level, in normal standard errors
+    threshold: float = math.nan  #: the standard errors the difference had to clear: the t quantile of z's level on n - 1 df
+    margin: float | None = None  #: for an equivalence claim (:func:`judge_equal`): the largest |a - b| counted as equal
 
     def text(self, digits: int = 3) -> str:
-        """E.g. ``holds: amortization gap 0.495 > approximation gap 0.235 (paired difference 0.260 ± 0.037, n = 50)``."""
+        """E.g. ``holds: amortization gap 0.495 > approximation gap 0.235 (paired difference 0.260 ± 0.037, n = 50, ...)``."""
         d = self.difference
+        rule = f"threshold {self.threshold:.2f} SE (t, {d.n - 1} df, the level of {self.z:g} normal SE)"
+        if self.margin is not None:
+            rule += f", margin {self.margin:g}"
         return (f"{self.status}: {self.claim} — {self.a:.{digits}f} vs {self.b:.{digits}f} "
-                f"(paired difference {d.mean:.{digits}f} ± {d.se:.{digits}f}, n = {d.n}, threshold {self.z:g} SE)")
+                f"(paired difference {d.mean:.{digits}f} ± {d.se:.{digits}f}, n = {d.n}, {rule})")
 
     def to_dict(self) -> dict:
-        return {"claim": self.claim, "status": self.status, "a": self.a, "b": self.b,
-                "difference": self.difference._asdict(), "z": self.z, "text": self.text()}
+        return {"claim": self.claim, "status": self.status, "a": self.a, "b": self.b, "difference": self.difference._asdict(),
+                "z": self.z, "threshold": self.threshold, "margin": self.margin, "text": self.text()}
+
+
+def critical_value(n: int, z: float = Z) -> float:
+    """Standard errors a mean of ``n`` paired differences must clear: the Student-t quantile on ``n - 1`` degrees of
+    freedom at the two-sided level of ``z`` normal standard errors (``z`` itself as ``n`` grows)."""
+    if n < 2:
+        raise ValueError(f"a verdict needs at least 2 datapoints, got {n}")
+    tail = stats.norm.sf(z)  # one side of the normal's two-sided level
+    return float(stats.t.isf(tail, n - 1))
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor) -> Difference:
@@ -78,10 +101,30 @@ def judge(claim: str, a: torch.Tensor, b: torch.Tensor, z: float = Z) -> Verdict
     if not z > 0:
         raise ValueError(f"z must be positive, got {z}")
     d = paired_difference(a, b)
-    if d.mean > z * d.se:
+    t = critical_value(d.n, z)
+    if d.mean > t * d.se:
         status = "holds"
-    elif d.mean < -z * d.se:
+    elif d.mean < -t * d.se:
         status = "fails"
     else:
         status = "within noise"
-    return Verdict(claim, status, float(torch.as_tensor(a).double().mean()), float(torch.as_tensor(b).double().mean()), d, z)
+    return Verdict(claim, status, float(torch.as_tensor(a).double().mean()), float(torch.as_tensor(b).double().mean()), d, z, t)
+
+
+def judge_equal(claim: str, a: torch.Tensor, b: torch.Tensor, margin: float, z: float = Z) -> Verdict:
+    """The verdict on ``claim`` ("a = b", up to ``margin``): an equivalence test on the paired difference.
+
+    *holds* when the whole interval ``mean ± t SE`` lies within ``(-margin, margin)``, *fails* when it lies
+    wholly outside, *within noise* otherwise (the points cannot tell).
+    """
+    if not z > 0 or not margin > 0:
+        raise ValueError(f"z and margin must be positive, got z={z}, margin={margin}")
+    d = paired_difference(a, b)
+    t = critical_value(d.n, z)
+    if abs(d.mean) + t * d.se < margin:
+        status = "holds"
+    elif abs(d.mean) - t * d.se > margin:
+        status = "fails"
+    else:
+        status = "within noise"
+    return Verdict(claim, status, float(torch.as_tensor(a).double().mean()), float(torch.as_tensor(b).double().mean()), d, z, t, float(margin))

@@ -6,7 +6,9 @@ encoder collapse onto the prior). Trained with
 
 * the plain ELBO (the baseline);
 * **KL annealing** (Bowman et al. 2016): the ELBO with a linear warm-up of the KL weight;
-* **free bits** (Kingma et al. 2016): objective ``free-bits``, each latent site's batch-mean KL floored at λ;
+* **free bits** (Kingma et al. 2016): objective ``free-bits``, each latent site's batch-mean KL floored at λ; the
+  VAE has one site, ``z`` (50 dimensions), so λ is a floor on the whole KL, in nats, and the budgets' grids are
+  sized for that (a few nats), not per dimension;
 * **β-VAE** (Higgins et al. 2017): objective ``beta-vae``, a fixed weight β on the KL.
 
 Each model on the same held-out points: active units (posterior-mean variance > 0.01, Burda et al.
@@ -38,7 +40,8 @@ def settings(budget) -> list[tuple[str, str, dict]]:
             for w in budget.collapse_warmup if w > 0]
     out += [(f"free bits λ = {lam:g}", f"collapse-free-bits{lam:g}", {"objective": "free-bits", "free_bits": lam, "kl_warmup_epochs": 0.0})
             for lam in budget.free_bits if lam > 0]
-    out += [(f"β-VAE β = {beta:g}", f"collapse-beta{beta:g}", {"objective": "beta-vae", "beta": beta, "kl_warmup_epochs": 0.0})
+    out += [(f"β-VAE β = {beta:g}" + (" (a contrast: β > 1 pushes toward collapse)" if beta > 1 else ""), f"collapse-beta{beta:g}",
+             {"objective": "beta-vae", "beta": beta, "kl_warmup_epochs": 0.0})
             for beta in budget.betas if beta != 1]
     return out
 

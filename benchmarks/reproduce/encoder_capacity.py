@@ -8,17 +8,24 @@ FFG encoders from linear to the budget's largest, under two protocols:
   log p(x) and q*_FFG are then the same for every row, and only the amortization gap can change.
 
 Claims, paired on the same points: a more expressive encoder shrinks the amortization gap (smallest
-encoder's gap > largest's), while the approximation gap stays (the difference is reported; "within
-noise" is what "stays" predicts). Held-out points show whether a larger encoder's gain on training
-points carries over or is lost to overfitting.
+encoder's gap > largest's), while the approximation gap stays: an equivalence test
+(:func:`inference.claims.judge_equal`), holding only when the whole interval of the difference lies
+within a margin of :data:`STAYS_MARGIN` of the two gaps' mean (at least :data:`STAYS_FLOOR` nats);
+"within noise" there means the points cannot tell, not support. Held-out points show whether a
+larger encoder's gain on training points carries over or is lost to overfitting.
+
+Under the fixed decoder the *true* log p(x) and the best q* are the same for every row; their
+estimates are not shared but computed per row (q* starts from each encoder's output), so a row's
+approximation gap carries its own optimization and estimation noise.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import torch
 
 from benchmarks.report import save_figure
-from inference.claims import judge
+from inference.claims import judge, judge_equal
 
 from .gaps_by_family import main_models
 from .models import encoder_on_fixed_decoder, num_parameters, per_point, sizes_label, vae
@@ -28,6 +35,8 @@ NAME = "encoder-capacity"
 TITLE = "Encoder capacity (Cremer, Li & Duvenaud 2018)"
 FIGURES = ("encoder-capacity.png",)
 PROTOCOLS = ("joint", "fixed decoder")
+STAYS_MARGIN = 0.1  #: "the approximation gap stays": within this share of the two gaps' mean ...
+STAYS_FLOOR = 0.05  #: ... and never less than this many nats
 
 
 def run(runner) -> Report:
@@ -56,8 +65,10 @@ def run(runner) -> Report:
             report.claim("a more expressive encoder shrinks the amortization gap", judge(
                 f"amortization gap, encoder {small} > encoder {large}", per_point(a, "amortization_gap"), per_point(z, "amortization_gap")).to_dict(),
                 f"{protocol}, {split}")
-            report.claim("... while the approximation gap stays (within noise is what it predicts)", judge(
-                f"approximation gap, encoder {large} > encoder {small}", per_point(z, "approximation_gap"), per_point(a, "approximation_gap")).to_dict(),
+            big, small_gap = per_point(z, "approximation_gap"), per_point(a, "approximation_gap")
+            margin = max(STAYS_FLOOR, STAYS_MARGIN * float(torch.cat([big, small_gap]).mean()))
+            report.claim("... while the approximation gap stays", judge_equal(
+                f"approximation gap, encoder {large} = encoder {small} (within {margin:.3f} nats)", big, small_gap, margin).to_dict(),
                 f"{protocol}, {split}")
     report.table(["protocol", "encoder", "parameters", "split", "log p(x)", "L[q*_FFG]", "L[q]", "approximation gap", "amortization gap"], rows)
     report.text(f"Every model trained {runner.budget.epochs} epochs; fixed decoder: `{base['name']}` (experiment 1). log p(x): IWAE bound, "

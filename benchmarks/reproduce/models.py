@@ -41,7 +41,25 @@ def encoder_on_fixed_decoder(runner, family: str, encoder_hidden, decoder_name: 
 
 
 def num_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Parameters in use: a masked layer's (Pyro's ``MaskedLinear`` in a MADE) masked-out weights, which never act, are not counted."""
+    total = 0
+    for m in module.modules():
+        mask = getattr(m, "mask", None)
+        for name, p in m.named_parameters(recurse=False):
+            used = name == "weight" and isinstance(mask, torch.Tensor) and mask.shape == p.shape
+            total += int(mask.count_nonzero()) if used else p.numel()
+    return total
+
+
+def iwae_log_px(summary: dict[str, Any]) -> torch.Tensor:
+    """Per-datapoint IWAE estimate of log p(x) of a gap summary, whichever estimate it reported: the same estimator
+    for every model a claim compares (the reported one is the higher of AIS and IWAE, which can differ between models)."""
+    estimates = summary["log_px"].get("estimates") or {}
+    if "iwae" in estimates:
+        return torch.tensor(estimates["iwae"]["per_point"])
+    if summary["log_px"]["method"] != "iwae":
+        raise ValueError(f"the summary reports log p(x) by {summary['log_px']['method']!r} and keeps no IWAE estimate")
+    return torch.tensor(summary["per_point"]["log_px"])
 
 
 def per_point(summary: dict[str, Any], quantity: str, family: str | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,10 +44,22 @@ from ppl_models import build_model, model_config
 from .budget import Budget
 
 
+def source_commit() -> str | None:
+    """The project's git commit, with ``+changes`` when the working tree differs from it; None outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True,
+                                 timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
 def versions() -> dict[str, str]:
-    """The software and machine a result was produced with."""
+    """The software, source commit and machine a result was produced with."""
     return {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__, "machine": platform.machine(),
-            "threads": str(torch.get_num_threads())}
+            "threads": str(torch.get_num_threads()), "commit": str(source_commit())}
 
 
 def config_key(config: Any) -> str:
@@ -78,6 +91,7 @@ class Runner:
         self.progress = sys.stderr.isatty() if args.progress is None else args.progress
         self._data: dict[str, Data] = {}
         self.trained_now: list[str] = []  #: models this run trained (not reused)
+        self.models_used: dict[str, Any] = {}  #: name -> the configuration (model, training, data) of every model asked for
         self._fresh: set[str] = set()  #: with --overwrite, the names already redone by this run
 
     # -- data ---------------------------------------------------------------------------------------------------
@@ -127,6 +141,7 @@ class Runner:
         record = {"model": model_cfg, "train": train.to_dict(), "data": {"dataset": self.budget.dataset, "likelihood": model_cfg["likelihood"]},
                   "snapshots": snapshots, "decoder": None if decoder is None else {"from": decoder[0], "weights": self._weights_digest(decoder[1])}}
         folder = self.model_dir(name, record)
+        self.models_used[name] = json.loads(json.dumps(record, default=str))
         done_path = os.path.join(folder, "done.json")
         if self.args.overwrite and name not in self._fresh and os.path.exists(folder):
             shutil.rmtree(folder)

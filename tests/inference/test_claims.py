@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from inference.claims import Z, judge, paired_difference
+from inference.claims import Z, critical_value, judge, judge_equal, paired_difference
 
 
 def correlated(n=50, shift=0.3, noise=0.05, seed=0):
@@ -33,7 +33,7 @@ def test_a_claim_holds_fails_or_is_within_noise(shift, status):
     a, b = correlated(shift=shift)
     verdict = judge("a > b", a, b)
     assert verdict.difference.mean == pytest.approx(shift, abs=1e-12)
-    assert verdict.status == status and verdict.z == Z
+    assert verdict.status == status and verdict.z == Z and verdict.threshold == pytest.approx(critical_value(50))
     assert verdict.text().startswith(f"{status}: a > b") and "paired difference" in verdict.text()
     assert verdict.to_dict()["difference"]["n"] == 50
 
@@ -61,3 +61,23 @@ def test_a_comparison_judges_every_run_against_the_first_point_by_point():
     assert paired["against"] == "elbo K=1"
     assert paired["test_log_px"]["status"] == "holds" and paired["test_elbo"]["status"] == "fails"
     assert paired["test_log_px"]["claim"] == "iwae K=5 test log px > elbo K=1"
+
+
+def test_the_threshold_is_students_t_at_the_level_of_3_normal_standard_errors():
+    """Few points need more standard errors: the same level as 3 normal SE (two-sided 0.27%) on n - 1 degrees of freedom."""
+    assert critical_value(10**6) == pytest.approx(3.0, abs=1e-3)
+    assert critical_value(50) == pytest.approx(3.16, abs=0.01)
+    assert critical_value(4) == pytest.approx(9.22, abs=0.05)
+    a, b = correlated(n=4, shift=0.3, noise=0.1)  # 0.3 is about 6 SE: "holds" at 3 normal SE, not at the t threshold
+    verdict = judge("a > b", a, b)
+    assert 3 * verdict.difference.se < 0.3 < verdict.threshold * verdict.difference.se and verdict.status == "within noise"
+
+
+@pytest.mark.parametrize("shift, noise, status", [(0.0, 0.05, "holds"), (0.5, 0.05, "fails"), (0.0, 2.0, "within noise"), (0.1, 0.05, "within noise")])
+def test_an_equivalence_claim_needs_the_whole_interval_inside_the_margin(shift, noise, status):
+    """"The approximation gap stays" holds only when mean ± t SE lies inside the margin: a noisy difference near zero
+    is within noise, not support."""
+    a, b = correlated(shift=shift, noise=noise)
+    verdict = judge_equal("a = b", a, b, margin=0.1)
+    assert verdict.status == status, verdict.text()
+    assert "margin 0.1" in verdict.text() and verdict.to_dict()["margin"] == 0.1
