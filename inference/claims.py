@@ -111,6 +111,24 @@ def judge(claim: str, a: torch.Tensor, b: torch.Tensor, z: float = Z) -> Verdict
     return Verdict(claim, status, float(torch.as_tensor(a).double().mean()), float(torch.as_tensor(b).double().mean()), d, z, t)
 
 
+def judge_unpaired(claim: str, a: torch.Tensor, b: torch.Tensor, z: float = Z) -> Verdict:
+    r"""The verdict on ``claim`` ("a > b") when ``a`` and ``b`` are measured on *different* points: the difference of
+    means with the unpaired standard error :math:`\sqrt{s_a^2/n_a + s_b^2/n_b}` and Welch's degrees of freedom for the
+    t threshold. (``Verdict.difference.n`` is the smaller sample.)"""
+    if not z > 0:
+        raise ValueError(f"z must be positive, got {z}")
+    a, b = torch.as_tensor(a).double().reshape(-1), torch.as_tensor(b).double().reshape(-1)
+    if min(len(a), len(b)) < 2 or not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("an unpaired difference needs at least 2 finite values on each side")
+    va, vb = float(a.var()) / len(a), float(b.var()) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else min(len(a), len(b)) - 1
+    t = float(stats.t.isf(stats.norm.sf(z), df))
+    mean = float(a.mean() - b.mean())
+    status = "holds" if mean > t * se else "fails" if mean < -t * se else "within noise"
+    return Verdict(claim, status, float(a.mean()), float(b.mean()), Difference(mean, se, min(len(a), len(b))), z, t)
+
+
 def judge_equal(claim: str, a: torch.Tensor, b: torch.Tensor, margin: float, z: float = Z) -> Verdict:
     """The verdict on ``claim`` ("a = b", up to ``margin``): an equivalence test on the paired difference.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from benchmarks.report import save_figure
-from inference.claims import judge
+from inference.claims import judge, judge_unpaired
 
 from .models import per_point, vae
 from .report import Report, stat
@@ -64,6 +64,13 @@ def run(runner) -> Report:
                          "(for contrast) the amortization gap on training points", judge(
                              f"amortization gap at epoch {last} > at epoch {quarter}", per_point(curve[last][split], "amortization_gap"),
                              per_point(curve[quarter][split], "amortization_gap")).to_dict(), f"{name}, {split}")
+        growth = {split: per_point(curve[last][split], "amortization_gap") - per_point(curve[quarter][split], "amortization_gap")
+                  for split in ("test", "train")}
+        report.claim("... and it grows more on held-out than on training points (overfitting, not a change of both)", judge_unpaired(
+            f"growth of the amortization gap, epoch {quarter} to {last}: held-out > training", growth["test"], growth["train"]).to_dict(), name)
+        report.claim("the encoder overfits: its held-out ELBO falls", judge(
+            f"held-out L[q] at epoch {quarter} > at epoch {last}", per_point(curve[quarter]["test"], "elbo_amortized"),
+            per_point(curve[last]["test"], "elbo_amortized")).to_dict(), name)
     report.table(["model", "epoch", "split", "log p(x)", "L[q*]", "L[q]", "approximation gap", "amortization gap"], rows)
     report.text(f"{points} training and {points} held-out points per snapshot; log p(x): IWAE bound, K = {b.log_px_samples}.")
     report.figure(FIGURES[0], lambda path: _figure(results, path), "both gaps against epochs, on training and held-out points")

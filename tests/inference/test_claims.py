@@ -81,3 +81,16 @@ def test_an_equivalence_claim_needs_the_whole_interval_inside_the_margin(shift, 
     verdict = judge_equal("a = b", a, b, margin=0.1)
     assert verdict.status == status, verdict.text()
     assert "margin 0.1" in verdict.text() and verdict.to_dict()["margin"] == 0.1
+
+
+def test_an_unpaired_claim_uses_the_unpaired_standard_error_and_welchs_threshold():
+    """Growth on held-out against growth on training points: other points, so the SE is sqrt(s_a^2/n_a + s_b^2/n_b)."""
+    from inference.claims import judge_unpaired
+
+    g = torch.Generator().manual_seed(1)
+    a, b = 0.5 + torch.randn(40, generator=g, dtype=torch.float64), torch.randn(60, generator=g, dtype=torch.float64)
+    verdict = judge_unpaired("a > b", a, b)
+    assert verdict.difference.se == pytest.approx(math.sqrt(a.var().item() / 40 + b.var().item() / 60), rel=1e-12)
+    assert verdict.difference.mean == pytest.approx((a.mean() - b.mean()).item(), rel=1e-12)
+    assert 3.0 < verdict.threshold < 3.3 and verdict.status == ("holds" if verdict.difference.mean > verdict.threshold * verdict.difference.se else "within noise")
+    assert judge_unpaired("a > b", a + 3, b).status == "holds" and judge_unpaired("a > b", a - 3, b).status == "fails"
