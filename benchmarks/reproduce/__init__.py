@@ -106,19 +106,22 @@ def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
     """Run one experiment and write its JSON, Markdown and figures into the runner's folder."""
     module = experiment_module(name)
     started, trained_before = time.perf_counter(), len(runner.trained_now)
-    runner.models_used = {}
+    runner.models_used, runner.compute_seconds = {}, {}
     report = module.run(runner)
     trained = runner.trained_now[trained_before:]
     seconds = time.perf_counter() - started
     b = runner.budget
+    compute = sum(runner.compute_seconds.values())
     header = (f"Budget `{b.name}` on `{b.dataset}`, seed {runner.seed}; produced by `python -m benchmarks.reproduce {name} --budget {b.name} "
-              f"--dataset {b.dataset}` in {seconds / 60:.1f} min (models trained for it in this run: {', '.join(trained) or 'none, all reused'}). "
+              f"--dataset {b.dataset}` in {seconds / 60:.1f} min (models trained for it in this run: {', '.join(trained) or 'none, all reused'}; "
+              f"the training and evaluations behind it took {compute / 60:.1f} min when they were computed). "
               "Nats per datapoint; ± is the standard error of the mean over datapoints; every verdict is a paired test on the same "
               "points at the level of 3 standard errors (Student-t on n − 1 df), computed from the numbers. Each verdict is "
               "conditional on one training run per model (this seed): its standard error covers the datapoints, not retraining; "
               "`python -m benchmarks.sweep --grid seed=0,1,2 -- reproduce ...` repeats it over seeds.")
     record = {**report.to_dict(), "budget": b.to_dict(), "seed": runner.seed, "device": str(runner.device), "seconds": seconds,
-              "versions": versions(), "command": " ".join(sys.argv), "models": runner.models_used}
+              "versions": versions(), "command": " ".join(sys.argv), "models": runner.models_used,
+              "compute_seconds": dict(runner.compute_seconds)}
     markdown = report.markdown(header)
     print(markdown)
     atomic_write_json(os.path.join(runner.out, f"{name}.json"), record)

@@ -92,6 +92,7 @@ class Runner:
         self._data: dict[str, Data] = {}
         self.trained_now: list[str] = []  #: models this run trained (not reused)
         self.models_used: dict[str, Any] = {}  #: name -> the configuration (model, training, data) of every model asked for
+        self.compute_seconds: dict[str, float] = {}  #: "models:<name>" / "evals:<key>" -> seconds it took to compute, reused or not
         self._fresh: set[str] = set()  #: with --overwrite, the names already redone by this run
 
     # -- data ---------------------------------------------------------------------------------------------------
@@ -153,6 +154,7 @@ class Runner:
                 raise ValueError(f"model {name!r} in {folder!r} records other settings than its folder's name says; remove the folder")
             model, guide, _ = load_trained(os.path.join(folder, "checkpoints", "last.ckpt"))
             done["folder"] = folder
+            self.compute_seconds[f"models:{name}"] = float(done.get("train_seconds", 0.0))
             return model.to(self.device).eval(), guide.to(self.device).eval(), done
         checkpoint = os.path.join(folder, "checkpoints", "last.ckpt")
         resume = os.path.exists(checkpoint)
@@ -174,6 +176,7 @@ class Runner:
         done = {"record": record, "train_seconds": time.perf_counter() - t0, "losses": result.losses, "versions": versions()}
         atomic_write_json(done_path, done)
         done["folder"] = folder
+        self.compute_seconds[f"models:{name}"] = done["train_seconds"]
         self.trained_now.append(name)
         return model.to(self.device).eval(), guide.to(self.device).eval(), done
 
@@ -200,12 +203,15 @@ class Runner:
             with open(path) as f:
                 stored = json.load(f)
             if stored.get("config") == config:
+                self.compute_seconds[f"evals:{name}"] = float(stored.get("seconds", 0.0))
                 return stored["result"]
         self._fresh.add(name)
         set_seed(self.seed * 1000 + int(config_key(config), 16) % 997)
         t0 = time.perf_counter()
         result = compute()
-        atomic_write_json(path, {"config": config, "seconds": time.perf_counter() - t0, "result": result})
+        seconds = time.perf_counter() - t0
+        self.compute_seconds[f"evals:{name}"] = seconds
+        atomic_write_json(path, {"config": config, "seconds": seconds, "result": result})
         with open(path) as f:  # what every later reader sees (non-finite numbers as null)
             return json.load(f)["result"]
 

@@ -19,7 +19,7 @@ EXAMPLES = {
     "reproduce": "posterior-2d --budget tiny --no-progress",
     "sweep": "--grid seed=0 -- reproduce posterior-2d --budget tiny --no-progress",
     "gpu_check": "--device cpu --tiny --data-root {mnist_root}",
-    "speed": "--data-root {mnist_root} --block 3 --repeats 2 --trainer-points 300 --trainer-epochs 2 --trainer-repeats 1 --local-points 2 --local-window 5 --local-patience 1 --local-max-steps 10 --ais-points 2 --ais-chains 3 --ais-steps 2 --ais-leapfrog 2",
+    "speed": "--quick --data-root {mnist_root}",
 }
 NOT_EXPERIMENTS = {"outdir", "__init__", "__main__", "datasets", "options", "report"}  # not runnable experiments
 
