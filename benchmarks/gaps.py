@@ -153,9 +153,10 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible settings before any data is loaded or any time is spent."""
     positive_int(args.num_points, "--num-points")
     positive_int(args.log_px_samples, "--log-px-samples (K)")
-    for name in ("elbo_samples", "local_samples", "local_window", "local_patience", "local_max_steps", "max_elements", "local_flow_layers"):
-        if getattr(args, name) is not None or name != "max_elements":
-            positive_int(getattr(args, name), "--" + name.replace("_", "-"))
+    for name in ("elbo_samples", "local_samples", "local_window", "local_patience", "local_max_steps", "local_flow_layers"):
+        positive_int(getattr(args, name), "--" + name.replace("_", "-"))
+    if args.max_elements is not None:  # None: the device's default
+        positive_int(args.max_elements, "--max-elements")
     positive_number(args.local_lr, "--local-lr")
     ais_options(args)  # refuses bad AIS settings before any training
     if args.local_flow_hidden < 0:

@@ -52,7 +52,7 @@ from pyro.distributions import constraints
 from tqdm.auto import tqdm
 
 from .estimators import Estimate, log_mean_exp_estimate
-from .memory import chunk_size_for, halve_after_oom
+from .memory import chunk_size_for, chunks
 from .nonfinite import refuse_non_finite
 from .program import (
     SAMPLE_PLATE,
@@ -404,19 +404,14 @@ def ais(
     block = datapoint_block(model, guide, x, info, int(num_chains) + pilot_count(hmc), max_elements)
     bar = progress_bar(len(betas) - 1, math.ceil(len(x) / block)) if progress else None
     weights, accepts, steps = [], [], []
-    start = 0
-    while start < len(x):
-        xb = x[start : start + block]
-        gb = guide_block(guide, start, start + len(xb), len(x))
-        try:
-            run = forward_run(model, gb, xb, betas, int(num_chains), hmc, info, layout, init, bar)
-        except torch.OutOfMemoryError:  # this block again, and the rest, with half as many datapoints at once
-            block = halve_after_oom(len(xb), "ais")
-            continue
+    def run_block(start: int, n: int) -> AnnealRun:
+        gb = guide_block(guide, start, start + n, len(x))
+        return forward_run(model, gb, x[start : start + n], betas, int(num_chains), hmc, info, layout, init, bar)
+
+    for _, run in chunks(len(x), block, run_block, "ais"):  # a block out of device memory: again with half the datapoints
         weights.append(run.log_weights)
         accepts.append(run.acceptance)
         steps.append(run.step_sizes[-1])
-        start += len(xb)
     if bar is not None:
         bar.close()
     log_w = torch.cat(weights, 1)

@@ -79,8 +79,17 @@ def critical_value(n: int, z: float = Z) -> float:
     freedom at the two-sided level of ``z`` normal standard errors (``z`` itself as ``n`` grows)."""
     if n < 2:
         raise ValueError(f"a verdict needs at least 2 datapoints, got {n}")
-    tail = stats.norm.sf(z)  # one side of the normal's two-sided level
-    return float(stats.t.isf(tail, n - 1))
+    return _t_threshold(n - 1, z)
+
+
+def _t_threshold(df: float, z: float) -> float:
+    """The Student-t quantile on ``df`` degrees of freedom at the two-sided level of ``z`` normal standard errors."""
+    return float(stats.t.isf(stats.norm.sf(z), df))
+
+
+def _ordered(mean: float, se: float, t: float) -> str:
+    """The verdict on "a > b" from a difference ``mean`` with standard error ``se`` that must clear ``t`` SE."""
+    return "holds" if mean > t * se else "fails" if mean < -t * se else "within noise"
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor) -> Difference:
@@ -102,13 +111,7 @@ def judge(claim: str, a: torch.Tensor, b: torch.Tensor, z: float = Z) -> Verdict
         raise ValueError(f"z must be positive, got {z}")
     d = paired_difference(a, b)
     t = critical_value(d.n, z)
-    if d.mean > t * d.se:
-        status = "holds"
-    elif d.mean < -t * d.se:
-        status = "fails"
-    else:
-        status = "within noise"
-    return Verdict(claim, status, float(torch.as_tensor(a).double().mean()), float(torch.as_tensor(b).double().mean()), d, z, t)
+    return Verdict(claim, _ordered(d.mean, d.se, t), float(torch.as_tensor(a).double().mean()), float(torch.as_tensor(b).double().mean()), d, z, t)
 
 
 def judge_unpaired(claim: str, a: torch.Tensor, b: torch.Tensor, z: float = Z) -> Verdict:
@@ -123,10 +126,9 @@ def judge_unpaired(claim: str, a: torch.Tensor, b: torch.Tensor, z: float = Z) -
     va, vb = float(a.var()) / len(a), float(b.var()) / len(b)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else min(len(a), len(b)) - 1
-    t = float(stats.t.isf(stats.norm.sf(z), df))
+    t = _t_threshold(df, z)
     mean = float(a.mean() - b.mean())
-    status = "holds" if mean > t * se else "fails" if mean < -t * se else "within noise"
-    return Verdict(claim, status, float(a.mean()), float(b.mean()), Difference(mean, se, min(len(a), len(b))), z, t)
+    return Verdict(claim, _ordered(mean, se, t), float(a.mean()), float(b.mean()), Difference(mean, se, min(len(a), len(b))), z, t)
 
 
 def judge_equal(claim: str, a: torch.Tensor, b: torch.Tensor, margin: float, z: float = Z) -> Verdict:

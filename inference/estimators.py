@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from .diagnostics import LargestLogWeights, pareto_k
-from .memory import check_projected_time, chunk_size_for, halve_after_oom
+from .memory import check_projected_time, chunk_size_for, chunks
 from .nonfinite import refuse_non_finite
 from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
 from .validation import positive_int
@@ -63,19 +63,11 @@ def _iter_log_weights(model, guide, draws: _Draws, what: str):
     with a log line (:func:`inference.memory.halve_after_oom`)."""
     with torch.no_grad():
         started = time.perf_counter()
-        chunk, done, first = draws.chunk_size, 0, True
-        while done < draws.num_samples:
-            size = min(chunk, draws.num_samples - done)
-            try:
-                lw = log_weights(model, guide, draws.x, size, draws.info)
-            except torch.OutOfMemoryError:
-                chunk = halve_after_oom(size, what)
-                continue
+        draw = lambda start, size: log_weights(model, guide, draws.x, size, draws.info)
+        for i, (size, lw) in enumerate(chunks(draws.num_samples, draws.chunk_size, draw, what)):
             yield lw
-            done += size
-            if first and size < draws.num_samples:
+            if i == 0 and size < draws.num_samples:
                 check_projected_time(time.perf_counter() - started, size, draws.num_samples, len(draws.x), what)
-            first = False
 
 
 def elbo(

@@ -12,6 +12,8 @@ and tried again (:func:`halve_after_oom`), with a log line, rather than ending t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
@@ -26,6 +28,7 @@ MAX_PROJECTED_SECONDS = 24 * 3600.0
 DEVICE_MEMORY_SHARE = 0.5
 
 log = logging.getLogger("inference.memory")
+T = TypeVar("T")
 
 
 def default_max_elements(device: torch.device | str | None = None) -> int:
@@ -46,7 +49,7 @@ def resolve_max_elements(max_elements: int | None, device: torch.device | str | 
 def halve_after_oom(size: int, what: str) -> int:
     """The chunk size to retry with after a chunk of ``size`` ran out of device memory: half of it, logged.
 
-    Raises a ``MemoryError`` naming ``max_elements`` when even one sample (or datapoint) does not fit.
+    Raises a ``MemoryError`` when even one sample (or datapoint) does not fit.
     """
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -79,13 +82,22 @@ def chunk_size_for(info: ProgramInfo, x: torch.Tensor, model: Program, guide: Pr
     return max(1, max_elements // (8 * max(per_sample, 1)))
 
 
-def chunks(total: int, size: int):
-    """Split ``total`` samples into chunks of at most ``size``: yields each chunk's size."""
-    done = 0
-    while done < total:
-        step = min(size, total - done)
-        yield step
-        done += step
+def chunks(total: int, size: int, work: Callable[[int, int], T], what: str) -> Iterator[tuple[int, T]]:
+    """``work(start, n)`` over consecutive chunks of at most ``size`` of ``total`` items: yields ``(n, result)``.
+
+    A chunk that runs out of device memory is run again at half the size, and so is every later chunk
+    (:func:`halve_after_oom`: a log line; a ``MemoryError`` when one item does not fit).
+    """
+    start = 0
+    while start < total:
+        n = min(size, total - start)
+        try:
+            result = work(start, n)
+        except torch.OutOfMemoryError:
+            size = halve_after_oom(n, what)
+            continue
+        yield n, result
+        start += n
 
 
 def check_projected_time(first_seconds: float, first: int, total: int, num_points: int, what: str) -> None:

@@ -337,8 +337,10 @@ def _traced(program: Program, x: torch.Tensor, which: str, info: ProgramInfo, re
 
 def _check_broadcasting(model: Program, guide: Program, x: torch.Tensor, info: ProgramInfo) -> None:
     """Run the pair under a sample plate and refuse a site whose per-datapoint log density lost the sample dim or the data dim."""
+    from .sampling import fork_rng  # sampling imports this module
+
     s, n = BROADCAST_CHECK_SIZE, len(x)
-    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []), pyro.plate(SAMPLE_PLATE, s, dim=info.sample_dim):
+    with torch.no_grad(), fork_rng(x.device), pyro.plate(SAMPLE_PLATE, s, dim=info.sample_dim):
         guide_trace = _traced(guide, x, "guide", info)
         model_trace = _traced(model, x, "model", info, replay_trace=guide_trace)
         checks = [("guide", guide_trace, info.guide_local_sites), ("model", model_trace, info.local_latents + info.observed)]
@@ -377,7 +379,9 @@ def inspect_without_randomness(model: Program, guide: Program, x: torch.Tensor) 
     Losses that inspect their programs lazily, on the first batch, use it so that a run
     resumed from a checkpoint draws the same random numbers as the uninterrupted run.
     """
-    with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+    from .sampling import fork_rng  # sampling imports this module
+
+    with fork_rng(x.device):
         return inspect_program(model, guide, x)
 
 
