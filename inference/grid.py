@@ -73,7 +73,7 @@ def _score_on_grid(program: Program, x: torch.Tensor, info, site: str, grid: tor
     parts = []
     with torch.no_grad():
         for start in range(0, len(grid), size):
-            values = expand_grid({site: grid[start : start + size].to(x.dtype)}, len(x), info)
+            values = expand_grid({site: grid[start : start + size].to(x.device, x.dtype)}, len(x), info)
             parts.append(score_configurations(program, x, values, info, sites))
     return torch.cat(parts)  # (C, N)
 
@@ -86,6 +86,7 @@ def grid_posterior(
     x = check_data(x)
     info, site = _latent_site(model, guide, x)
     axis, grid = grid_points(bounds, points)
+    axis = axis.to(x.device)
     size = chunk_size_for(info, x, model, guide, max_elements)
     log_joint = _score_on_grid(model, x, info, site, grid, info.local_latents + info.observed, size)
     if log_joint.shape[0] != points * points:
@@ -94,7 +95,7 @@ def grid_posterior(
     log_px = torch.logsumexp(log_joint, 0) + cell
     log_joint = log_joint.T.reshape(len(x), points, points)
     posterior = (log_joint - log_px[:, None, None] + cell).exp()
-    inner = posterior[:, 1:-1, 1:-1].sum((1, 2)) if points > 2 else torch.zeros(len(x), dtype=torch.float64)
+    inner = posterior[:, 1:-1, 1:-1].sum((1, 2)) if points > 2 else torch.zeros(len(x), dtype=torch.float64, device=x.device)
     edge = (posterior.sum((1, 2)) - inner).clamp(min=0)
     if bool((edge > max_edge_mass).any()):
         worst = int(edge.argmax())

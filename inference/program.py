@@ -441,7 +441,7 @@ def log_prob_sum(trace: poutine.Trace, names: Iterable[str], info: ProgramInfo, 
     """
     names = list(names)
     enumerated = [n for n in _enumerated_in(trace, info) if n not in names]
-    total = torch.zeros(shape, dtype=torch.float64, device=_device_of(trace))
+    total = torch.zeros(shape, dtype=torch.float64, device=_device_of(trace, names + enumerated))
     for name in names + enumerated:
         total = total + per_datapoint_log_prob(name, trace.nodes[name], info)
     if total.dim() > 2:
@@ -449,10 +449,11 @@ def log_prob_sum(trace: poutine.Trace, names: Iterable[str], info: ProgramInfo, 
     return total
 
 
-def _device_of(trace: poutine.Trace) -> torch.device:
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and isinstance(site["value"], torch.Tensor):
-            return site["value"].device
+def _device_of(trace: poutine.Trace, names: list[str]) -> torch.device:
+    """The device of the scored sites' values (not of any sample site: a plate's subsample indices live on the CPU)."""
+    for name in names:
+        if isinstance(trace.nodes[name]["value"], torch.Tensor):
+            return trace.nodes[name]["value"].device
     return torch.device("cpu")
 
 

@@ -268,3 +268,22 @@ def test_observations_meant_to_broadcast_are_not_refused_by_the_shape_check():
 
     info = inspect_program(model, guide, torch.randn(5))
     assert set(info.observed) >= {"x", "c"}
+
+
+def test_scores_live_on_the_device_of_the_values_not_of_the_plate_indices():
+    # A plate's subsample indices are created on the CPU whatever the device of the data. The scores once took their
+    # device from the first sample site of the trace (the plate), which crashed every estimator on a GPU (found by
+    # ``benchmarks.gpu_check`` on an H200). The meta device reproduces that on a CPU: nothing here may fall back to it.
+    from inference.grid import _score_on_grid, grid_points
+    from inference.program import score_site_groups
+
+    model, guide = vae()
+    x = torch.ones(3, 6)
+    info = inspect_program(model, guide, x)
+    model, guide, x = model.to("meta"), guide.to("meta"), x.to("meta")
+    values = {"z": torch.zeros(4, 3, 2, device="meta")}
+    scores = score_site_groups(model, x, values, info, (("z",), ("z", "x")))
+    assert [(s.device.type, tuple(s.shape)) for s in scores] == [("meta", (4, 3)), ("meta", (4, 3))]
+    _, grid = grid_points((-2.0, 2.0), 3)  # on the CPU, as grid_posterior makes it
+    on_grid = _score_on_grid(guide, x, info, "z", grid, ("z",), size=4)
+    assert on_grid.device.type == "meta" and tuple(on_grid.shape) == (9, 3)
