@@ -64,6 +64,7 @@ from .program import (
     score_configurations,
     score_site_groups,
 )
+from .streams import PointStream, draw_normal, draw_uniform, keyed, point_stream
 from .validation import positive_int
 
 SCHEDULES = ("linear", "sigmoid")
@@ -145,16 +146,30 @@ class HMCState(NamedTuple):
     grad: torch.Tensor  #: (..., D) gradient of log f at z
 
 
+class Noise(NamedTuple):
+    """Keyed noise for the HMC transitions of AIS chains ``(chains, N, D)``: the datapoints' stream and a name."""
+
+    stream: PointStream
+    name: str
+
+    def normal(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        return draw_normal(self.stream, f"{self.name}:momentum", step, like, data_axis=1, sample_axis=0)
+
+    def uniform(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        return draw_uniform(self.stream, f"{self.name}:accept", step, like, data_axis=1, sample_axis=0)
+
+
 def hmc_transition(
-    state: HMCState, log_density: LogDensity, step_size: torch.Tensor, num_leapfrog: int
+    state: HMCState, log_density: LogDensity, step_size: torch.Tensor, num_leapfrog: int, noise: Noise | None = None, step: int = 0
 ) -> tuple[HMCState, torch.Tensor]:
     """One HMC transition per batch element (unit mass, ``num_leapfrog`` steps, Metropolis correction).
 
     ``step_size`` has the batch shape (one per chain). Returns the new state and the
     acceptance probability of each element; a proposal with a non-finite density is rejected.
+    The momentum and the acceptance draw come from torch's generator, or from ``noise`` keyed by ``step``.
     """
     eps = step_size.unsqueeze(-1).to(state.z.dtype)
-    momentum = torch.randn_like(state.z)
+    momentum = torch.randn_like(state.z) if noise is None else noise.normal(step, state.z)
     z, grad = state.z, state.grad
     p = momentum + 0.5 * eps * grad
     for step in range(num_leapfrog):
@@ -168,7 +183,8 @@ def hmc_transition(
     log_accept = (log_f.double() - kinetic1) - (state.log_f.double() - kinetic0)
     log_accept = torch.where(torch.isfinite(log_accept), log_accept, torch.full_like(log_accept, -math.inf))
     accept_prob = log_accept.clamp(max=0).exp()
-    accept = torch.rand_like(accept_prob).log() < log_accept
+    u = torch.rand_like(accept_prob) if noise is None else noise.uniform(step, accept_prob)
+    accept = u.log() < log_accept
     keep = accept.unsqueeze(-1)
     new = HMCState(
         torch.where(keep, z, state.z), torch.where(accept, log_f, state.log_f),
@@ -272,9 +288,12 @@ def latent_layout(model: Program, x: torch.Tensor, info: ProgramInfo) -> _Layout
     return _Layout(info.local_latents, tuple(shapes), tuple(math.prod(s) for s in shapes))
 
 
-def _initial(model: Program, guide: Program, x: torch.Tensor, chains: int, info: ProgramInfo, init: str) -> dict[str, torch.Tensor]:
+def _initial(
+    model: Program, guide: Program, x: torch.Tensor, chains: int, info: ProgramInfo, init: str, noise: Noise | None = None, what: str = "init"
+) -> dict[str, torch.Tensor]:
     program = model if init == "prior" else guide
-    with torch.no_grad(), pyro.plate(SAMPLE_PLATE, chains, dim=info.sample_dim):
+    with torch.no_grad(), keyed(noise.stream if noise else None, f"{noise.name if noise else ''}:{what}"), \
+            pyro.plate(SAMPLE_PLATE, chains, dim=info.sample_dim):
         trace = poutine.trace(program).get_trace(x)
     return {name: trace.nodes[name]["value"] for name in info.local_latents}
 
@@ -309,7 +328,7 @@ class AnnealRun(NamedTuple):
 def anneal(
     model: Program, guide: Program, x: torch.Tensor, z0: torch.Tensor, betas: torch.Tensor, hmc: HMCOptions,
     info: ProgramInfo, layout: _Layout, init: str, progress=None, *, step_sizes: torch.Tensor | None = None,
-    pilot_z0: torch.Tensor | None = None,
+    pilot_z0: torch.Tensor | None = None, noise: Noise | None = None,
 ) -> AnnealRun:
     """Run chains from ``z0`` (C, N, D) along ``betas``, every datapoint's chains with one step size per transition.
 
@@ -342,7 +361,7 @@ def anneal(
         if beta != previous:  # the density and its gradient at the current z under the new temperature
             state = HMCState(state.z, *value_and_grad(density, state.z))
         used[t - 1] = step_sizes[t - 1] if step_sizes is not None else current[0]
-        state, accept_prob = hmc_transition(state, density, used[t - 1].expand(p + c, n), hmc.leapfrog_steps)
+        state, accept_prob = hmc_transition(state, density, used[t - 1].expand(p + c, n), hmc.leapfrog_steps, noise, t)
         accept_sum = accept_sum + accept_prob[p:]
         if p:
             current = adapt_step_size(current, accept_prob[:p], hmc)
@@ -356,24 +375,26 @@ def pilot_count(hmc: HMCOptions) -> int:
     return int(hmc.pilot_chains) if hmc.adapt_rate > 0 else 0
 
 
-def pilot_chains(model: Program, guide: Program, x: torch.Tensor, hmc: HMCOptions, info: ProgramInfo, layout: _Layout, init: str):
+def pilot_chains(
+    model: Program, guide: Program, x: torch.Tensor, hmc: HMCOptions, info: ProgramInfo, layout: _Layout, init: str, noise: Noise | None = None
+):
     """Initial states of the pilot chains that adapt the step sizes, ``(P, N, D)``; None without adaptation."""
     p = pilot_count(hmc)
     if not p:
         return None
     with torch.no_grad():
-        return layout.flatten(_initial(model, guide, x, p, info, init), p, len(x), info)
+        return layout.flatten(_initial(model, guide, x, p, info, init, noise, "pilot"), p, len(x), info)
 
 
 def forward_run(
     model: Program, guide: Program, x: torch.Tensor, betas: torch.Tensor, num_chains: int, hmc: HMCOptions, info: ProgramInfo,
-    layout: _Layout, init: str, progress=None,
+    layout: _Layout, init: str, progress=None, noise: Noise | None = None,
 ) -> AnnealRun:
     """``num_chains`` chains per datapoint of ``x`` from the initial distribution along ``betas``, step sizes adapted by the pilot."""
-    pilot = pilot_chains(model, guide, x, hmc, info, layout, init)
+    pilot = pilot_chains(model, guide, x, hmc, info, layout, init, noise)
     with torch.no_grad():
-        z0 = layout.flatten(_initial(model, guide, x, num_chains, info, init), num_chains, len(x), info)
-    return anneal(model, guide, x, z0, betas, hmc, info, layout, init, progress, pilot_z0=pilot)
+        z0 = layout.flatten(_initial(model, guide, x, num_chains, info, init, noise), num_chains, len(x), info)
+    return anneal(model, guide, x, z0, betas, hmc, info, layout, init, progress, pilot_z0=pilot, noise=noise)
 
 
 def ais(
@@ -388,14 +409,20 @@ def ais(
     init: str = "prior",
     max_elements: int | None = None,
     progress: bool = False,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    stream_name: str = "ais",
 ) -> AISResult:
     """Per-datapoint AIS estimate of :math:`\\log p(x_i)` (see the module docstring); shape ``(len(x),)``.
 
     ``schedule`` is ``"linear"``, ``"sigmoid"`` or an explicit tensor of inverse
     temperatures from 0 to 1 (then ``num_steps`` is ignored). ``init`` is ``"prior"``
-    or ``"guide"`` (the amortized q as the initial distribution).
+    or ``"guide"`` (the amortized q as the initial distribution). With a ``seed`` every chain's draws
+    (start, momenta, acceptances) are keyed by its datapoint's index (:mod:`inference.streams`), so a
+    datapoint's estimate does not depend on its block or on the other points.
     """
     x = check_data(x)
+    stream = point_stream(seed, x, index)
     _check_chains_and_init(num_chains, init)
     betas = check_schedule(schedule if isinstance(schedule, torch.Tensor) else annealing_schedule(schedule, num_steps))
     info = inspect_program(model, guide, x)
@@ -406,7 +433,8 @@ def ais(
     weights, accepts, steps = [], [], []
     def run_block(start: int, n: int) -> AnnealRun:
         gb = guide_block(guide, start, start + n, len(x))
-        return forward_run(model, gb, x[start : start + n], betas, int(num_chains), hmc, info, layout, init, bar)
+        noise = Noise(stream.rows(slice(start, start + n)), stream_name) if stream is not None else None
+        return forward_run(model, gb, x[start : start + n], betas, int(num_chains), hmc, info, layout, init, bar, noise)
 
     for _, run in chunks(len(x), block, run_block, "ais"):  # a block out of device memory: again with half the datapoints
         weights.append(run.log_weights)

@@ -26,6 +26,7 @@ from .diagnostics import LargestLogWeights, pareto_k
 from .memory import check_projected_time, chunk_size_for, chunks
 from .nonfinite import refuse_non_finite
 from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
+from .streams import PointStream, keyed, point_stream
 from .validation import positive_int
 
 
@@ -43,9 +44,11 @@ class _Draws(NamedTuple):
     info: ProgramInfo
     num_samples: int
     chunk_size: int
+    stream: PointStream | None = None  #: keyed draws (a seed was given), else torch's generator
+    stream_name: str = ""
 
 
-def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
+def _draws(model, guide, x, num_samples, chunk_size, max_elements, seed=None, index=None, stream_name="") -> _Draws:
     num_samples = positive_int(num_samples)
     if max_elements is not None:
         positive_int(max_elements, "max_elements")
@@ -53,7 +56,8 @@ def _draws(model, guide, x, num_samples, chunk_size, max_elements) -> _Draws:
     info = inspect_program(model, guide, x)  # also refuses out-of-support data
     if chunk_size is None:
         chunk_size = chunk_size_for(info, x, model, guide, max_elements)
-    return _Draws(x, info, num_samples, positive_int(chunk_size, "chunk_size"))
+    stream = point_stream(seed, x, index)
+    return _Draws(x, info, num_samples, positive_int(chunk_size, "chunk_size"), stream, stream_name)
 
 
 def _iter_log_weights(model, guide, draws: _Draws, what: str):
@@ -63,7 +67,10 @@ def _iter_log_weights(model, guide, draws: _Draws, what: str):
     with a log line (:func:`inference.memory.halve_after_oom`)."""
     with torch.no_grad():
         started = time.perf_counter()
-        draw = lambda start, size: log_weights(model, guide, draws.x, size, draws.info)
+        def draw(start: int, size: int) -> torch.Tensor:
+            with keyed(draws.stream.shifted(start) if draws.stream is not None else None, draws.stream_name):
+                return log_weights(model, guide, draws.x, size, draws.info)
+
         for i, (size, lw) in enumerate(chunks(draws.num_samples, draws.chunk_size, draw, what)):
             yield lw
             if i == 0 and size < draws.num_samples:
@@ -78,8 +85,16 @@ def elbo(
     *,
     chunk_size: int | None = None,
     max_elements: int | None = None,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    stream_name: str = "elbo",
 ) -> Estimate:
     r"""Per-datapoint ELBO :math:`E_{q(z|x_i)}[\log p(x_i, z) - \log q(z|x_i)]`, shape ``(len(x),)``.
+
+    With a ``seed``, datapoint ``i`` draws its samples from the numbers keyed by ``(seed, stream_name,
+    index[i])`` (:mod:`inference.streams`; ``index`` defaults to ``0..N-1``): its estimate is then
+    the same whichever points share the call, in whatever order, and whatever the chunk size.
+    Without one, torch's generator.
 
     Example::
 
@@ -89,7 +104,7 @@ def elbo(
     total = sum_sq = None
     shift = None
     count = 0
-    draws = _draws(model, guide, x, num_samples, chunk_size, max_elements)
+    draws = _draws(model, guide, x, num_samples, chunk_size, max_elements, seed, index, stream_name)
     for lw in _iter_log_weights(model, guide, draws, "elbo"):
         if shift is None:
             shift = lw.mean(0)  # centring keeps the running sum of squares accurate
@@ -140,6 +155,9 @@ def iwae_log_px(
     chunk_size: int | None = None,
     max_elements: int | None = None,
     pareto: bool = False,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
+    stream_name: str = "iwae",
 ) -> Estimate:
     r"""Importance-weighted estimate :math:`\log \frac1K \sum_{k=1}^K p(x_i, z_k)/q(z_k|x_i)`, ``z_k ~ q(z|x_i)``.
 
@@ -149,10 +167,11 @@ def iwae_log_px(
     estimate carries the PSIS :math:`\hat k` of each datapoint's weights, exact, from the
     :math:`3\sqrt K` largest weights kept as the chunks stream by
     (:class:`inference.diagnostics.LargestLogWeights`): memory stays bounded by ``max_elements``.
+    ``seed``, ``index`` and ``stream_name`` key the draws per datapoint, as for :func:`elbo`.
     """
     log_s1 = log_s2 = None
     count = 0
-    draws = _draws(model, guide, x, num_samples, chunk_size, max_elements)
+    draws = _draws(model, guide, x, num_samples, chunk_size, max_elements, seed, index, stream_name)
     largest = LargestLogWeights(num_samples) if pareto else None
     for lw in _iter_log_weights(model, guide, draws, "iwae_log_px"):
         if largest is not None:

@@ -50,6 +50,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from .program import Program
+from .streams import PointStream, draw_normal
 
 GAUSSIAN = ("ffg", "full", "iaf", "coupling")
 DISCRETE = ("bernoulli", "categorical")
@@ -190,15 +191,22 @@ def _flow_layout(dim: int, hidden: int, layer: int, device: torch.device) -> tup
     return order, masks
 
 
-def init_flow_params(n: int, dim: int, options: FlowOptions, family: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-datapoint flow weights: random hidden layers, zero output layer (the identity map)."""
+def init_flow_params(
+    n: int, dim: int, options: FlowOptions, family: str, like: torch.Tensor, stream: PointStream | None = None, label: str = ""
+) -> dict[str, torch.Tensor]:
+    """Per-datapoint flow weights: random hidden layers, zero output layer (the identity map).
+
+    With a ``stream`` each datapoint's random weights are keyed by its index (:mod:`inference.streams`)."""
     out: dict[str, torch.Tensor] = {}
     split = dim // 2
     for k in range(options.layers):
         d_in, d_out = (dim, dim) if family == "iaf" else (split, dim - split)
         h = options.hidden
         if h:
-            out[f"f{k}.w1"] = torch.randn(n, h, d_in, dtype=like.dtype, device=like.device) / math.sqrt(d_in)
+            shape = torch.empty(n, h, d_in, dtype=like.dtype, device=like.device)
+            noise = (torch.randn_like(shape) if stream is None else
+                     draw_normal(stream, f"flow-init:{label}", k, shape, data_axis=0, sample_axis=None))
+            out[f"f{k}.w1"] = noise / math.sqrt(d_in)
             out[f"f{k}.b1"] = torch.zeros(n, h, dtype=like.dtype, device=like.device)
         out[f"f{k}.w2"] = torch.zeros(n, 2 * d_out, h or d_in, dtype=like.dtype, device=like.device)
         out[f"f{k}.b2"] = torch.zeros(n, 2 * d_out, dtype=like.dtype, device=like.device)
@@ -257,8 +265,11 @@ class Start(NamedTuple):
     logits: torch.Tensor | None = None
 
 
-def init_params(family: str, site: SiteInfo, start: Start, options: FlowOptions) -> dict[str, torch.Tensor]:
-    """The per-datapoint parameters of ``family`` for one site, starting at ``start``."""
+def init_params(
+    family: str, site: SiteInfo, start: Start, options: FlowOptions, stream: PointStream | None = None, name: str = ""
+) -> dict[str, torch.Tensor]:
+    """The per-datapoint parameters of ``family`` for one site (``name``), starting at ``start``; random flow weights
+    keyed by datapoint with a ``stream``."""
     if family in DISCRETE:
         return {"logits": start.logits.detach().clone()}
     loc, log_scale = start.loc.detach().clone(), start.log_scale.detach().clone()
@@ -266,7 +277,7 @@ def init_params(family: str, site: SiteInfo, start: Start, options: FlowOptions)
         return {"loc": loc, "tril": torch.diag_embed(log_scale)}
     out = {"loc": loc, "log_scale": log_scale}
     if family in FLOWS:
-        out.update(init_flow_params(len(loc), site.event_shape[0], options, family, loc))
+        out.update(init_flow_params(len(loc), site.event_shape[0], options, family, loc, stream, name))
     return out
 
 

@@ -44,6 +44,7 @@ from .estimators import Estimate, elbo, iwae_log_px
 from .families import OWN
 from .local import LocalOptions, LocalPosterior, local_posterior
 from .program import Program
+from .streams import point_stream
 from .stats import mean_se
 from .validation import positive_int
 
@@ -63,6 +64,7 @@ class GapDecomposition(NamedTuple):
     others: dict[str, LocalPosterior] | None = None  #: q* of further families, by name
     log_px_method: str = "iwae"  #: "iwae" or "ais": the estimator of ``log_px``
     log_px_estimates: dict[str, Estimate] | None = None  #: with ``log_px="max"``, both estimates, by estimator
+    iwae_proposal_is_local: torch.Tensor | None = None  #: (N,) bool: a q* was the IWAE estimate's proposal (whichever is reported)
 
     def per_datapoint(self) -> dict[str, torch.Tensor]:
         """Every quantity of :data:`QUANTITIES` per datapoint; the gaps add up exactly."""
@@ -185,20 +187,28 @@ def gap_decomposition(
     ais_options: AISOptions = AISOptions(),
     max_elements: int | None = None,
     progress: bool = False,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
 ) -> GapDecomposition:
     """Estimate log p(x), L[q*] and L[q] for every row of ``x`` (see module docstring).
 
     q* is fitted in the guide's own family with ``local`` (samples per step, Adam, stopping rule,
     start); ``local.families`` are further families fitted and reported beside it (a family
-    named like the guide's own is not fitted twice).
+    named like the guide's own is not fitted twice). With a ``seed``, every estimate draws numbers
+    keyed by (seed, index of the datapoint) (:mod:`inference.streams`; ``index`` defaults to
+    ``0..N-1``): a datapoint's results do not depend on the points evaluated with it, except that
+    ``log_px="max"`` picks its estimator by the mean over all of them (:func:`choose_log_px`).
     """
+    stream = point_stream(seed, x, index)  # checks seed and index
+    index = stream.index if stream is not None else None
     log_px_samples = positive_int(log_px_samples, "log_px_samples")
     if log_px not in LOG_PX_METHODS:
         raise ValueError(f"unknown log p(x) estimator {log_px!r}; choose from {', '.join(LOG_PX_METHODS)}")
-    amortized = elbo(model, guide, x, elbo_samples, max_elements=max_elements)
+    amortized = elbo(model, guide, x, elbo_samples, max_elements=max_elements, seed=seed, index=index)
 
     def fit(family: str) -> LocalPosterior:
-        return local_posterior(model, guide, x, local, family=family, eval_samples=elbo_samples, max_elements=max_elements, progress=progress)
+        return local_posterior(model, guide, x, local, family=family, eval_samples=elbo_samples, max_elements=max_elements,
+                               progress=progress, seed=seed, index=index)
 
     own = fit(OWN)
     fits = {own.guide.family: own}
@@ -214,29 +224,43 @@ def gap_decomposition(
     others = {f: fits[f] for f in families[1:]}
     estimates: dict[str, Estimate] = {}
     if log_px in ("iwae", "max"):
-        estimates["iwae"] = _iwae_log_px(model, candidates, choice, x, log_px_samples, max_elements)
+        estimates["iwae"] = _iwae_log_px(model, candidates, choice, x, log_px_samples, max_elements, seed, index)
     if log_px in ("ais", "max"):
         o = ais_options
         estimates["ais"] = ais(model, guide, x, num_chains=o.num_chains, num_steps=o.num_steps, schedule=o.schedule, hmc=o.hmc,
-                               init=o.init, max_elements=max_elements, progress=progress).log_px
-    # "max": both are stochastic lower bounds; the one with the higher mean over these points is reported, as Cremer et al. do
+                               init=o.init, max_elements=max_elements, progress=progress, seed=seed, index=index).log_px
+    found = GapDecomposition(amortized, primary.elbo, amortized, choice > 0, primary, families[0], others, "iwae", estimates, choice > 0)
+    return choose_log_px(found, keep_both=log_px == "max")
+
+
+def choose_log_px(result: GapDecomposition, keep_both: bool) -> GapDecomposition:
+    """``result`` reporting whichever of its ``log_px_estimates`` has the higher mean over its points.
+
+    With ``log_px="max"`` both are stochastic lower bounds and the larger is reported, as Cremer et al.
+    do; with one estimator, that one. ``proposal_is_local`` follows the reported estimator. A sharded
+    evaluation calls it again on the gathered points, so the choice is the same as in one process.
+    """
+    estimates = result.log_px_estimates
     method = max(estimates, key=lambda name: float(estimates[name].value.mean()))
-    proposal_is_local = choice > 0 if method == "iwae" else torch.zeros_like(choice, dtype=torch.bool)
-    return GapDecomposition(
-        estimates[method], primary.elbo, amortized, proposal_is_local, primary, families[0], others, method,
-        estimates if log_px == "max" else None,
-    )
+    iwae_local = result.iwae_proposal_is_local
+    return result._replace(log_px=estimates[method], log_px_method=method,
+                           proposal_is_local=iwae_local if method == "iwae" else torch.zeros_like(iwae_local),
+                           log_px_estimates=estimates if keep_both else None)
 
 
-def _iwae_log_px(model, candidates, choice: torch.Tensor, x: torch.Tensor, num_samples: int, max_elements: int) -> Estimate:
+def _iwae_log_px(
+    model, candidates, choice: torch.Tensor, x: torch.Tensor, num_samples: int, max_elements: int, seed: int | None = None,
+    index: torch.Tensor | None = None,
+) -> Estimate:
     """The importance-weighted bound of every datapoint with ``candidates[choice[i]]`` as its proposal (index 0: the amortized q)."""
     value, stderr, k_hat = (torch.empty(len(x), dtype=torch.float64, device=x.device) for _ in range(3))
     for k in [*range(1, len(candidates)), 0]:
         proposal, mask = candidates[k], choice == k
         if mask.any():
-            index = mask.nonzero().squeeze(-1)
-            proposal = proposal if k == 0 else proposal.subset(index)
-            est = iwae_log_px(model, proposal, x[index], num_samples, max_elements=max_elements, pareto=num_samples > 1)
-            value[index], stderr[index] = est.value, est.stderr
-            k_hat[index] = est.pareto_k if est.pareto_k is not None else math.nan
+            rows = mask.nonzero().squeeze(-1)
+            proposal = proposal if k == 0 else proposal.subset(rows)
+            est = iwae_log_px(model, proposal, x[rows], num_samples, max_elements=max_elements, pareto=num_samples > 1,
+                              seed=seed, index=None if index is None else index[rows])
+            value[rows], stderr[rows] = est.value, est.stderr
+            k_hat[rows] = est.pareto_k if est.pareto_k is not None else math.nan
     return Estimate(value, stderr, num_samples, k_hat if num_samples > 1 else None)

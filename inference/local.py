@@ -75,6 +75,7 @@ from .program import (
     score_configurations,
     trace_pair,
 )
+from .streams import PointStream, keyed, point_stream
 from .validation import positive_int, positive_number
 
 LOCAL_INITS = ("encoder", "prior")
@@ -231,8 +232,11 @@ def init_local(
     family: str = OWN,
     init: str = "encoder",
     options: FlowOptions = FlowOptions(),
+    stream: PointStream | None = None,
 ) -> PerDatapointGuide:
     """A per-datapoint guide of ``family`` for the rows of ``x``, started by :func:`starting_point`.
+
+    With a ``stream`` its random draws (moment-matching samples, random flow weights) are keyed per datapoint.
 
     ``family="guide"`` (the default) is the amortized guide's own family (:func:`inference.families.own_family`):
     a :class:`ParametrizedGuide` started at the encoder's output, or the :class:`LocalGuide`
@@ -252,8 +256,9 @@ def init_local(
         if own == "default":
             label = OWN
     families = site_families(family, sites)
-    start = starting_point(model, guide, x, info, sites, init)
-    tensors = {name: init_params(families[name], sites[name], start[name], options) for name in sites}
+    with keyed(stream, "local-init"):
+        start = starting_point(model, guide, x, info, sites, init)
+    tensors = {name: init_params(families[name], sites[name], start[name], options, stream, name) for name in sites}
     tensors.update(_guide_start(guide, x, families, tensors, options) if init == "encoder" else {})
     global_guide = poutine.block(guide, expose=list(info.guide_global_sites)) if info.global_latents else None
     local = LocalGuide(families, tensors, sites, info.data_dim, options, global_guide)
@@ -453,6 +458,8 @@ def optimize_local(
     max_configurations: int = MAX_CONFIGURATIONS,
     max_elements: int | None = None,
     progress: bool = False,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
 ) -> LocalFit:
     """Optimize a per-datapoint guide of ``family`` for every row of ``x`` at once (see module docstring).
 
@@ -461,15 +468,18 @@ def optimize_local(
     (unused by exact enumeration); ``gradient`` picks the discrete-latent gradient:
     ``"auto"`` (exact when enumerable), ``"exact"`` or ``"score"``. Converged
     datapoints are masked out, and the active ones are processed in memory-bounded groups.
+    With a ``seed`` every random number of the fit is keyed by (seed, index of the datapoint)
+    (:mod:`inference.streams`), so a datapoint's q* does not depend on the points fitted with it.
     """
     x = check_data(x)
+    stream = point_stream(seed, x, index)
     num_samples = positive_int(num_samples)
     if gradient not in GRADIENTS:
         raise ValueError(f"unknown gradient {gradient!r}; choose from {', '.join(GRADIENTS)}")
     info = inspect_program(model, guide, x)
     if not info.local_latents:
         raise ValueError("the model has no per-datapoint latent sites: there is nothing to optimize locally")
-    local = init if isinstance(init, PerDatapointGuide) else init_local(model, guide, x, info, family, init, flow)
+    local = init if isinstance(init, PerDatapointGuide) else init_local(model, guide, x, info, family, init, flow, stream)
     if isinstance(local, LocalGuide):  # its sites are the latents themselves: the amortized guide's auxiliary sites are gone
         info = info._replace(auxiliary=())
     objective = _Objective(model, guide, local, x, info, num_samples, gradient, max_configurations, max_elements)
@@ -488,11 +498,12 @@ def optimize_local(
     else:
         group = max(1, chunk_size_for(info, x[:1], model, local.subset(torch.arange(1)), max_elements) // objective.samples_per_step)
     with frozen(model, guide):
-        return fit_per_datapoint(local, objective, x, rule, adam, group, progress)
+        return fit_per_datapoint(local, objective, x, rule, adam, group, progress, stream)
 
 
 def fit_per_datapoint(
-    local: PerDatapointGuide, objective, x: torch.Tensor, rule: StoppingRule, adam: AdamOptions, group: int, progress: bool = False
+    local: PerDatapointGuide, objective, x: torch.Tensor, rule: StoppingRule, adam: AdamOptions, group: int, progress: bool = False,
+    stream: PointStream | None = None,
 ) -> LocalFit:
     """Elementwise Adam on every datapoint's parameters at once, each stopped by ``rule`` on its own.
 
@@ -501,7 +512,7 @@ def fit_per_datapoint(
     rule and a surrogate whose gradient the step ascends. Datapoints are processed in
     groups of ``group``; a datapoint that stops is written back and leaves the computation,
     so its parameters never change again and no datapoint's result depends on which
-    others share its group.
+    others share its group (and with a ``stream``, its draws at step t are keyed by its index and t).
     """
     n = len(x)
     # Full-size results, written back when a datapoint stops; the loop works on compact copies
@@ -519,7 +530,8 @@ def fit_per_datapoint(
         for start in range(0, len(active), group):
             rows = slice(start, start + group)
             sub = [p[rows].detach().requires_grad_() for p in params]
-            point_elbo, surrogate = objective(sub, x_active[rows], active[rows])
+            with keyed(stream.rows(active[rows]) if stream is not None else None, f"local-step:{local.family}", step):
+                point_elbo, surrogate = objective(sub, x_active[rows], active[rows])
             grads = torch.autograd.grad(surrogate.sum(), sub, allow_unused=True)
             with torch.no_grad():
                 for k, g in enumerate(grads):
@@ -617,13 +629,18 @@ def local_posterior(
     eval_samples: int = 1000,
     max_elements: int | None = None,
     progress: bool = False,
+    seed: int | None = None,
+    index: torch.Tensor | None = None,
 ) -> LocalPosterior:
-    """Fit q* of ``family`` for each datapoint (:func:`optimize_local` with ``options``) and estimate L[q*] with ``eval_samples`` samples."""
+    """Fit q* of ``family`` for each datapoint (:func:`optimize_local` with ``options``) and estimate L[q*] with ``eval_samples`` samples.
+
+    A ``seed`` keys every draw, of the fit and of the estimate, by datapoint (:mod:`inference.streams`)."""
     eval_samples = positive_int(eval_samples, "eval_samples")
     o = options
     fit = optimize_local(
         model, guide, x, family=family, num_samples=o.num_samples, adam=o.adam, rule=o.rule, init=o.init, flow=o.flow,
-        gradient=o.gradient, max_elements=max_elements, progress=progress,
+        gradient=o.gradient, max_elements=max_elements, progress=progress, seed=seed, index=index,
     )
-    estimate = elbo(model, fit.guide, x, eval_samples, max_elements=max_elements)
+    estimate = elbo(model, fit.guide, x, eval_samples, max_elements=max_elements, seed=seed, index=index,
+                    stream_name=f"elbo-local:{fit.guide.family}")
     return LocalPosterior(fit.guide, estimate, fit.num_steps, fit.converged)
