@@ -44,8 +44,8 @@ from .estimators import Estimate, elbo, iwae_log_px
 from .families import OWN
 from .local import LocalOptions, LocalPosterior, local_posterior
 from .program import Program
-from .streams import point_stream
 from .stats import mean_se
+from .streams import point_stream
 from .validation import positive_int
 
 LOG_PX_METHODS = ("iwae", "ais", "max")

@@ -13,7 +13,15 @@ from inference.ais import HMCOptions
 from inference.enumeration import exact_log_px
 from inference.local import LocalOptions, StoppingRule, local_posterior
 from inference.streams import (
-    KeyedSamplingError, element_keys, keyed, mix32, mix32_int, normal, point_stream, prefix_key, uniform,
+    KeyedSamplingError,
+    element_keys,
+    keyed,
+    mix32,
+    mix32_int,
+    normal,
+    point_stream,
+    prefix_key,
+    uniform,
 )
 from ppl_models import build_model, model_config
 from tests.oracles import discrete_latent_pair, make_ppca, sample_ppca
