@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from benchmarks.datasets import DATA_DIMS, Data, load_dataset
 from benchmarks.options import (
@@ -45,8 +46,9 @@ from benchmarks.options import (
 from benchmarks.outdir import OutputFolder
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
+from inference.distributed import gather_to_first, init_from_environment, shard_bounds, world
 from inference.families import LOCAL_FAMILIES, FlowOptions
-from inference.gaps import LOG_PX_METHODS, exact_reference, gap_decomposition
+from inference.gaps import LOG_PX_METHODS, concatenate, concatenate_exact, exact_reference, gap_decomposition, portable
 from inference.io import load_checkpoint
 from inference.local import LOCAL_INITS, AdamOptions, LocalOptions, StoppingRule
 from inference.memory import resolve_max_elements
@@ -232,18 +234,31 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     return data_cfg, model_cfg, train, checkpoint
 
 
-def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, families: tuple[str, ...], progress: bool) -> dict[str, Any]:
-    """The gap decomposition of the points ``x``, summarized, with the exact answers where they are known."""
+def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, families: tuple[str, ...], progress: bool,
+                  seed: int) -> dict[str, Any] | None:
+    """The gap decomposition of the points ``x``, summarized, with the exact answers where they are known.
+
+    Every draw is keyed by (``seed``, index of the point) (:mod:`inference.streams`). Under a torch.distributed
+    group each rank evaluates its share of the points (:func:`inference.distributed.shard_bounds`) and rank 0
+    gathers them and returns the summary (None on the other ranks): the numbers of one process.
+    """
     local = LocalOptions(
         num_samples=args.local_samples, adam=AdamOptions(lr=args.local_lr), rule=StoppingRule(args.local_window, args.local_patience, args.local_max_steps),
         init=args.local_init, flow=FlowOptions(args.local_flow_layers, args.local_flow_hidden), families=families,
     )
+    rank, size = world()
+    lo, hi = shard_bounds(len(x), rank, size)
+    index = torch.arange(lo, hi, device=x.device)
     result = gap_decomposition(
-        model, guide, x, log_px_samples=args.log_px_samples, elbo_samples=args.elbo_samples, local=local,
-        log_px=args.log_px, ais_options=ais_options(args), max_elements=args.max_elements, progress=progress,
+        model, guide, x[lo:hi], log_px_samples=args.log_px_samples, elbo_samples=args.elbo_samples, local=local,
+        log_px=args.log_px, ais_options=ais_options(args), max_elements=args.max_elements, progress=progress, seed=seed, index=index,
     )
-    exact = exact_reference(model, guide, x, result.family, args.max_elements)
-    return {**result.summary(), "exact": exact.summary() if exact is not None else None}
+    exact = exact_reference(model, guide, x[lo:hi], result.family, args.max_elements)
+    gathered = gather_to_first((portable(result), exact))
+    if gathered is None:
+        return None
+    merged, exact = concatenate([g[0] for g in gathered]), concatenate_exact([g[1] for g in gathered])
+    return {**merged.summary(), "exact": exact.summary() if exact is not None else None}
 
 
 #: What the gaps job writes at the end, and what its training writes as it goes.
@@ -287,7 +302,7 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
             device=args.device, devices=devices, strategy=args.strategy, progress=progress, run_config=run_config,
         )
         train_seconds = time.perf_counter() - t0
-        if not trained.is_global_zero:
+        if not trained.is_global_zero and not dist.is_initialized():
             return {}
         if trained.epochs_run != train_cfg.epochs:  # --resume past the asked count: record the model evaluated
             print(f"note: the checkpoint had already run {trained.epochs_run} epochs (asked: {train_cfg.epochs}); "
@@ -307,12 +322,16 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
         evaluation.update(ais_chains=args.ais_chains, ais_steps=args.ais_steps, ais_leapfrog=args.ais_leapfrog,
                           ais_step_size=args.ais_step_size, ais_schedule=args.ais_schedule, ais_init=args.ais_init,
                           ais_pilot_chains=args.ais_pilot_chains)
+    init_from_environment(device)  # a torchrun launch of an evaluation (Lightning's DDP training started its own group)
+    rank, size = world()
     splits, seconds = {}, {}
     for i, (split, x) in enumerate(points.items()):
         t0 = time.perf_counter()
         set_seed(args.seed * 1000 + i + 1)
-        splits[split] = split_summary(model, guide, x.to(device), args, families, progress)
+        splits[split] = split_summary(model, guide, x.to(device), args, families, progress, seed=args.seed * 1000 + i + 1)
         seconds[split] = time.perf_counter() - t0
+    if rank != 0:
+        return {}
 
     config = {
         "protocol": args.protocol, "data": data_cfg, "model": model_cfg, "train": train_cfg.to_dict(), "evaluation": evaluation,
@@ -321,7 +340,9 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
     result = {"config": config, "splits": splits}
     table = gaps_markdown(result)
     timings = {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started}
-    folder.write(table, {"gaps.json": result, "gaps.md": table, "run_info.json": run_info(timings)})
+    shares = {split: [list(shard_bounds(len(x), r, size)) for r in range(size)] for split, x in points.items()}
+    info = {**run_info(timings), "world_size": size, "shares": shares}
+    folder.write(table, {"gaps.json": result, "gaps.md": table, "run_info.json": info})
     print(f"wrote {os.path.join(args.out, 'gaps.json')} and gaps.md ({time.perf_counter() - started:.0f} s)")
     return result
 

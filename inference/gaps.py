@@ -264,3 +264,61 @@ def _iwae_log_px(
             value[rows], stderr[rows] = est.value, est.stderr
             k_hat[rows] = est.pareto_k if est.pareto_k is not None else math.nan
     return Estimate(value, stderr, num_samples, k_hat if num_samples > 1 else None)
+
+
+# ---- gathering shards -------------------------------------------------------------------------------------------------
+
+
+def _cpu_estimate(est: Estimate) -> Estimate:
+    return Estimate(est.value.cpu(), est.stderr.cpu(), est.num_samples, None if est.pareto_k is None else est.pareto_k.cpu())
+
+
+def _cpu_local(fit: LocalPosterior) -> LocalPosterior:
+    return LocalPosterior(None, _cpu_estimate(fit.elbo), fit.num_steps.cpu(), fit.converged.cpu())
+
+
+def portable(result: GapDecomposition) -> GapDecomposition:
+    """``result`` with its tensors on the CPU and the fitted q* guides dropped: what one shard sends to rank 0."""
+    return result._replace(
+        log_px=_cpu_estimate(result.log_px), elbo_local=_cpu_estimate(result.elbo_local),
+        elbo_amortized=_cpu_estimate(result.elbo_amortized), proposal_is_local=result.proposal_is_local.cpu(),
+        local=_cpu_local(result.local), others={k: _cpu_local(v) for k, v in (result.others or {}).items()},
+        log_px_estimates={k: _cpu_estimate(v) for k, v in (result.log_px_estimates or {}).items()} or None,
+        iwae_proposal_is_local=None if result.iwae_proposal_is_local is None else result.iwae_proposal_is_local.cpu(),
+    )
+
+
+def _cat_estimates(parts: list[Estimate]) -> Estimate:
+    pareto = None if any(p.pareto_k is None for p in parts) else torch.cat([p.pareto_k for p in parts])
+    return Estimate(torch.cat([p.value for p in parts]), torch.cat([p.stderr for p in parts]), parts[0].num_samples, pareto)
+
+
+def _cat_local(parts: list[LocalPosterior]) -> LocalPosterior:
+    return LocalPosterior(None, _cat_estimates([p.elbo for p in parts]), torch.cat([p.num_steps for p in parts]),
+                          torch.cat([p.converged for p in parts]))
+
+
+def concatenate(parts: list[GapDecomposition]) -> GapDecomposition:
+    """The decomposition of consecutive shards' points, in order (:func:`portable` parts); with both log p(x) estimates
+    kept (``log_px="max"``) the reported one is chosen again over all the points, as one process would."""
+    first = parts[0]
+    both = first.log_px_estimates is not None
+    merged = first._replace(
+        log_px=_cat_estimates([p.log_px for p in parts]), elbo_local=_cat_estimates([p.elbo_local for p in parts]),
+        elbo_amortized=_cat_estimates([p.elbo_amortized for p in parts]),
+        proposal_is_local=torch.cat([p.proposal_is_local for p in parts]), local=_cat_local([p.local for p in parts]),
+        others={k: _cat_local([p.others[k] for p in parts]) for k in (first.others or {})},
+        log_px_estimates={k: _cat_estimates([p.log_px_estimates[k] for p in parts]) for k in first.log_px_estimates} if both else None,
+        iwae_proposal_is_local=torch.cat([p.iwae_proposal_is_local for p in parts]),
+    )
+    return choose_log_px(merged, keep_both=True) if both else merged
+
+
+def concatenate_exact(parts: list[ExactReference | None]) -> ExactReference | None:
+    """The exact reference of consecutive shards' points (its mean approximation gap weighted by the shards' sizes)."""
+    if not parts or parts[0] is None:
+        return None
+    log_px = torch.cat([p.log_px.cpu() for p in parts])
+    gaps = [p.approximation_gap for p in parts]
+    gap = None if any(g is None for g in gaps) else sum(g * len(p.log_px) for g, p in zip(gaps, parts)) / len(log_px)
+    return ExactReference(log_px, parts[0].source, gap)

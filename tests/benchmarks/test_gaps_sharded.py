@@ -1,0 +1,60 @@
+"""The gap benchmark sharded over two CPU processes (gloo) gives the numbers of one process."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.benchmarks.test_gaps import TINY, read, run
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NUMBER = r"-?\d+\.\d+"
+EVAL = TINY[2:] + ["--log-px", "max", "--ais-chains", "4", "--ais-steps", "8"]  # TINY without its "--epochs 2"
+
+
+def _floats(a, b, path=""):
+    """Every pair of numbers at the same place in two JSON trees (the trees must otherwise agree)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            yield from _floats(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b)):
+            yield from _floats(u, v, f"{path}[{i}]")
+    elif isinstance(a, float):
+        yield path, a, b
+    elif isinstance(a, str):  # texts quote the numbers, rounded: the last printed digit may differ with them
+        assert re.sub(NUMBER, "#", a) == re.sub(NUMBER, "#", b), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_numbers_of_one(tmp_path):
+    code, trained = run(tmp_path, "--log-px", "max", "--ais-chains", "4", "--ais-steps", "8", name="trained")
+    assert code == 0
+    checkpoint = os.path.join(trained, "checkpoints", "last.ckpt")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    args = ["-m", "benchmarks.gaps", "--checkpoint", checkpoint, *EVAL]
+    done = subprocess.run([sys.executable, *args, "--out", one], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run([*launch, *args, "--out", two], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = read(one), read(two)
+    a["config"].pop("checkpoint"), b["config"].pop("checkpoint")
+    pairs = list(_floats(a, b))
+    assert len(pairs) > 100
+    # the same random numbers for every point; only the model's float32 rounding over other batch shapes differs
+    worst = max(abs(x - y) / (1 + abs(x)) for _, x, y in pairs)
+    assert worst < 1e-5, [(p, x, y) for p, x, y in pairs if abs(x - y) / (1 + abs(x)) >= 1e-5][:5]
+    with open(os.path.join(two, "run_info.json")) as f:
+        info = json.load(f)
+    assert info["world_size"] == 2 and info["shares"]["train"] == [[0, 3], [3, 6]]
+    with open(os.path.join(one, "run_info.json")) as f:
+        assert json.load(f)["world_size"] == 1
