@@ -46,10 +46,10 @@ from benchmarks.options import (
 from benchmarks.outdir import OutputFolder
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
-from inference.distributed import gather_to_first, init_from_environment, shard_bounds, world
+from inference.distributed import gather_to_first, init_from_environment, world
 from inference.families import LOCAL_FAMILIES, FlowOptions
-from inference.gaps import LOG_PX_METHODS, concatenate, concatenate_exact, exact_reference, gap_decomposition, portable
-from inference.io import load_checkpoint
+from inference.gaps import LOG_PX_METHODS, concatenate, concatenate_exact, exact_reference, from_state, gap_decomposition, to_state
+from inference.io import atomic_torch_save, checksum, load_checkpoint
 from inference.local import LOCAL_INITS, AdamOptions, LocalOptions, StoppingRule
 from inference.memory import resolve_max_elements
 from inference.objectives import get_objective, objectives_help
@@ -106,7 +106,7 @@ def make_parser() -> Parser:
     train.add_argument("--svi-steps", type=int, default=None, help="objective sa-vae: refinement steps k per datapoint (default: 0, the ELBO)")
     train.add_argument("--svi-lr", type=float, default=None, help="objective sa-vae: refinement step size (default: 1)")
     train.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training")
-    train.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoints/last.ckpt")
+    train.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoints/last.ckpt, and the evaluation from the blocks of points saved in OUT/partial")
     ev = p.add_argument_group("evaluation")
     p.option(ev, "--num-points", type=int, preset=50, help="datapoints per split")
     p.option(ev, "--log-px-samples", type=int, preset=5000, help="K for log p(x)")
@@ -129,6 +129,7 @@ def make_parser() -> Parser:
     p.option(ev, "--ais-pilot-chains", type=int, preset=HMCOptions.pilot_chains,
              help="chains per datapoint of the pilot run that adapts the HMC step sizes, then frozen for the weighted chains")
     p.option(ev, "--ais-init", choices=AIS_INITS, preset="prior", help="AIS initial distribution: the prior or the amortized guide")
+    ev.add_argument("--eval-block", type=int, default=100, help="points evaluated (and saved, for --resume) together (default: %(default)s)")
     p.option(ev, "--max-elements", type=int, preset=None, help="memory budget: tensor elements one chunk of samples may create (default: 2^26 on a CPU, half the free memory on a GPU)")
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="cpu")
@@ -154,6 +155,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible settings before any data is loaded or any time is spent."""
     positive_int(args.num_points, "--num-points")
+    positive_int(args.eval_block, "--eval-block")
     positive_int(args.log_px_samples, "--log-px-samples (K)")
     for name in ("elbo_samples", "local_samples", "local_window", "local_patience", "local_max_steps", "local_flow_layers"):
         positive_int(getattr(args, name), "--" + name.replace("_", "-"))
@@ -234,43 +236,89 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     return data_cfg, model_cfg, train, checkpoint
 
 
-def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, families: tuple[str, ...], progress: bool,
-                  seed: int) -> dict[str, Any] | None:
-    """The gap decomposition of the points ``x``, summarized, with the exact answers where they are known.
+def eval_blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """The blocks ``[lo, hi)`` of ``size`` points (the last shorter) an evaluation of ``n`` points is done and saved in."""
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
 
-    Every draw is keyed by (``seed``, index of the point) (:mod:`inference.streams`). Under a torch.distributed
-    group each rank evaluates its share of the points (:func:`inference.distributed.shard_bounds`) and rank 0
-    gathers them and returns the summary (None on the other ranks): the numbers of one process.
-    """
+
+def block_size(n: int, eval_block: int, world_size: int) -> int:
+    """``--eval-block``, made small enough that each of ``world_size`` ranks has a block of the ``n`` points."""
+    return max(1, min(eval_block, -(-n // world_size)))
+
+
+def evaluate_block(model, guide, x: torch.Tensor, lo: int, hi: int, args: argparse.Namespace, families: tuple[str, ...],
+                   progress: bool, seed: int) -> dict[str, Any]:
+    """The decomposition of the points ``x[lo:hi]`` with draws keyed by (``seed``, their index), as plain state."""
     local = LocalOptions(
         num_samples=args.local_samples, adam=AdamOptions(lr=args.local_lr), rule=StoppingRule(args.local_window, args.local_patience, args.local_max_steps),
         init=args.local_init, flow=FlowOptions(args.local_flow_layers, args.local_flow_hidden), families=families,
     )
-    rank, size = world()
-    lo, hi = shard_bounds(len(x), rank, size)
-    index = torch.arange(lo, hi, device=x.device)
     result = gap_decomposition(
         model, guide, x[lo:hi], log_px_samples=args.log_px_samples, elbo_samples=args.elbo_samples, local=local,
-        log_px=args.log_px, ais_options=ais_options(args), max_elements=args.max_elements, progress=progress, seed=seed, index=index,
+        log_px=args.log_px, ais_options=ais_options(args), max_elements=args.max_elements, progress=progress, seed=seed,
+        index=torch.arange(lo, hi, device=x.device),
     )
-    exact = exact_reference(model, guide, x[lo:hi], result.family, args.max_elements)
-    gathered = gather_to_first((portable(result), exact))
+    return to_state(result, exact_reference(model, guide, x[lo:hi], result.family, args.max_elements))
+
+
+def _load_block(path: str, fingerprint: str) -> dict[str, Any] | None:
+    """A finished block saved by an earlier run of the same evaluation; None if there is none. A block of another
+    evaluation (other settings, another model) is refused by name rather than mixed in."""
+    if not os.path.exists(path):
+        return None
+    saved = load_checkpoint(path, required=("fingerprint", "state"))
+    if saved["fingerprint"] != fingerprint:
+        raise ValueError(f"{path} holds a block of another evaluation (other settings or another model): --resume continues "
+                         "the same evaluation only; use --overwrite to start again")
+    return saved["state"]
+
+
+def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, families: tuple[str, ...], progress: bool,
+                  seed: int, split: str = "points", fingerprint: str = "") -> dict[str, Any] | None:
+    """The gap decomposition of the points ``x``, summarized, with the exact answers where they are known.
+
+    Every draw is keyed by (``seed``, index of the point) (:mod:`inference.streams`), and the points are
+    evaluated in blocks of ``--eval-block`` (:func:`eval_blocks`). Under a torch.distributed group rank r
+    evaluates blocks r, r + W, …, and rank 0 gathers them and returns the summary (None on the other
+    ranks): the numbers of one process. With ``--out`` each finished block is saved in
+    ``OUT/partial/`` at once (atomically), and ``--resume`` reads it back instead of evaluating it again.
+    """
+    rank, size = world()
+    blocks = eval_blocks(len(x), block_size(len(x), args.eval_block, size))
+    partial = os.path.join(args.out, PARTIAL) if args.out else None
+    done: dict[int, dict[str, Any]] = {}
+    for k in range(rank, len(blocks), size):
+        lo, hi = blocks[k]
+        path = os.path.join(partial, f"{split}-{lo:06d}-{hi:06d}.pt") if partial else None
+        state = _load_block(path, fingerprint) if path and args.resume else None
+        if state is None:
+            state = evaluate_block(model, guide, x, lo, hi, args, families, progress, seed)
+            if path:
+                os.makedirs(partial, exist_ok=True)
+                atomic_torch_save({"fingerprint": fingerprint, "state": state}, path)
+        done[k] = state
+    gathered = gather_to_first(done)
     if gathered is None:
         return None
-    merged, exact = concatenate([g[0] for g in gathered]), concatenate_exact([g[1] for g in gathered])
+    states = {k: v for part in gathered for k, v in part.items()}
+    parts = [from_state(states[k]) for k in range(len(blocks))]
+    merged, exact = concatenate([p[0] for p in parts]), concatenate_exact([p[1] for p in parts])
     return {**merged.summary(), "exact": exact.summary() if exact is not None else None}
 
 
 #: What the gaps job writes at the end, and what its training writes as it goes.
 RESULTS = ("gaps.json", "gaps.md", "run_info.json")
 STATE = ("checkpoints", "logs")
+#: The finished blocks of points an evaluation saves as it goes (``--resume`` continues from them).
+PARTIAL = "partial"
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     data_cfg, model_cfg, train_cfg, checkpoint = resolve(args)
     device, devices = resolve_device(args.device), _devices(args.devices)
-    with OutputFolder(args.out, results=RESULTS, state=STATE, trains=checkpoint is None, resume=args.resume, overwrite=args.overwrite) as folder:
+    with OutputFolder(args.out, results=RESULTS, state=STATE, trains=checkpoint is None, resume=args.resume, overwrite=args.overwrite,
+                      partial=(PARTIAL,)) as folder:
         return run(args, folder, data_cfg, model_cfg, train_cfg, checkpoint, device, devices)
 
 
@@ -324,11 +372,16 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
                           ais_pilot_chains=args.ais_pilot_chains)
     init_from_environment(device)  # a torchrun launch of an evaluation (Lightning's DDP training started its own group)
     rank, size = world()
+    # what a saved block must have been evaluated with to be reused: the settings, the seed, the points and the model
+    fingerprint = checksum({"evaluation": evaluation, "seed": args.seed, "eval_block": args.eval_block,
+                            "points": {k: v.cpu() for k, v in points.items()},
+                            "model": {k: v.cpu() for k, v in {**model.state_dict(), **{f"guide.{n}": t for n, t in guide.state_dict().items()}}.items()}})
     splits, seconds = {}, {}
     for i, (split, x) in enumerate(points.items()):
         t0 = time.perf_counter()
         set_seed(args.seed * 1000 + i + 1)
-        splits[split] = split_summary(model, guide, x.to(device), args, families, progress, seed=args.seed * 1000 + i + 1)
+        splits[split] = split_summary(model, guide, x.to(device), args, families, progress, seed=args.seed * 1000 + i + 1,
+                                      split=split, fingerprint=fingerprint)
         seconds[split] = time.perf_counter() - t0
     if rank != 0:
         return {}
@@ -340,7 +393,7 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
     result = {"config": config, "splits": splits}
     table = gaps_markdown(result)
     timings = {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started}
-    shares = {split: [list(shard_bounds(len(x), r, size)) for r in range(size)] for split, x in points.items()}
+    shares = {split: [[list(b) for b in eval_blocks(len(x), block_size(len(x), args.eval_block, size))[r::size]] for r in range(size)] for split, x in points.items()}
     info = {**run_info(timings), "world_size": size, "shares": shares}
     folder.write(table, {"gaps.json": result, "gaps.md": table, "run_info.json": info})
     print(f"wrote {os.path.join(args.out, 'gaps.json')} and gaps.md ({time.perf_counter() - started:.0f} s)")

@@ -64,16 +64,17 @@ class OutputFolder:
 
     ``results`` are the files this command writes at the end; ``state`` the files and
     folders a training run writes as it goes (checkpoints, logs). ``trains`` says whether
-    this run writes ``state`` (an evaluation of a given checkpoint does not).
+    this run writes ``state`` (an evaluation of a given checkpoint does not); ``partial`` the
+    files an evaluation writes as it goes, whether or not it trains (finished blocks of points).
     """
 
     def __init__(
         self, path: str, *, results: Sequence[str], state: Sequence[str] = (), trains: bool = True,
-        resume: bool = False, overwrite: bool = False,
+        resume: bool = False, overwrite: bool = False, partial: Sequence[str] = (),
     ):
         if resume and overwrite:
             raise OutputFolderError("--resume continues the run in --out and --overwrite replaces it: give one of them")
-        self.path, self.results, self.state = path, tuple(results), tuple(state)
+        self.path, self.results, self.state, self.partial = path, tuple(results), tuple(state), tuple(partial)
         self.trains, self.resume, self.overwrite = trains, resume, overwrite
         self.lock_path = os.path.join(path, LOCK_NAME)
         self._fd: int | None = None
@@ -164,7 +165,7 @@ class OutputFolder:
     def _remove_debris(self) -> None:
         """Remove temporary files of interrupted atomic writes: in the folder itself and inside its state paths only."""
         candidates = [os.path.join(self.path, name) for name in os.listdir(self.path)]  # the folder itself, not below
-        for name in self.state:
+        for name in self.state + self.partial:
             for folder, _, files in os.walk(os.path.join(self.path, name)):  # nothing when the state path is absent
                 candidates += [os.path.join(folder, f) for f in files]
         removed = []
@@ -178,7 +179,7 @@ class OutputFolder:
 
     def earlier(self) -> list[str]:
         """The files and folders of an earlier run that this run would mix with."""
-        names = self.results + (self.state if self.trains else ())
+        names = self.results + (self.state if self.trains else ()) + self.partial
         return [n for n in names if os.path.exists(os.path.join(self.path, n))]
 
     def _check_earlier_run(self) -> None:
@@ -186,7 +187,7 @@ class OutputFolder:
         if not earlier or self.resume:
             return
         if not self.overwrite:
-            resume = "pass --resume to continue it, " if self.state else ""
+            resume = "pass --resume to continue it, " if self.state or self.partial else ""
             raise OutputFolderError(
                 f"--out {self.path!r} holds an earlier run ({', '.join(earlier)}): {resume}--overwrite to replace it, "
                 "or choose another --out (a folder never mixes two runs' files)"
@@ -229,6 +230,11 @@ def interrupted_message(out: str | None) -> str:
         return "interrupted: nothing was written"
     checkpoint = os.path.join(out, "checkpoints", "last.ckpt")
     runs = os.path.join(out, "runs")
+    partial = os.path.join(out, "partial")
+    if os.path.isdir(partial) and os.listdir(partial):
+        return (f"interrupted: {len(os.listdir(partial))} finished block(s) of points are kept in {partial}"
+                + (" with the trained model's checkpoint" if os.path.exists(checkpoint) else "")
+                + "; run the same command with --resume to evaluate only the rest")
     if os.path.exists(checkpoint):
         return (f"interrupted: the last finished epoch's checkpoint is kept at {checkpoint}; run the same command with "
                 "--resume to continue from it")

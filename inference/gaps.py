@@ -269,23 +269,9 @@ def _iwae_log_px(
 # ---- gathering shards -------------------------------------------------------------------------------------------------
 
 
-def _cpu_estimate(est: Estimate) -> Estimate:
-    return Estimate(est.value.cpu(), est.stderr.cpu(), est.num_samples, None if est.pareto_k is None else est.pareto_k.cpu())
-
-
-def _cpu_local(fit: LocalPosterior) -> LocalPosterior:
-    return LocalPosterior(None, _cpu_estimate(fit.elbo), fit.num_steps.cpu(), fit.converged.cpu())
-
-
 def portable(result: GapDecomposition) -> GapDecomposition:
     """``result`` with its tensors on the CPU and the fitted q* guides dropped: what one shard sends to rank 0."""
-    return result._replace(
-        log_px=_cpu_estimate(result.log_px), elbo_local=_cpu_estimate(result.elbo_local),
-        elbo_amortized=_cpu_estimate(result.elbo_amortized), proposal_is_local=result.proposal_is_local.cpu(),
-        local=_cpu_local(result.local), others={k: _cpu_local(v) for k, v in (result.others or {}).items()},
-        log_px_estimates={k: _cpu_estimate(v) for k, v in (result.log_px_estimates or {}).items()} or None,
-        iwae_proposal_is_local=None if result.iwae_proposal_is_local is None else result.iwae_proposal_is_local.cpu(),
-    )
+    return from_state(to_state(result))[0]
 
 
 def _cat_estimates(parts: list[Estimate]) -> Estimate:
@@ -322,3 +308,42 @@ def concatenate_exact(parts: list[ExactReference | None]) -> ExactReference | No
     gaps = [p.approximation_gap for p in parts]
     gap = None if any(g is None for g in gaps) else sum(g * len(p.log_px) for g, p in zip(gaps, parts)) / len(log_px)
     return ExactReference(log_px, parts[0].source, gap)
+
+
+def _estimate_state(est: Estimate) -> dict[str, Any]:
+    return {"value": est.value.cpu(), "stderr": est.stderr.cpu(), "num_samples": est.num_samples,
+            "pareto_k": None if est.pareto_k is None else est.pareto_k.cpu()}
+
+
+def _local_state(fit: LocalPosterior) -> dict[str, Any]:
+    return {"elbo": _estimate_state(fit.elbo), "num_steps": fit.num_steps.cpu(), "converged": fit.converged.cpu()}
+
+
+def _local_from(state: dict[str, Any]) -> LocalPosterior:
+    return LocalPosterior(None, Estimate(**state["elbo"]), state["num_steps"], state["converged"])
+
+
+def to_state(result: GapDecomposition, exact: ExactReference | None = None) -> dict[str, Any]:
+    """``result`` (and its exact reference) as plain dicts of CPU tensors: what ``torch.load(..., weights_only=True)``
+    reads back (:func:`from_state`), for the finished blocks of a resumable evaluation. The q* guides are not kept."""
+    return {
+        "log_px": _estimate_state(result.log_px), "elbo_local": _estimate_state(result.elbo_local),
+        "elbo_amortized": _estimate_state(result.elbo_amortized), "proposal_is_local": result.proposal_is_local.cpu(),
+        "local": _local_state(result.local), "family": result.family,
+        "others": {k: _local_state(v) for k, v in (result.others or {}).items()}, "log_px_method": result.log_px_method,
+        "log_px_estimates": {k: _estimate_state(v) for k, v in result.log_px_estimates.items()} if result.log_px_estimates else None,
+        "iwae_proposal_is_local": None if result.iwae_proposal_is_local is None else result.iwae_proposal_is_local.cpu(),
+        "exact": None if exact is None else {"log_px": exact.log_px.cpu(), "source": exact.source, "approximation_gap": exact.approximation_gap},
+    }
+
+
+def from_state(state: dict[str, Any]) -> tuple[GapDecomposition, ExactReference | None]:
+    """The decomposition (q* guides dropped) and exact reference that :func:`to_state` wrote."""
+    estimates = state["log_px_estimates"]
+    result = GapDecomposition(
+        Estimate(**state["log_px"]), Estimate(**state["elbo_local"]), Estimate(**state["elbo_amortized"]), state["proposal_is_local"],
+        _local_from(state["local"]), state["family"], {k: _local_from(v) for k, v in state["others"].items()}, state["log_px_method"],
+        {k: Estimate(**v) for k, v in estimates.items()} if estimates else None, state["iwae_proposal_is_local"],
+    )
+    exact = state["exact"]
+    return result, None if exact is None else ExactReference(exact["log_px"], exact["source"], exact["approximation_gap"])

@@ -24,7 +24,8 @@ The numbers are the same on every device too (integer arithmetic only).
   from keyed numbers, by running the site's own sampler under :class:`_KeyedRandomOps`, a
   dispatch mode that answers torch's random operators (normal, uniform, bernoulli, exponential,
   rand, randn) with keyed numbers of the same law, so reparameterized sites keep their gradients
-  and any distribution built on those operators (flows included) works. A distribution drawn
+  and any distribution built on those operators (flows included) works; categorical sites are drawn
+  by inversion of a keyed uniform. A distribution drawn
   by another random operator (gamma, multinomial, …) is refused by name;
 * :func:`keyed` — the context the estimators open around each draw.
 """
@@ -296,8 +297,25 @@ class KeyedSampling(Messenger):
         axes = {f.name: base + f.dim for f in msg["cond_indep_stack"] if f.dim is not None}
         data_axis, sample_axis = axes.get(DATA_PLATE), axes.get(SAMPLE_PLATE)
         site = _Site(msg["name"], prefix_key(self.prefix, msg["name"]), shape, data_axis, sample_axis)
-        with _KeyedRandomOps(self.stream, site):
+        ops = _KeyedRandomOps(self.stream, site)
+        if isinstance(fn, (torch.distributions.Categorical, torch.distributions.OneHotCategorical)):
+            msg["value"] = _categorical(fn, shape, ops)
+            return
+        with ops:
             msg["value"] = fn(*msg["args"], **msg["kwargs"])
+
+
+def _categorical(fn, shape: tuple[int, ...], ops: _KeyedRandomOps) -> torch.Tensor:
+    """A categorical draw by inversion of a keyed uniform, ``#{k : u > F(k)}`` (torch draws it by ``multinomial``)."""
+    one_hot = isinstance(fn, torch.distributions.OneHotCategorical)
+    probs = fn.probs
+    k = probs.shape[-1]
+    index_shape = shape[:-1] if one_hot else shape
+    u = uniform(ops._keys(shape if not one_hot else index_shape + (1,), probs.device))
+    u = u.reshape(index_shape).to(probs.dtype)
+    cdf = probs.expand(index_shape + (k,)).cumsum(-1)
+    value = (u.unsqueeze(-1) > cdf).sum(-1).clamp(max=k - 1)
+    return torch.nn.functional.one_hot(value, k).to(probs.dtype) if one_hot else value
 
 
 @contextlib.contextmanager

@@ -179,3 +179,31 @@ def test_the_gap_decomposition_of_each_point_does_not_depend_on_its_batch():
         return torch.stack(list(result.per_datapoint().values()))
 
     _same_per_point(lambda rows, index: run(rows, index).T, x, tolerance=1e-5)
+
+
+def test_keyed_categorical_sites_are_drawn_with_their_probabilities():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+            pyro.sample("x", dist.Normal(c.double(), 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("c", dist.Categorical(probs))
+
+    x = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    from inference.program import SAMPLE_PLATE, inspect_program
+
+    info = inspect_program(model, guide, x)
+    with keyed(point_stream(0, x), "test"), pyro.plate(SAMPLE_PLATE, 6000, dim=info.sample_dim):
+        c = pyro.poutine.trace(guide).get_trace(x).nodes["c"]["value"]
+    freq = torch.stack([(c == k).double().mean(0) for k in range(3)])  # (3, N)
+    se = (probs * (1 - probs) / 6000).sqrt().double()
+    assert ((freq - probs.double()[:, None]).abs() < 3.5 * se[:, None]).all(), freq
+    est = elbo(model, guide, x, 4000, seed=2)
+    log_q = probs.double().log()
+    log_joint = torch.stack([dist.Normal(float(k), 1.0).log_prob(x) + math.log(1 / 3) for k in range(3)])
+    exact = (probs.double()[:, None] * (log_joint - log_q[:, None])).sum(0)
+    assert ((est.value - exact).abs() < 4 * est.stderr).all()

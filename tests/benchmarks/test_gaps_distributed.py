@@ -1,4 +1,4 @@
-"""The gap benchmark sharded over two CPU processes (gloo) gives the numbers of one process."""
+"""The gap benchmark sharded over two CPU processes (gloo) gives the numbers of one process; an interrupted evaluation resumes."""
 
 import json
 import os
@@ -55,6 +55,43 @@ def test_two_processes_give_the_numbers_of_one(tmp_path):
     assert worst < 1e-5, [(p, x, y) for p, x, y in pairs if abs(x - y) / (1 + abs(x)) >= 1e-5][:5]
     with open(os.path.join(two, "run_info.json")) as f:
         info = json.load(f)
-    assert info["world_size"] == 2 and info["shares"]["train"] == [[0, 3], [3, 6]]
+    assert info["world_size"] == 2 and info["shares"]["train"] == [[[0, 3]], [[3, 6]]]  # each rank's blocks
     with open(os.path.join(one, "run_info.json")) as f:
         assert json.load(f)["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_evaluation_resumes_from_its_saved_blocks_to_the_same_json(tmp_path, monkeypatch):
+    import benchmarks.gaps as gaps
+
+    code, whole = run(tmp_path, "--eval-block", "2", name="whole")
+    assert code == 0
+    real, calls = gaps.evaluate_block, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[3:5])
+        if len(calls) == 3:  # two blocks of the training points saved, then Ctrl-C
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gaps, "evaluate_block", interrupted)
+    code, out = run(tmp_path, "--eval-block", "2", name="cut")
+    assert code != 0 and sorted(os.listdir(os.path.join(out, "partial"))) == ["train-000000-000002.pt", "train-000002-000004.pt"]
+    assert not os.path.exists(os.path.join(out, "gaps.json"))
+    code, _ = run(tmp_path, "--eval-block", "2", name="cut")  # without --resume the folder is refused, not mixed
+    assert code != 0
+    calls.clear()
+    monkeypatch.setattr(gaps, "evaluate_block", lambda *a, **k: calls.append(a[3:5]) or real(*a, **k))
+    code, out = run(tmp_path, "--eval-block", "2", "--resume", name="cut")
+    assert code == 0
+    assert calls == [(4, 6), (0, 2), (2, 4), (4, 6)]  # the last training block, then every test block
+    assert read(out) == read(whole)
+
+
+@pytest.mark.slow
+def test_a_saved_block_of_another_evaluation_is_refused_on_resume(tmp_path):
+    code, out = run(tmp_path, "--eval-block", "3", name="a")
+    assert code == 0
+    os.remove(os.path.join(out, "gaps.json"))
+    code, _ = run(tmp_path, "--eval-block", "3", "--resume", "--elbo-samples", "32", name="a")
+    assert code != 0  # the blocks were evaluated with 64 ELBO samples
