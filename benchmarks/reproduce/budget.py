@@ -89,7 +89,7 @@ _DIGITS_CPU = Budget(
 _MNIST_CPU = Budget(
     "cpu", "mnist", epochs=60, num_points=50, log_px_samples=2000, elbo_samples=500, ais_chains=16, ais_steps=300, ais_leapfrog=5,
     local_samples=20, local_window=50, local_patience=5, local_max_steps=3000, encoder_sizes=((), (200, 200), (500, 500)),
-    snapshot_every=10, posterior_epochs=30, grid_points=150, refine_steps=(1, 5, 20), sa_steps=(1,), sa_epochs=10, collapse_epochs=20,
+    snapshot_every=10, posterior_epochs=30, grid_points=150, refine_steps=(1, 5, 20), sa_steps=(1,), sa_epochs=60, collapse_epochs=20,
     betas=(0.5, 1.0, 2.0), free_bits=(0.0, 5.0), collapse_warmup=(0.0, 5.0), curve_every=20,
     # measured on 2 cores through our loop (batch 100): 6.5 s per epoch with K = 1, 15.8 s with K = 5, so 90 minutes are
     # about 800 and 330 epochs
