@@ -412,17 +412,40 @@ def per_datapoint_log_prob(name: str, site: dict, info: ProgramInfo) -> torch.Te
     enumeration dims on its left: ``(*enum, S or 1, N or 1)``.
     """
     _check_unscaled(name, site)
-    log_prob = site["fn"].log_prob(site["value"])
+    return _within_datapoints(name, _masked(site, site["fn"].log_prob(site["value"])), info, 0)
+
+
+def per_dimension_log_prob(name: str, site: dict, info: ProgramInfo) -> torch.Tensor:
+    """``log p`` of each coordinate of a factorized site with one event dim, summed within each datapoint:
+    ``(S or 1, N or 1, D)``. Its sum over the last dim is :func:`per_datapoint_log_prob`. A site whose
+    distribution does not factorize over its event dim (a flow, a full covariance) is refused by name."""
+    _check_unscaled(name, site)
+    fn = site["fn"]
+    if not isinstance(fn, torch.distributions.Independent) or fn.reinterpreted_batch_ndims != 1 or len(fn.event_shape) != 1:
+        raise ValueError(f"site {name!r} is a {type(fn).__name__}, not a factorized distribution over one event dim "
+                         "(Independent(..., 1), e.g. Normal(loc, scale).to_event(1)): it has no per-dimension log density")
+    log_prob = _masked(site, fn.base_dist.log_prob(site["value"]), trailing=1)
+    return _within_datapoints(name, log_prob, info, 1)
+
+
+def _masked(site: dict, log_prob: torch.Tensor, trailing: int = 0) -> torch.Tensor:
     if site["mask"] is not None and site["mask"] is not True:
-        log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
+        mask = site["mask"].reshape(site["mask"].shape + (1,) * trailing) if isinstance(site["mask"], torch.Tensor) else site["mask"]
+        log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
+    return log_prob
+
+
+def _within_datapoints(name: str, log_prob: torch.Tensor, info: ProgramInfo, trailing: int) -> torch.Tensor:
+    """Sum the plates nested in the data plate out of ``log_prob`` (batch dims, then ``trailing`` dims kept)."""
     n_dims = info.max_plate_nesting + 1
-    lead = max(0, log_prob.dim() - n_dims)
+    batch = log_prob.dim() - trailing
+    lead = max(0, batch - n_dims)
     if lead > len(info.enumerated):
         raise ConventionError(
-            f"site {name!r} has batch shape {tuple(log_prob.shape)}, more dims than its plates: "
+            f"site {name!r} has batch shape {tuple(log_prob.shape[:batch])}, more dims than its plates: "
             "declare per-datapoint dims as event dims with .to_event()"
         )
-    log_prob = log_prob.reshape((1,) * (n_dims - log_prob.dim()) + tuple(log_prob.shape))
+    log_prob = log_prob.reshape((1,) * (n_dims - batch) + tuple(log_prob.shape))
     keep = (0, n_dims + info.data_dim)
     other = [lead + d for d in range(n_dims) if d not in keep]
     return log_prob.sum(other) if other else log_prob

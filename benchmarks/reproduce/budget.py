@@ -63,6 +63,7 @@ class Budget:
     collapse_epochs: int = 100
     betas: tuple[float, ...] = (0.5, 1.0, 2.0)
     free_bits: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0)  #: nats on the whole KL of the one latent site z
+    free_bits_dim: tuple[float, ...] = (0.04, 0.1, 0.2)  #: nats per latent unit (x 50 units: the site grid's totals)
     collapse_warmup: tuple[float, ...] = (0.0, 20.0)
     # experiment 9: the IWAE table
     iwae_batch_size: int = 100
@@ -83,14 +84,14 @@ _DIGITS_CPU = Budget(
     # flow q*, AIS), mean 2,172 steps; with this rule and 100 points, experiment 1 alone took 21 min, so 50 points per split
     "cpu", "digits", epochs=300, num_points=50, ais_chains=16, ais_steps=200, ais_leapfrog=5, local_samples=20, local_window=50,
     local_patience=5, local_max_steps=3000, snapshot_every=20, posterior_epochs=300, sa_steps=(1,), sa_epochs=300,
-    collapse_epochs=100, free_bits=(0.0, 2.0, 5.0), collapse_warmup=(0.0, 10.0), curve_every=10,
+    collapse_epochs=100, free_bits=(0.0, 2.0, 5.0), free_bits_dim=(0.04, 0.1), collapse_warmup=(0.0, 10.0), curve_every=10,
     iwae_rows=(("vae", "elbo", 1, 300), ("vae", "iwae", 5, 300)),
 )
 _MNIST_CPU = Budget(
     "cpu", "mnist", epochs=60, num_points=50, log_px_samples=2000, elbo_samples=500, ais_chains=16, ais_steps=300, ais_leapfrog=5,
     local_samples=20, local_window=50, local_patience=5, local_max_steps=3000, encoder_sizes=((), (200, 200), (500, 500)),
     snapshot_every=10, posterior_epochs=30, grid_points=150, refine_steps=(1, 5, 20), sa_steps=(1,), sa_epochs=60, collapse_epochs=20,
-    betas=(0.5, 1.0, 2.0), free_bits=(0.0, 5.0), collapse_warmup=(0.0, 5.0), curve_every=20,
+    betas=(0.5, 1.0, 2.0), free_bits=(0.0, 5.0), free_bits_dim=(0.1,), collapse_warmup=(0.0, 5.0), curve_every=20,
     # measured on 2 cores through our loop (batch 100): 6.5 s per epoch with K = 1, 15.8 s with K = 5, so 90 minutes are
     # about 800 and 330 epochs
     iwae_rows=(("vae", "elbo", 1, 800), ("vae", "iwae", 5, 330)),
@@ -111,6 +112,7 @@ _TINY = Budget(
     num_points=4, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, local_samples=4,
     local_window=2, local_patience=1, local_max_steps=6, svi_samples=2, encoder_sizes=((), (16,)), snapshot_every=1, posterior_epochs=2,
     grid_points=30, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),
+    free_bits_dim=(0.25,),
     collapse_warmup=(0.0,), iwae_rows=(("vae", "elbo", 1, 1), ("vae", "iwae", 2, 1)), iwae_test_points=8, curve_every=1,
 )
 

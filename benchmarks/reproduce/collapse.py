@@ -8,7 +8,8 @@ encoder collapse onto the prior). Trained with
 * **KL annealing** (Bowman et al. 2016): the ELBO with a linear warm-up of the KL weight;
 * **free bits** (Kingma et al. 2016): objective ``free-bits``, each latent site's batch-mean KL floored at λ; the
   VAE has one site, ``z`` (50 dimensions), so λ is a floor on the whole KL, in nats, and the budgets' grids are
-  sized for that (a few nats), not per dimension;
+  sized for that (a few nats); and objective ``free-bits-dim``, the floor on each latent unit's KL (λ in nats per unit,
+  the budgets' grids the same totals spread over the units);
 * **β-VAE** (Higgins et al. 2017): objective ``beta-vae``, a fixed weight β on the KL.
 
 Each model on the same held-out points: active units (posterior-mean variance > 0.01, Burda et al.
@@ -40,6 +41,9 @@ def settings(budget) -> list[tuple[str, str, dict]]:
             for w in budget.collapse_warmup if w > 0]
     out += [(f"free bits λ = {lam:g}", f"collapse-free-bits{lam:g}", {"objective": "free-bits", "free_bits": lam, "kl_warmup_epochs": 0.0})
             for lam in budget.free_bits if lam > 0]
+    out += [(f"free bits per unit λ = {lam:g}", f"collapse-free-bits-dim{lam:g}",
+             {"objective": "free-bits-dim", "free_bits": lam, "kl_warmup_epochs": 0.0})
+            for lam in budget.free_bits_dim if lam > 0]
     out += [(f"β-VAE β = {beta:g}" + (" (a contrast: β > 1 pushes toward collapse)" if beta > 1 else ""), f"collapse-beta{beta:g}",
              {"objective": "beta-vae", "beta": beta, "kl_warmup_epochs": 0.0})
             for beta in budget.betas if beta != 1]
@@ -81,11 +85,13 @@ def _units(units) -> dict:
 
 
 def _figure(results, path: str) -> None:
-    groups = {"free bits λ": [(0.0, results["ELBO"])], "β-VAE β": [(1.0, results["ELBO"])]}
+    groups = {"free bits λ (site total, nats)": [(0.0, results["ELBO"])], "β-VAE β": [(1.0, results["ELBO"])]}
     for r in results.values():
         o = r["options"]
         if o["objective"] == "free-bits":
-            groups["free bits λ"].append((o["free_bits"], r))
+            groups["free bits λ (site total, nats)"].append((o["free_bits"], r))
+        elif o["objective"] == "free-bits-dim":  # on the same axis: the floor's total over the units
+            groups["free bits λ (site total, nats)"].append((o["free_bits"] * r["active_units"]["total"], r))
         elif o["objective"] == "beta-vae":
             groups["β-VAE β"].append((o["beta"], r))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))

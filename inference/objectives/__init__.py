@@ -166,6 +166,11 @@ OBJECTIVES: dict[str, Objective] = {
         "the ELBO with each latent site's batch-mean KL floored at lambda nats (Kingma et al. 2016; --free-bits, 0 is the ELBO)", True,
         needs="reparameterized", params=("free_bits",),
     ),
+    "free-bits-dim": Objective(
+        lambda model, guide, k, free_bits=0.0: KLControlledELBO(model, guide, k, free_bits=free_bits, per_dimension=True),
+        "the ELBO with each latent unit's batch-mean KL floored at lambda nats (free bits per dimension; --free-bits, 0 is the ELBO)",
+        True, needs="reparameterized", params=("free_bits",),
+    ),
     "sa-vae": Objective(
         lambda model, guide, k, svi_steps=0, svi_lr=1.0: SemiAmortizedELBO(model, guide, k, svi_steps=svi_steps, svi_lr=svi_lr),
         "semi-amortized: the encoder's output refined by k SGD steps on each datapoint's ELBO, trained through them (Kim et al. 2018; "

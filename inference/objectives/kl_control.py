@@ -14,7 +14,12 @@ and train on
   autoregressive flow*, eq. 15): :math:`\sum_i R_i - B \sum_g \max\big(\lambda,
   \tfrac1B \sum_i \mathrm{KL}_{g,i}\big)` on a batch of ``B``: each group's KL, averaged
   over the batch, is floored at :math:`\lambda` nats, so a group below the floor gets no
-  gradient pushing its KL further down (:math:`\lambda = 0` is the ELBO).
+  gradient pushing its KL further down (:math:`\lambda = 0` is the ELBO);
+* **free bits per dimension**: the same floor on each coordinate of a factorized site,
+  :math:`\sum_i R_i - B \sum_g \sum_d \max\big(\lambda, \tfrac1B \sum_i \mathrm{KL}_{g,d,i}\big)`
+  with :math:`\mathrm{KL}_{g,d,i} = E_q[\log q(z_{g,d}) - \log p(z_{g,d})]` (each latent unit a group,
+  the common reading of Kingma et al.'s groups for a VAE with one latent vector; :math:`\lambda` in nats
+  per unit). It needs guide and prior that factorize over the site's coordinates.
 
 Global latents keep their plain term :math:`\log p(\theta) - \log q(\theta)`, counted
 ``B/N`` per batch; KL warm-up multiplies every KL term (and the global term) by its weight.
@@ -27,15 +32,16 @@ import pyro
 import torch
 from torch import nn
 
-from ..program import SAMPLE_PLATE, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, trace_pair
+from ..program import SAMPLE_PLATE, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, per_dimension_log_prob, trace_pair
 from ..sampling import global_share
 from ..validation import nonnegative_number, positive_number
 
 
-def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: int = 1
+def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: int = 1, per_dimension: bool = False
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     r"""The ELBO's terms from ``K = num_particles`` joint samples: per-datapoint reconstruction :math:`R_i` ``(B,)``, each
-    local site's :math:`\mathrm{KL}_{g,i}` ``(B,)``, and the global term :math:`\log p(\theta) - \log q(\theta)`, each averaged over K.
+    local site's :math:`\mathrm{KL}_{g,i}` ``(B,)`` (``per_dimension``: ``(B, D)``, one per coordinate), and the global term
+    :math:`\log p(\theta) - \log q(\theta)`, each averaged over K.
 
     :math:`\mathcal L_i = R_i - \sum_g \mathrm{KL}_{g,i}`; differentiable (pathwise) in the parameters of both programs.
     """
@@ -43,11 +49,17 @@ def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: 
         model_trace, guide_trace = trace_pair(model, guide, x)
     recon = sum(per_datapoint_log_prob(n, model_trace.nodes[n], info) for n in info.observed)
     recon = recon.expand(num_particles, len(x)).mean(0)
-    kl = {
-        name: (per_datapoint_log_prob(name, guide_trace.nodes[name], info)
-               - per_datapoint_log_prob(name, model_trace.nodes[name], info)).expand(num_particles, len(x)).mean(0)
-        for name in info.local_latents
-    }
+    if per_dimension:
+        kl = {}
+        for name in info.local_latents:
+            diff = per_dimension_log_prob(name, guide_trace.nodes[name], info) - per_dimension_log_prob(name, model_trace.nodes[name], info)
+            kl[name] = diff.expand(num_particles, len(x), diff.shape[-1]).mean(0)
+    else:
+        kl = {
+            name: (per_datapoint_log_prob(name, guide_trace.nodes[name], info)
+                   - per_datapoint_log_prob(name, model_trace.nodes[name], info)).expand(num_particles, len(x)).mean(0)
+            for name in info.local_latents
+        }
     global_ = x.new_zeros(())
     for name in info.global_latents:
         m, g = model_trace.nodes[name], guide_trace.nodes[name]
@@ -56,10 +68,13 @@ def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: 
 
 
 class KLControlledELBO(nn.Module):
-    """The negative β-VAE / free-bits objective above, summed over the batch (``beta=1, free_bits=0``: the ELBO)."""
+    """The negative β-VAE / free-bits objective above, summed over the batch (``beta=1, free_bits=0``: the ELBO);
+    ``per_dimension`` floors each coordinate's KL rather than each site's."""
 
-    def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int = 1, *, beta: float = 1.0, free_bits: float = 0.0):
+    def __init__(self, model: nn.Module, guide: nn.Module, num_particles: int = 1, *, beta: float = 1.0, free_bits: float = 0.0,
+                 per_dimension: bool = False):
         super().__init__()
+        self.per_dimension = bool(per_dimension)
         self.model, self.guide = model, guide
         self.num_particles = int(num_particles)
         self.beta = positive_number(beta, "beta")
@@ -81,13 +96,13 @@ class KLControlledELBO(nn.Module):
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Per-datapoint reconstruction ``(B,)``, each local site's KL ``(B,)`` and the global term, each averaged over K."""
-        return elbo_terms(self.model, self.guide, x, self._prepare(x), self.num_particles)
+        return elbo_terms(self.model, self.guide, x, self._prepare(x), self.num_particles, self.per_dimension)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recon, kl, global_ = self.terms(x)
         weight = self.beta * self.latent_scale
         # the floor only with free bits: clamping a Monte Carlo KL (negative at times) at 0 would bias the beta-VAE
         floor = (lambda kl_mean: torch.clamp(kl_mean, min=self.free_bits)) if self.free_bits > 0 else (lambda kl_mean: kl_mean)
-        penalty = sum((floor(k.mean()) * len(x) for k in kl.values()), x.new_zeros(()))
+        penalty = sum((floor(k.mean(0)).sum() * len(x) for k in kl.values()), x.new_zeros(()))  # k.mean(0): per site, or per unit
         share = global_share(len(x), self.dataset_size)
         return -(recon.sum() - weight * penalty + weight * share * global_)

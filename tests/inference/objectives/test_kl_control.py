@@ -103,10 +103,49 @@ def test_parameters_go_only_to_the_objectives_that_take_them():
     model, guide = LinearGaussian(), LinearGuide()
     with pytest.raises(ValueError, match="beta=4.0 applies to objective\\(s\\) beta-vae, not to 'elbo'"):
         make_loss("elbo", model, guide, 1, beta=4.0)
-    with pytest.raises(ValueError, match="free_bits=0.5 applies to objective\\(s\\) free-bits, not to 'beta-vae'"):
+    with pytest.raises(ValueError, match="free_bits=0.5 applies to objective\\(s\\) free-bits, free-bits-dim, not to 'beta-vae'"):
         make_loss("beta-vae", model, guide, 1, free_bits=0.5)
     with pytest.raises(ValueError, match="beta must be a finite number > 0"):
         TrainOptions(objective="beta-vae", beta=0.0)
     with pytest.raises(ValueError, match="free_bits must be a finite number >= 0"):
         TrainOptions(objective="free-bits", free_bits=-1.0)
     assert TrainOptions(objective="beta-vae", beta=4.0).params() == {"beta": 4.0, "free_bits": 0.0, "svi_steps": 0, "svi_lr": 1.0}
+
+
+def test_free_bits_per_dimension_floor_each_units_batch_mean_kl_and_cut_only_its_gradient():
+    model, guide, x = LinearGaussian(), LinearGuide(), data()
+    loss = make_loss("free-bits-dim", model, guide, 1, free_bits=0.0)
+    torch.manual_seed(5)
+    recon, kl, _ = loss.terms(x)
+    per_unit = kl["z"].mean(0).detach()  # (2,): each unit's batch-mean KL, from these draws
+    assert kl["z"].shape == (len(x), 2)
+    torch.manual_seed(5)
+    _, kl_site, _ = make_loss("free-bits", model, guide, 1).terms(x)
+    assert torch.allclose(kl["z"].sum(-1), kl_site["z"])  # the units' KLs add up to the site's
+    low, high = sorted(per_unit.tolist())
+    floor = (low + high) / 2  # above one unit's KL, below the other's
+    torch.manual_seed(5)
+    value = make_loss("free-bits-dim", model, guide, 1, free_bits=floor)(x)
+    assert value.item() == pytest.approx(-(recon.sum() - len(x) * (high + floor)).item(), rel=1e-12)
+    below = int(per_unit.argmin())
+    torch.manual_seed(5)
+    grad = torch.autograd.grad(make_loss("free-bits-dim", model, guide, 1, free_bits=floor)(x), guide.log_s)[0]
+    torch.manual_seed(5)
+    r, _, _ = loss.terms(x)
+    grad_recon = torch.autograd.grad(-r.sum(), guide.log_s)[0]
+    assert grad[below].item() == pytest.approx(grad_recon[below].item(), rel=1e-10)  # the floored unit: reconstruction alone
+    assert grad[1 - below].item() != pytest.approx(grad_recon[1 - below].item(), rel=1e-3)  # the other still feels its KL
+    torch.manual_seed(6)
+    zero = make_loss("free-bits-dim", model, guide, 1, free_bits=0.0)(x)
+    torch.manual_seed(6)
+    assert zero.item() == pytest.approx(make_loss("beta-vae", model, guide, 1)(x).item(), rel=1e-12)  # lambda = 0: the ELBO
+
+
+def test_free_bits_per_dimension_refuse_a_site_that_does_not_factorize():
+    class FullGuide(LinearGuide):
+        def forward(self, x):
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.MultivariateNormal(x @ self.a.T + self.c, scale_tril=torch.diag(self.log_s.exp())))
+
+    with pytest.raises(ValueError, match="site 'z' is a MultivariateNormal, not a factorized distribution"):
+        make_loss("free-bits-dim", LinearGaussian(), FullGuide(), 1, free_bits=0.5)(data())
