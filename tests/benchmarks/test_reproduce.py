@@ -129,3 +129,25 @@ def test_the_report_shows_each_verdict_computed_from_the_numbers():
     assert "**a claim** (train) — ✅ holds: a > b — 2.100 vs 1.033" in text
     assert "**another** — ❌ fails: a > b" in text
     plt.close("all")
+
+
+def test_a_flow_q_star_short_of_the_ffg_q_star_is_flagged_in_the_report():
+    import torch
+
+    from benchmarks.reproduce.gaps_by_family import flow_short_of_ffg
+    from benchmarks.reproduce.models import FLOW
+    from benchmarks.reproduce.report import Report
+
+    g = torch.Generator().manual_seed(0)
+    ffg = (-90 + torch.randn(40, generator=g)).tolist()
+
+    def summary(shift):
+        flow = [v + shift + 0.01 * float(torch.randn((), generator=g)) for v in ffg]
+        return {"local": {"family": "ffg"}, "per_point": {"elbo_local": ffg, "log_px": [v + 2 for v in ffg]},
+                "others": {FLOW: {"per_point": flow}}}
+
+    report = Report("x", "x", {})
+    assert flow_short_of_ffg(report, summary(+0.3), "fine") is None  # the flow's q* above the FFG's: nothing to say
+    verdict = flow_short_of_ffg(report, summary(-0.3), "short")
+    assert verdict is not None and verdict["status"] == "holds"
+    assert any("short: q*_flow fell short of q*_FFG" in part for part in map(str, report.__dict__.values()))
