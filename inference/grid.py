@@ -48,6 +48,14 @@ class GridPosterior(NamedTuple):
         zb = (weights.sum(1) * self.axis).sum(1)
         return torch.stack([za, zb], 1)
 
+    def std(self) -> torch.Tensor:
+        """(N, 2) the posterior standard deviation of each coordinate on the grid."""
+        weights = self.log_joint.flatten(1).softmax(1).reshape(self.log_joint.shape)
+        mean = self.mean()
+        va = (weights.sum(2) * (self.axis - mean[:, :1]) ** 2).sum(1)
+        vb = (weights.sum(1) * (self.axis - mean[:, 1:]) ** 2).sum(1)
+        return torch.stack([va, vb], 1).sqrt()
+
 
 def grid_points(bounds: tuple[float, float], points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The cell centres of ``points`` equal cells on ``bounds`` (float64), and the 2-D grid ``(points**2, 2)``, row-major."""

@@ -5,6 +5,7 @@ import os
 
 import matplotlib.pyplot as plt
 import pytest
+import torch
 
 import benchmarks.report
 from benchmarks import reproduce
@@ -151,3 +152,18 @@ def test_a_flow_q_star_short_of_the_ffg_q_star_is_flagged_in_the_report():
     verdict = flow_short_of_ffg(report, summary(-0.3), "short")
     assert verdict is not None and verdict["status"] == "holds"
     assert any("short: q*_flow fell short of q*_FFG" in part for part in map(str, report.__dict__.values()))
+
+
+def test_a_posterior_a_few_coarse_cells_wide_gets_a_grid_of_its_own_that_matches_the_closed_form():
+    from benchmarks.reproduce.posterior_2d import wide_enough_grid, zoomed_grids
+    from tests.oracles import make_ppca, sample_ppca
+
+    model, guide = make_ppca(data_dim=6, latent_dim=2, noise=0.05)  # posterior sd about 0.02: a fraction of a coarse cell
+    x = sample_ppca(model, 3)
+    exact = model.log_px(x).double()
+    coarse, _ = wide_enough_grid(model, guide, x, 5.0, 40, 2**22)
+    zoomed = zoomed_grids(model, guide, x, coarse, 40, 2**22)
+    fine = torch.cat([g.log_px for g in zoomed])
+    assert (coarse.log_px - exact).abs().max() > 0.05  # the coarse grid misses
+    assert (fine - exact).abs().max() < 1e-3, (fine, exact)
+    assert all(float(g.edge_mass[0]) < 1e-3 for g in zoomed)
