@@ -263,13 +263,15 @@ def evaluate_block(model, guide, x: torch.Tensor, lo: int, hi: int, args: argpar
 
 def _load_block(path: str, fingerprint: str) -> dict[str, Any] | None:
     """A finished block saved by an earlier run of the same evaluation; None if there is none. A block of another
-    evaluation (other settings, another model) is refused by name rather than mixed in."""
+    evaluation (other settings, or a model that a resumed training has changed since) is never mixed in: it is
+    evaluated again, with a note."""
     if not os.path.exists(path):
         return None
     saved = load_checkpoint(path, required=("fingerprint", "state"))
     if saved["fingerprint"] != fingerprint:
-        raise ValueError(f"{path} holds a block of another evaluation (other settings or another model): --resume continues "
-                         "the same evaluation only; use --overwrite to start again")
+        print(f"note: {path} holds a block of another evaluation (other settings, or the model has trained since): "
+              "evaluating it again", file=sys.stderr)
+        return None
     return saved["state"]
 
 
