@@ -231,10 +231,12 @@ def train_one(
     guide.to(torch_device).eval()
     x_test = data.eval_points("test", options.test_points or len(data.test)).to(torch_device)
     snr_batch = data.eval_points("train", min(base.batch_size, len(data.train))).to(torch_device)
+    t0 = time.perf_counter()
+    evaluated = evaluate(model, guide, objective, k, x_test, snr_batch, options, base.seed, train.params())
     result = {
         "objective": objective, "num_particles": k, "train": train.to_dict(), "train_seconds": train_seconds,
-        "steps": curve.steps, "seconds_per_step": curve.step_seconds / max(curve.steps, 1),
-        **evaluate(model, guide, objective, k, x_test, snr_batch, options, base.seed, train.params()),
+        "evaluate_seconds": time.perf_counter() - t0,
+        "steps": curve.steps, "seconds_per_step": curve.step_seconds / max(curve.steps, 1), **evaluated,
         "curve": curve.points,
         "train_loss": _read_train_loss(run_dir) if run_dir else trained.losses,
     }
