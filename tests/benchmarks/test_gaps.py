@@ -304,7 +304,7 @@ def test_a_rerun_into_an_earlier_runs_folder_is_refused_or_replaces_it_whole(tmp
     _, out = run(tmp_path, name="twice")
     first = read(out)
     assert cli([*TINY, "--out", out, "--seed", "5"]) == 2
-    assert "holds an earlier run (gaps.json, gaps.md, run_info.json, checkpoints, logs): pass --resume" in capsys.readouterr().err
+    assert "holds an earlier run (gaps.json, gaps.md, run_info.json, checkpoints, logs, partial): pass --resume" in capsys.readouterr().err
     assert read(out) == first  # untouched
     assert cli([*TINY, "--out", out, "--seed", "5", "--overwrite"]) == 0
     assert read(out)["config"]["seed"] == 5 and read(out)["splits"] != first["splits"]
