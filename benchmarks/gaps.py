@@ -46,7 +46,7 @@ from benchmarks.options import (
 from benchmarks.outdir import OutputFolder
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
-from inference.distributed import gather_to_first, init_from_environment, world
+from inference.distributed import eval_blocks, gather_to_first, init_from_environment, rank_blocks, world
 from inference.families import LOCAL_FAMILIES, FlowOptions
 from inference.gaps import LOG_PX_METHODS, concatenate, concatenate_exact, exact_reference, from_state, gap_decomposition, to_state
 from inference.io import atomic_torch_save, checksum, load_checkpoint
@@ -236,16 +236,6 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     return data_cfg, model_cfg, train, checkpoint
 
 
-def eval_blocks(n: int, size: int) -> list[tuple[int, int]]:
-    """The blocks ``[lo, hi)`` of ``size`` points (the last shorter) an evaluation of ``n`` points is done and saved in."""
-    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
-def block_size(n: int, eval_block: int, world_size: int) -> int:
-    """``--eval-block``, made small enough that each of ``world_size`` ranks has a block of the ``n`` points."""
-    return max(1, min(eval_block, -(-n // world_size)))
-
-
 def evaluate_block(model, guide, x: torch.Tensor, lo: int, hi: int, args: argparse.Namespace, families: tuple[str, ...],
                    progress: bool, seed: int) -> dict[str, Any]:
     """The decomposition of the points ``x[lo:hi]`` with draws keyed by (``seed``, their index), as plain state."""
@@ -280,16 +270,16 @@ def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, famil
     """The gap decomposition of the points ``x``, summarized, with the exact answers where they are known.
 
     Every draw is keyed by (``seed``, index of the point) (:mod:`inference.streams`), and the points are
-    evaluated in blocks of ``--eval-block`` (:func:`eval_blocks`). Under a torch.distributed group rank r
+    evaluated in blocks of ``--eval-block`` (:func:`inference.distributed.eval_blocks`). Under a torch.distributed group rank r
     evaluates blocks r, r + W, …, and rank 0 gathers them and returns the summary (None on the other
     ranks): the numbers of one process. With ``--out`` each finished block is saved in
     ``OUT/partial/`` at once (atomically), and ``--resume`` reads it back instead of evaluating it again.
     """
     rank, size = world()
-    blocks = eval_blocks(len(x), block_size(len(x), args.eval_block, size))
+    blocks = eval_blocks(len(x), args.eval_block, size)
     partial = os.path.join(args.out, PARTIAL) if args.out else None
     done: dict[int, dict[str, Any]] = {}
-    for k in range(rank, len(blocks), size):
+    for k in rank_blocks(blocks, rank, size):
         lo, hi = blocks[k]
         path = os.path.join(partial, f"{split}-{lo:06d}-{hi:06d}.pt") if partial else None
         state = _load_block(path, fingerprint) if path and args.resume else None
@@ -395,7 +385,10 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
     result = {"config": config, "splits": splits}
     table = gaps_markdown(result)
     timings = {"train": train_seconds, **{f"evaluate_{k}": v for k, v in seconds.items()}, "total": time.perf_counter() - started}
-    shares = {split: [[list(b) for b in eval_blocks(len(x), block_size(len(x), args.eval_block, size))[r::size]] for r in range(size)] for split, x in points.items()}
+    shares = {}  # each rank's blocks of each split, as split_summary assigned them
+    for split, x in points.items():
+        blocks = eval_blocks(len(x), args.eval_block, size)
+        shares[split] = [[list(blocks[k]) for k in rank_blocks(blocks, r, size)] for r in range(size)]
     info = {**run_info(timings), "world_size": size, "shares": shares}
     folder.write(table, {"gaps.json": result, "gaps.md": table, "run_info.json": info})
     print(f"wrote {os.path.join(args.out, 'gaps.json')} and gaps.md ({time.perf_counter() - started:.0f} s)")

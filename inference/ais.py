@@ -159,6 +159,11 @@ class Noise(NamedTuple):
         return draw_uniform(self.stream, f"{self.name}:accept", step, like, data_axis=1, sample_axis=0)
 
 
+def _keyed_starts(noise: Noise | None, what: str):
+    """The chains' starting draws keyed by ``noise`` (as ``what``); torch's generator without it."""
+    return keyed(noise.stream, f"{noise.name}:{what}") if noise is not None else keyed(None, what)
+
+
 def hmc_transition(
     state: HMCState, log_density: LogDensity, step_size: torch.Tensor, num_leapfrog: int, noise: Noise | None = None, step: int = 0
 ) -> tuple[HMCState, torch.Tensor]:
@@ -292,8 +297,7 @@ def _initial(
     model: Program, guide: Program, x: torch.Tensor, chains: int, info: ProgramInfo, init: str, noise: Noise | None = None, what: str = "init"
 ) -> dict[str, torch.Tensor]:
     program = model if init == "prior" else guide
-    with torch.no_grad(), keyed(noise.stream if noise else None, f"{noise.name if noise else ''}:{what}"), \
-            pyro.plate(SAMPLE_PLATE, chains, dim=info.sample_dim):
+    with torch.no_grad(), _keyed_starts(noise, what), pyro.plate(SAMPLE_PLATE, chains, dim=info.sample_dim):
         trace = poutine.trace(program).get_trace(x)
     return {name: trace.nodes[name]["value"] for name in info.local_latents}
 

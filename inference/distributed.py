@@ -3,7 +3,8 @@
 * :func:`world` — this process's rank and the group's size (0 and 1 without a group);
 * :func:`init_from_environment` — start the group a ``torchrun`` launch describes in its environment
   (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…), gloo on a CPU and NCCL on a GPU, unless one is running;
-* :func:`shard_bounds` — the contiguous block of datapoints a rank evaluates;
+* :func:`eval_blocks` — the blocks of points an evaluation is done (and saved) in, each rank having one;
+* :func:`rank_blocks` — the blocks a rank evaluates: r, r + W, r + 2W, …;
 * :func:`gather_to_first` — every rank's result, in rank order, on rank 0.
 
 With the per-datapoint random numbers of :mod:`inference.streams`, a point's results do not depend
@@ -52,11 +53,18 @@ def init_from_environment(device: torch.device) -> bool:
     return True
 
 
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """``[lo, hi)``: rank ``rank``'s contiguous share of ``n`` points, the shares differing by at most one point."""
+def eval_blocks(n: int, size: int, world_size: int = 1) -> list[tuple[int, int]]:
+    """The blocks ``[lo, hi)`` of ``size`` points (the last shorter) that ``n`` points are evaluated in, ``size`` made
+    small enough that each of ``world_size`` ranks has a block."""
+    size = max(1, min(size, -(-n // world_size)))
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+def rank_blocks(blocks: list[tuple[int, int]], rank: int, world_size: int) -> list[int]:
+    """The indices of the ``blocks`` rank ``rank`` evaluates: r, r + W, r + 2W, … (round-robin)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a group of {world_size}")
-    return rank * n // world_size, (rank + 1) * n // world_size
+    return list(range(rank, len(blocks), world_size))
 
 
 def gather_to_first(obj: Any) -> list[Any] | None:

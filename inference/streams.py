@@ -33,6 +33,7 @@ The numbers are the same on every device too (integer arithmetic only).
 from __future__ import annotations
 
 import contextlib
+import math
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -116,15 +117,8 @@ def element_keys(
         h = mix32(h ^ along(sample_axis, samples & MASK32))
     keyed = {a for a in (data_axis, sample_axis) if a is not None}
     rest = [s if a not in keyed else 1 for a, s in enumerate(shape)]
-    position = torch.arange(max(1, _prod(rest)), device=device, dtype=torch.int64).reshape(rest)
+    position = torch.arange(max(1, math.prod(rest)), device=device, dtype=torch.int64).reshape(rest)
     return mix32(h ^ position).expand(shape)
-
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
 
 
 def uniform(keys: torch.Tensor) -> torch.Tensor:

@@ -5,25 +5,28 @@ import torch
 
 from inference import gap_decomposition
 from inference.ais import AISOptions, HMCOptions
-from inference.distributed import gather_to_first, shard_bounds, world
+from inference.distributed import eval_blocks, gather_to_first, rank_blocks, world
 from inference.estimators import Estimate
 from inference.gaps import concatenate, portable
 from inference.local import LocalOptions, StoppingRule
 from tests.inference.test_streams import _vae
 
 
-@pytest.mark.parametrize("n,size", [(10, 3), (2, 4), (7, 1), (0, 2)])
-def test_shards_cover_every_point_once_and_differ_by_one_at_most(n, size):
-    bounds = [shard_bounds(n, r, size) for r in range(size)]
-    assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    sizes = [hi - lo for lo, hi in bounds]
-    assert max(sizes) - min(sizes) <= 1
+@pytest.mark.parametrize("n,block,size", [(10, 100, 3), (2, 100, 4), (7, 3, 1), (0, 5, 2), (250, 100, 2)])
+def test_the_ranks_blocks_cover_every_point_once_and_each_rank_has_one(n, block, size):
+    blocks = eval_blocks(n, block, size)
+    shares = [rank_blocks(blocks, r, size) for r in range(size)]
+    points = sorted(p for share in shares for k in share for p in range(*blocks[k]))
+    assert points == list(range(n))  # every point once
+    assert all(hi - lo <= block for lo, hi in blocks)
+    assert all(share for share in shares[: min(n, size)])  # no rank idle while there are points for it
+    counts = [sum(blocks[k][1] - blocks[k][0] for k in share) for share in shares]
+    assert max(counts) - min(counts) <= max([hi - lo for lo, hi in blocks], default=0)
 
 
 def test_a_rank_outside_the_group_is_refused():
     with pytest.raises(ValueError, match="rank 3 is outside a group of 2"):
-        shard_bounds(10, 3, 2)
+        rank_blocks(eval_blocks(10, 5, 2), 3, 2)
 
 
 def test_without_a_group_a_process_is_rank_zero_of_one():
