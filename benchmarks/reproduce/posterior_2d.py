@@ -38,13 +38,9 @@ def trained_2d(runner):
 
 
 def wide_enough_grid(model, guide, x, bound: float, points: int, max_elements: int):
-    """The grid posterior over [-bound, bound]^2, the bound doubled (up to three times) while the grid cuts off mass."""
-    for _ in range(4):
-        try:
-            return grid_posterior(model, guide, x, (-bound, bound), points, max_elements=max_elements), bound
-        except ValueError:
-            bound *= 2
-    return grid_posterior(model, guide, x, (-bound, bound), points, max_elements=max_elements), bound
+    """The grid posterior over [-bound, bound]^2, the bound doubled (up to four times) while the grid cuts off mass."""
+    grid, (_, high) = _widened(model, guide, x, -bound, bound, points, max_elements, tries=4)
+    return grid, high
 
 
 #: The zoomed grid of a datapoint spans its posterior's mean ± this many standard deviations (of the coarse grid).
@@ -65,7 +61,7 @@ def zoomed_grids(model, guide, x, coarse, points: int, max_elements: int, rounds
                 break
             mean = grid.mean()[0]
             half = ZOOM_SDS * max(sd, cell / 2)
-            grid = _widened(model, guide, x[i : i + 1], float(mean.min()) - half, float(mean.max()) + half, points, max_elements)
+            grid, _ = _widened(model, guide, x[i : i + 1], float(mean.min()) - half, float(mean.max()) + half, points, max_elements)
         out.append(grid)
     return out
 
@@ -74,15 +70,16 @@ def _one_point(grid, i: int):
     return grid._replace(log_joint=grid.log_joint[i : i + 1], log_px=grid.log_px[i : i + 1], edge_mass=grid.edge_mass[i : i + 1])
 
 
-def _widened(model, guide, x, low: float, high: float, points: int, max_elements: int):
-    """The grid posterior over [low, high]², the square doubled about its centre (up to three times) while it cuts off mass."""
-    for _ in range(3):
+def _widened(model, guide, x, low: float, high: float, points: int, max_elements: int, tries: int = 3):
+    """The grid posterior over [low, high]² and its bounds, the square doubled about its centre (up to ``tries`` times) while
+    it cuts off mass; the last try's refusal is raised."""
+    for _ in range(tries):
         try:
-            return grid_posterior(model, guide, x, (low, high), points, max_elements=max_elements)
+            return grid_posterior(model, guide, x, (low, high), points, max_elements=max_elements), (low, high)
         except ValueError:
             centre, half = (low + high) / 2, high - low
             low, high = centre - half, centre + half
-    return grid_posterior(model, guide, x, (low, high), points, max_elements=max_elements)
+    return grid_posterior(model, guide, x, (low, high), points, max_elements=max_elements), (low, high)
 
 
 def run(runner) -> Report:
