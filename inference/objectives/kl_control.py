@@ -49,17 +49,11 @@ def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: 
         model_trace, guide_trace = trace_pair(model, guide, x)
     recon = sum(per_datapoint_log_prob(n, model_trace.nodes[n], info) for n in info.observed)
     recon = recon.expand(num_particles, len(x)).mean(0)
-    if per_dimension:
-        kl = {}
-        for name in info.local_latents:
-            diff = per_dimension_log_prob(name, guide_trace.nodes[name], info) - per_dimension_log_prob(name, model_trace.nodes[name], info)
-            kl[name] = diff.expand(num_particles, len(x), diff.shape[-1]).mean(0)
-    else:
-        kl = {
-            name: (per_datapoint_log_prob(name, guide_trace.nodes[name], info)
-                   - per_datapoint_log_prob(name, model_trace.nodes[name], info)).expand(num_particles, len(x)).mean(0)
-            for name in info.local_latents
-        }
+    log_prob = per_dimension_log_prob if per_dimension else per_datapoint_log_prob  # (S, N, D) or (S, N)
+    kl = {}
+    for name in info.local_latents:
+        diff = log_prob(name, guide_trace.nodes[name], info) - log_prob(name, model_trace.nodes[name], info)
+        kl[name] = diff.expand(num_particles, len(x), *diff.shape[2:]).mean(0)
     global_ = x.new_zeros(())
     for name in info.global_latents:
         m, g = model_trace.nodes[name], guide_trace.nodes[name]
