@@ -167,18 +167,19 @@ def point_stream(seed: int | None, x: torch.Tensor, index: torch.Tensor | Sequen
     return PointStream(int(seed), index.long())
 
 
+def _stream_keys(stream: PointStream, purpose: str, step: int, like: torch.Tensor, data_axis: int, sample_axis: int | None) -> torch.Tensor:
+    return element_keys(prefix_key(stream.seed, purpose, step), like.shape, like.device, data_axis=data_axis,
+                        index=stream.index, sample_axis=sample_axis, offset=stream.offset)
+
+
 def draw_normal(stream: PointStream, purpose: str, step: int, like: torch.Tensor, *, data_axis: int, sample_axis: int | None) -> torch.Tensor:
     """Keyed standard normals shaped and typed like ``like``."""
-    keys = element_keys(prefix_key(stream.seed, purpose, step), like.shape, like.device, data_axis=data_axis,
-                        index=stream.index, sample_axis=sample_axis, offset=stream.offset)
-    return normal(keys).to(like.dtype)
+    return normal(_stream_keys(stream, purpose, step, like, data_axis, sample_axis)).to(like.dtype)
 
 
 def draw_uniform(stream: PointStream, purpose: str, step: int, like: torch.Tensor, *, data_axis: int, sample_axis: int | None) -> torch.Tensor:
     """Keyed uniforms on (0, 1) shaped and typed like ``like``."""
-    keys = element_keys(prefix_key(stream.seed, purpose, step), like.shape, like.device, data_axis=data_axis,
-                        index=stream.index, sample_axis=sample_axis, offset=stream.offset)
-    return uniform(keys).to(like.dtype)
+    return uniform(_stream_keys(stream, purpose, step, like, data_axis, sample_axis)).to(like.dtype)
 
 
 # ---- Pyro sample sites from keyed numbers -----------------------------------------------------------------------------
