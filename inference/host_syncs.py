@@ -10,6 +10,8 @@ reports (copies to the host, ``nonzero`` and the like, which no dispatch-level c
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -20,12 +22,29 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SYNC_OPS = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.equal")
 
 
-class HostSyncs(TorchDispatchMode):
-    """``with HostSyncs() as syncs: ...``; then ``syncs.count`` and ``syncs.ops`` (op name -> count)."""
+def _in_optimizer() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if _OPTIM_DIR in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
-    def __init__(self):
+
+_OPTIM_DIR = os.path.join("torch", "optim", "")
+
+
+class HostSyncs(TorchDispatchMode):
+    """``with HostSyncs() as syncs: ...``; then ``syncs.count`` and ``syncs.ops`` (op name -> count).
+
+    ``optimizer_steps=False`` leaves out the reads of a CPU scalar inside ``torch.optim``: torch's optimizers keep their
+    step counts on the host (unless ``capturable`` or ``fused``), where reading them never waits for a device.
+    """
+
+    def __init__(self, optimizer_steps: bool = True):
         super().__init__()
         self.ops: dict[str, int] = {}
+        self.optimizer_steps = optimizer_steps
 
     @property
     def count(self) -> int:
@@ -34,7 +53,9 @@ class HostSyncs(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
         if any(name.startswith(op) for op in SYNC_OPS):
-            self.ops[name] = self.ops.get(name, 0) + 1
+            host_scalar = args and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu" and args[0].dim() == 0
+            if self.optimizer_steps or not (host_scalar and _in_optimizer()):
+                self.ops[name] = self.ops.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
 
 

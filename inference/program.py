@@ -428,6 +428,12 @@ def per_dimension_log_prob(name: str, site: dict, info: ProgramInfo) -> torch.Te
     return _within_datapoints(name, log_prob, info, 1)
 
 
+def global_log_prob(name: str, site: dict) -> torch.Tensor:
+    """``log p(site)`` of a site outside the data plate, summed over everything (masks honoured): a scalar."""
+    _check_unscaled(name, site)
+    return _masked(site, site["fn"].log_prob(site["value"])).sum()
+
+
 def _masked(site: dict, log_prob: torch.Tensor, trailing: int = 0) -> torch.Tensor:
     if site["mask"] is not None and site["mask"] is not True:
         mask = site["mask"].reshape(site["mask"].shape + (1,) * trailing) if isinstance(site["mask"], torch.Tensor) else site["mask"]

@@ -129,6 +129,12 @@ def epoch_permutation(num_points: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_points, generator=torch.Generator().manual_seed(_seed_for(seed, epoch)))
 
 
+def checks_every_step(device: torch.device) -> bool:
+    """Whether training checks each step's loss before the update (CPU: reading it costs nothing), or once an epoch
+    (an accelerator, where every read waits for the device queue to drain)."""
+    return device.type == "cpu"
+
+
 class _BatchNumbers(torch.utils.data.Dataset):
     """Yields batch numbers; the module slices the on-device data itself."""
 
@@ -198,6 +204,11 @@ class SVIModule(pl.LightningModule):
         self._perm = epoch_permutation(len(self.train_x), self.config.seed, epoch).to(self.device)
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
+        self._check_every_step = checks_every_step(self.device)
+        if not self._check_every_step:
+            self._nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=self.device)  # (batch of the epoch, loss)
+            self._batches_seen = torch.zeros((), dtype=torch.float64, device=self.device)
+            self._first_step_of_epoch = self.global_step
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Reseed the sampling noise at the epoch's first batch, after Lightning has made its
@@ -217,14 +228,17 @@ class SVIModule(pl.LightningModule):
         else:
             self.elbo.set_latent_scale(beta)
         loss = self.elbo(x) / len(x)
-        # before the step, so the parameters stay those of the last finite loss; under DDP every rank stops together
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-        if not finite:
-            raise DivergenceError(
-                f"training diverged: the loss is {float(loss.detach())} at epoch {self.current_epoch}, step {self.global_step} "
-                f"(batch {batch_idx} of the epoch); the parameters were not updated with it. Lower the learning rate "
-                f"(now {self.config.lr}) or check the programs for non-finite log densities"
-            )
+        if self._check_every_step:
+            # before the step, so the parameters stay those of the last finite loss; under DDP every rank stops together
+            finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+            if not finite:
+                self._diverged(self._at(float(loss.detach()), self.global_step, batch_idx), "the parameters were not updated with it")
+        else:
+            # on an accelerator, reading the loss would wait for the device: note the epoch's first non-finite loss there
+            first = self._nonfinite[0] < 0
+            bad = ~torch.isfinite(loss.detach()) & first
+            self._nonfinite = torch.where(bad, torch.stack([self._batches_seen, loss.detach().to(self._nonfinite.dtype)]), self._nonfinite)
+            self._batches_seen += 1
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
@@ -235,7 +249,23 @@ class SVIModule(pl.LightningModule):
         self._loss_count += len(x)
         return loss
 
+    def _diverged(self, where: str, parameters: str) -> None:
+        raise DivergenceError(
+            f"training diverged: {where}; {parameters}. Lower the learning rate "
+            f"(now {self.config.lr}) or check the programs for non-finite log densities"
+        )
+
+    def _at(self, loss: float, step: int, batch_idx: int) -> str:
+        return f"the loss is {loss} at epoch {self.current_epoch}, step {step} (batch {batch_idx} of the epoch)"
+
     def on_train_epoch_end(self) -> None:
+        if not self._check_every_step:  # one read an epoch, before the epoch's checkpoint (saved after this hook)
+            batch, loss = self._nonfinite.tolist()
+            if not self.trainer.strategy.reduce_boolean_decision(batch < 0, all=True):
+                where = (self._at(loss, self._first_step_of_epoch + int(batch), int(batch)) if batch >= 0
+                         else f"another rank met a non-finite loss in epoch {self.current_epoch}")
+                self._diverged(where, "on an accelerator the loss is checked once an epoch, so the steps after it "
+                               "updated the parameters, and this epoch is not checkpointed")
         mean = self._loss_sum / max(self._loss_count, 1)
         self.log("train_loss", mean, prog_bar=True, sync_dist=True)
         self.epoch_losses.append(float(mean))

@@ -131,7 +131,8 @@ def _rws(name: str) -> Callable[[nn.Module, nn.Module, int], nn.Module]:
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "elbo": Objective(_pyro_elbo("elbo"), "Pyro's Trace_ELBO: the Monte Carlo ELBO, pathwise gradients where reparameterized (Kingma & Welling 2014)", True),
+    "elbo": Objective(_pyro_elbo("elbo"), "Pyro's Trace_ELBO: the Monte Carlo ELBO, pathwise gradients where reparameterized (Kingma & Welling 2014); "
+                         "with K = 1 and a reparameterized guide computed eagerly, without Pyro's per-step reads", True),
     "meanfield": Objective(_pyro_elbo("meanfield"), "Pyro's TraceMeanField_ELBO: the ELBO with analytic KL terms where Pyro knows them", True),
     "captured-elbo": Objective(
         lambda model, guide, k: CapturedELBO(model, guide), "Trace_ELBO's estimator replayed from a recorded graph: same values, less Python per step (static programs)",

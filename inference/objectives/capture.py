@@ -9,7 +9,10 @@ weighted by :math:`\beta` (KL warm-up),
           \qquad z_i, \theta \sim q,
 
 is the estimator :class:`pyro.infer.Trace_ELBO` computes for fully
-reparameterized guides. :class:`CapturedELBO` computes it eagerly once per input
+reparameterized guides (with the entropy warm-up of Cremer et al.'s code, only the
+:math:`\log q` terms carry :math:`\beta`). :class:`ReparamELBO` computes it eagerly,
+without Pyro's ELBO machinery and its reads of tensor values (objective ``elbo`` uses it
+where it applies: a host-device synchronization less than ``Trace_ELBO`` six times a step). :class:`CapturedELBO` computes it eagerly once per input
 shape while recording every tensor operation (``torch.fx`` ``make_fx``), then
 replays the recording: model, guide, Pyro's effect handlers and distribution
 objects no longer run at each step, only the tensor operations, which draw
@@ -30,7 +33,7 @@ from pyro import poutine
 from torch import nn
 from torch.func import functional_call
 
-from ..program import ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, trace_pair
+from ..program import ProgramInfo, global_log_prob, inspect_without_randomness, per_datapoint_log_prob, trace_pair
 from ..sampling import global_share
 
 
@@ -44,7 +47,9 @@ class ReparamELBO(nn.Module):
     def __init__(self, model: nn.Module, guide: nn.Module):
         super().__init__()
         self.model, self.guide = model, guide
-        self.register_buffer("latent_scale", torch.ones(()), persistent=False)
+        # the warm-up weights of the latent terms: log p(z) and log q(z) (both beta for KL warm-up; 1 and beta for entropy warm-up)
+        self.register_buffer("model_scale", torch.ones(()), persistent=False)
+        self.register_buffer("guide_scale", torch.ones(()), persistent=False)
         self.register_buffer("global_share", torch.ones(()), persistent=False)  # B/N: the batch's share of the global factor
         self.info: ProgramInfo | None = None
 
@@ -71,17 +76,20 @@ class ReparamELBO(nn.Module):
         info = self.info
         model_trace, guide_trace = trace_pair(self.model, self.guide, x)
         observed = sum(per_datapoint_log_prob(n, model_trace.nodes[n], info).sum() for n in info.observed)
-        latent = 0.0
+        log_p = log_q = 0.0
         for name in info.local_latents:
-            latent = latent + (
-                per_datapoint_log_prob(name, model_trace.nodes[name], info)
-                - per_datapoint_log_prob(name, guide_trace.nodes[name], info)
-            ).sum()
-        global_ = 0.0
+            log_p = log_p + per_datapoint_log_prob(name, model_trace.nodes[name], info).sum()
+            log_q = log_q + per_datapoint_log_prob(name, guide_trace.nodes[name], info).sum()
         for name in info.global_latents:
             m, g = model_trace.nodes[name], guide_trace.nodes[name]
-            global_ = global_ + m["fn"].log_prob(m["value"]).sum() - g["fn"].log_prob(g["value"]).sum()
-        return -(observed + self.latent_scale * (latent + self.global_share * global_))
+            log_p = log_p + self.global_share * global_log_prob(name, m)
+            log_q = log_q + self.global_share * global_log_prob(name, g)
+        return -(observed + self.model_scale * log_p - self.guide_scale * log_q)
+
+    def set_scales(self, model: float, guide: float) -> None:
+        """Weight the latent terms: ``model`` on log p(z), ``guide`` on log q(z)."""
+        self.model_scale.fill_(model)
+        self.guide_scale.fill_(guide)
 
 
 class CapturedELBO(nn.Module):
@@ -102,7 +110,7 @@ class CapturedELBO(nn.Module):
         return self.loss.guide
 
     def set_latent_scale(self, beta: float) -> None:
-        self.loss.latent_scale.fill_(beta)
+        self.loss.set_scales(beta, beta)
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {**dict(self.loss.named_parameters()), **dict(self.loss.named_buffers())}

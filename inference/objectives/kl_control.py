@@ -32,7 +32,15 @@ import pyro
 import torch
 from torch import nn
 
-from ..program import SAMPLE_PLATE, ProgramInfo, inspect_without_randomness, per_datapoint_log_prob, per_dimension_log_prob, trace_pair
+from ..program import (
+    SAMPLE_PLATE,
+    ProgramInfo,
+    global_log_prob,
+    inspect_without_randomness,
+    per_datapoint_log_prob,
+    per_dimension_log_prob,
+    trace_pair,
+)
 from ..sampling import global_share
 from ..validation import nonnegative_number, positive_number
 
@@ -57,7 +65,7 @@ def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: 
     global_ = x.new_zeros(())
     for name in info.global_latents:
         m, g = model_trace.nodes[name], guide_trace.nodes[name]
-        global_ = global_ + (m["fn"].log_prob(m["value"]).sum() - g["fn"].log_prob(g["value"]).sum()) / num_particles
+        global_ = global_ + (global_log_prob(name, m) - global_log_prob(name, g)) / num_particles
     return recon, kl, global_
 
 

@@ -7,7 +7,10 @@ for warm-up and ``dataset_size`` (N) for mini-batches.
 
 * :class:`AnnealedLoss` — Pyro's :class:`~pyro.infer.elbo.ELBOModule` of ``Trace_ELBO`` or
   ``TraceMeanField_ELBO`` on programs whose latent sites are scaled by the warm-up weight:
-  :math:`E_q[\log p(x|z)] - \beta\, KL(q(z|x) \| p(z))` (Bowman et al. 2016; Sønderby et al. 2016);
+  :math:`E_q[\log p(x|z)] - \beta\, KL(q(z|x) \| p(z))` (Bowman et al. 2016; Sønderby et al. 2016).
+  Objective ``elbo`` with one particle and a fully reparameterized guide computes the same
+  estimator eagerly instead (:class:`~inference.objectives.capture.ReparamELBO`): the same draws and
+  value, without the reads of tensor values Pyro's ELBO makes every step (a wait for a GPU each);
 * :class:`TraceGraphLoss` — ``TraceGraph_ELBO``: score-function gradients that use only
   downstream costs, with the baselines each guide site asks for through
   ``infer={"baseline": ...}`` (NVIL, Mnih & Gregor 2014);
@@ -45,6 +48,7 @@ from ..enumeration import configurations, exact_elbo
 from ..program import DATA_PLATE, ProgramInfo, inspect_without_randomness
 from ..sampling import fork_rng, global_share
 from ..validation import positive_int
+from .capture import CaptureError, ReparamELBO
 
 PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
 TRACEGRAPH, ENUM, RENYI = "tracegraph", "enum", "renyi"
@@ -135,8 +139,40 @@ class AnnealedLoss(nn.Module):
             raise ValueError("objective 'meanfield' uses analytic KL terms, which cannot scale the entropy alone; use 'elbo'")
         self.module.model.latent_scale, self.module.guide.latent_scale = 1.0, beta
 
+    @property
+    def estimator(self) -> str | None:
+        """``"eager"`` (:class:`~inference.objectives.capture.ReparamELBO`), ``"pyro"`` (Pyro's ELBO), or None before the first batch."""
+        if self._checks is None:
+            return None
+        return "pyro" if self.__dict__.get("_eager") is None else "eager"
+
+    def _eager_for(self, x: torch.Tensor) -> ReparamELBO | None:
+        """Trace_ELBO's single-sample estimator computed by :class:`ReparamELBO`, where it is the same estimator: objective
+        ``elbo``, one particle, every guide site reparameterized, no auxiliary sites. Decided on the first batch, without
+        drawing from the caller's random stream; kept out of the module's registry (its state is the programs')."""
+        if "_eager" not in self.__dict__:
+            eager = None
+            k = self.module.elbo.num_particles
+            if self.name == "elbo" and k == 1 and not (self._checks.score_local or self._checks.score_global):
+                eager = ReparamELBO(self.module.model.program, self.module.guide.program)
+                try:
+                    with fork_rng(x.device), torch.no_grad():
+                        eager.prepare(x)
+                except CaptureError:
+                    eager = None
+            self.__dict__["_eager"] = eager
+        eager = self.__dict__["_eager"]
+        if eager is not None and eager.model_scale.device != x.device:
+            eager.to(x.device)  # its scales follow the data (the programs move with this module)
+        return eager
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._checks = scale_for_batch(self._checks, self.name, self.module.model, self.module.guide, x, self.dataset_size)
+        eager = self._eager_for(x)
+        if eager is not None:
+            eager.set_scales(self.module.model.latent_scale, self.module.guide.latent_scale)
+            eager.global_share.fill_(self.module.model.global_share)
+            return eager(x)
         objective = self.module.elbo
         if objective.vectorize_particles and objective.max_plate_nesting == float("inf"):
             # tell Pyro the nesting instead of letting it guess (and log); Pyro counts the particle plate in max_plate_nesting when particles are vectorized

@@ -243,6 +243,27 @@ def test_a_diverged_run_stops_at_the_first_non_finite_loss_naming_epoch_and_step
     assert load_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))["epoch"] == epoch - 1
 
 
+def test_on_an_accelerator_a_diverged_run_stops_at_the_epochs_end_naming_the_same_step_and_keeping_the_checkpoint(tmp_path, monkeypatch):
+    """The loop as it runs on a GPU checks the loss once an epoch (reading it every step would wait for the device): the
+    same run as above stops at the end of the epoch where the loss first turned NaN, names that step as the per-step
+    check does, and writes no checkpoint of that epoch."""
+    from inference import training
+
+    x = torch.randn(40, 2) + 3.0
+    steps = {}
+    for every_step in (True, False):
+        monkeypatch.setattr(training, "checks_every_step", lambda device, every_step=every_step: every_step)
+        model, guide = _DivergingModel(limit=0.045), _Guide()
+        out = tmp_path / str(every_step)
+        with pytest.raises(DivergenceError, match=r"training diverged: the loss is nan at epoch (\d+), step (\d+) \(batch (\d+) of") as err:
+            fit(model, guide, x, TrainOptions(epochs=10, batch_size=20, lr=1e-2), out_dir=str(out))
+        steps[every_step] = re.search(r"epoch (\d+), step (\d+) \(batch (\d+)", str(err.value)).groups()
+        epoch = int(steps[every_step][0])
+        assert load_checkpoint(str(out / "checkpoints" / "last.ckpt"))["epoch"] == epoch - 1
+    assert steps[False] == steps[True]
+    assert "checked once an epoch" in str(err.value)
+
+
 def test_infinite_learning_rates_and_warm_up_lengths_are_refused_by_name():
     with pytest.raises(ValueError, match="lr must be a finite number > 0, got inf"):
         TrainOptions(lr=math.inf)

@@ -210,3 +210,91 @@ def test_entropy_warmup_scales_only_the_guide_term():
         SVIModule(model, guide, x, TrainOptions(objective="iwae", kl_warmup_epochs=5, warmup="entropy"))
     with pytest.raises(ValueError, match="unknown warmup 'cosine'"):
         TrainOptions(warmup="cosine")
+
+
+class _GlobalGuide(torch.nn.Module):
+    """q(theta) = N(m, s) global; q(z_i | x_i) = N(a x_i + b, c) per datapoint, all reparameterized."""
+
+    def __init__(self):
+        super().__init__()
+        self.m, self.log_s = torch.nn.Parameter(torch.tensor(0.3)), torch.nn.Parameter(torch.tensor(-0.5))
+        self.a, self.b, self.log_c = (torch.nn.Parameter(torch.tensor(v)) for v in (0.4, -0.1, -0.2))
+
+    def forward(self, x):
+        pyro.sample("theta", dist.Normal(self.m, self.log_s.exp()))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(self.a * x + self.b, self.log_c.exp()))
+
+
+class _GlobalModel(torch.nn.Module):
+    def forward(self, x):
+        from tests.oracles import global_latent_model
+
+        global_latent_model(x)
+
+
+def _vae_pair(guide="ffg"):
+    from ppl_models import build_model, model_config
+
+    torch.manual_seed(0)
+    return build_model(model_config("vae", 8, "bernoulli", latent_dim=2, hidden=[6], encoder_hidden=[6], guide=guide, flow_layers=1))
+
+
+@pytest.mark.parametrize("case", ["vae", "vae-kl-warmup", "vae-entropy-warmup", "iaf", "global-minibatch"])
+def test_elbo_computes_trace_elbos_estimator_eagerly_with_the_same_draws_value_and_gradients(case):
+    """Objective 'elbo' with one particle and a reparameterized guide runs ReparamELBO instead of Pyro's Trace_ELBO: from
+    the same random state it must give Trace_ELBO's loss and gradients (warm-up of either kind, flows, a global latent's
+    B/N share on a mini-batch), and leave the random stream where Trace_ELBO leaves it."""
+    if case == "global-minibatch":
+        pair = _GlobalModel(), _GlobalGuide()
+        x = torch.randn(5, generator=torch.Generator().manual_seed(3))
+    else:
+        pair = _vae_pair("iaf" if case == "iaf" else "ffg")
+        x = torch.bernoulli(torch.full((5, 8), 0.5), generator=torch.Generator().manual_seed(3))
+    results = []
+    for path in ("eager", "pyro"):
+        loss = make_loss("elbo", *pair)
+        loss.dataset_size = 20 if case == "global-minibatch" else None
+        if path == "pyro":
+            loss.__dict__["_eager"] = None  # Pyro's Trace_ELBO, the reference
+        if case == "vae-kl-warmup":
+            loss.set_latent_scale(0.4)
+        if case == "vae-entropy-warmup":
+            loss.set_entropy_scale(0.4)
+        torch.manual_seed(7)
+        value = loss(x)
+        after = torch.rand(())
+        params = list(loss.parameters())
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        results.append((loss.estimator, value.detach(), after, grads))
+    (e_name, e_value, e_after, e_grads), (p_name, p_value, p_after, p_grads) = results
+    assert (e_name, p_name) == ("eager", "pyro")
+    torch.testing.assert_close(e_value, p_value, rtol=1e-5, atol=1e-5)
+    assert torch.equal(e_after, p_after)
+    for ge, gp in zip(e_grads, p_grads):
+        if gp is None:
+            assert ge is None or not ge.any()
+        else:
+            torch.testing.assert_close(ge, gp, rtol=1e-4, atol=1e-5)
+
+
+def test_elbo_keeps_pyros_estimator_where_the_eager_one_does_not_apply():
+    from tests.oracles import discrete_latent_pair
+
+    model, guide = discrete_latent_pair()
+    x = torch.randn(4)
+    loss = make_loss("elbo", model, guide)
+    loss(x)
+    assert loss.estimator == "pyro"  # score-function terms: Trace_ELBO's surrogate
+    vae = _vae_pair()
+    xb = torch.bernoulli(torch.full((4, 8), 0.5))
+    several = make_loss("elbo", *vae, num_particles=3)
+    several(xb)
+    assert several.estimator == "pyro"  # vectorized particles
+    meanfield = make_loss("meanfield", *vae)
+    meanfield(xb)
+    assert meanfield.estimator == "pyro"  # analytic KL: another estimator
+    one = make_loss("elbo", *vae)
+    assert one.estimator is None
+    one(xb)
+    assert one.estimator == "eager"
