@@ -5,7 +5,8 @@
   (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…), gloo on a CPU and NCCL on a GPU, unless one is running;
 * :func:`eval_blocks` — the blocks of points an evaluation is done (and saved) in, each rank having one;
 * :func:`rank_blocks` — the blocks a rank evaluates: r, r + W, r + 2W, …;
-* :func:`gather_to_first` — every rank's result, in rank order, on rank 0.
+* :func:`gather_to_first` — every rank's result, in rank order, on rank 0 (:func:`gather_to_all`: on every rank);
+* :func:`from_first` — rank 0's object on every rank; :func:`barrier` — wait for every rank.
 
 With the per-datapoint random numbers of :mod:`inference.streams`, a point's results do not depend
 on which rank evaluated it, so a sharded run gives the numbers of one process.
@@ -81,3 +82,28 @@ def gather_to_first(obj: Any) -> list[Any] | None:
         return everything if rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def gather_to_all(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank; ``[obj]`` without a group. Objects travel pickled: CPU tensors."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    everything: list[Any] = [None] * size
+    dist.all_gather_object(everything, obj)
+    return everything
+
+
+def from_first(obj: Any) -> Any:
+    """Rank 0's ``obj``, on every rank (what the others pass is ignored); ``obj`` itself without a group."""
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing without a group)."""
+    if world()[1] > 1:
+        dist.barrier()

@@ -10,6 +10,12 @@ claim, computed by :func:`inference.claims.judge`) and its PNG figures into ``--
 
 ``--budget full`` is the papers' protocol (for a GPU); ``--budget cpu`` a reduced one
 (:mod:`benchmarks.reproduce.budget`); ``--budget tiny`` runs everything in seconds (the tests).
+
+Launched by ``torchrun`` (``--nproc-per-node N``, ``--nnodes``), the gap evaluations — where the time of
+every experiment but the IWAE table goes — are sharded over the ranks (gloo on CPUs, NCCL on GPUs), each
+point's random numbers keyed by (seed, index) (``--streams keyed``, forced there), so the numbers are those
+of one process run with ``--streams keyed``. Rank 0 trains the models (the others wait and load them), runs
+the other evaluations, and alone writes.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from typing import Any
 from benchmarks.datasets import DATASETS, DEFAULT_DATA_ROOT
 from benchmarks.options import run_cli
 from benchmarks.outdir import OutputFolder
+from inference.distributed import init_from_environment, world
 from inference.io import atomic_write_json, atomic_write_text
-from inference.training import DEVICES
+from inference.training import DEVICES, resolve_device
 from inference.validation import positive_int
 from inference.validation import seed as check_seed
 
@@ -68,6 +75,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwae-rows", default=None, help="iwae-table: train and report only these rows, e.g. vae-elbo-1,vae-iwae-5 (default: the budget's)")
     p.add_argument("--checkpoint", default=None, help="iwae-table: re-evaluate this checkpoint's test NLL (e.g. docs/weights/*.pt) instead of training")
     p.add_argument("--test-points", type=int, default=None, help="iwae-table: test points to evaluate (default: the budget's, the whole test split)")
+    p.add_argument("--streams", choices=("global", "keyed"), default=None,
+                   help="random numbers of the gap evaluations: global (one generator, the default in one process) or keyed by (seed, "
+                        "datapoint), which a torchrun launch uses so that its sharded numbers are one process's")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: when attached to a terminal)")
     return p
 
@@ -93,6 +103,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--checkpoint and --test-points belong to the iwae-table experiment")
     if args.test_points is not None:
         budget = dataclasses.replace(budget, iwae_test_points=positive_int(args.test_points, "--test-points"))
+    init_from_environment(resolve_device(args.device))  # a torchrun launch: join its group
+    size = world()[1]
+    if size > 1:
+        if "iwae-table" in names:
+            raise ValueError("the iwae-table experiment trains through benchmarks.compare, which is not sharded: run it in one process "
+                             "(or train its rows with --devices N --strategy ddp through python -m benchmarks.compare)")
+        if args.streams == "global":
+            raise ValueError(f"--streams global cannot be sharded over {size} ranks: its numbers would depend on the split; use keyed")
+        args.streams = "keyed"
     results = tuple(f for name in names for f in result_files(name))
     out: dict[str, Any] = {}
     with OutputFolder(args.out, results=results, state=("models", "evals"), trains=False, resume=args.resume, overwrite=args.overwrite):
@@ -121,7 +140,10 @@ def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
               "`python -m benchmarks.sweep --grid seed=0,1,2 -- reproduce ...` repeats it over seeds.")
     record = {**report.to_dict(), "budget": b.to_dict(), "seed": runner.seed, "device": str(runner.device), "seconds": seconds,
               "versions": versions(), "command": " ".join(sys.argv), "models": runner.models_used,
-              "compute_seconds": dict(runner.compute_seconds)}
+              "compute_seconds": dict(runner.compute_seconds), "world_size": runner.world_size,
+              "streams": "keyed" if runner.keyed else "global"}
+    if runner.rank != 0:  # rank 0 alone writes
+        return record
     markdown = report.markdown(header)
     print(markdown)
     atomic_write_json(os.path.join(runner.out, f"{name}.json"), record)

@@ -33,8 +33,9 @@ import torch
 
 from benchmarks.datasets import DATA_DIMS, Data, load_dataset
 from inference.ais import AISOptions, HMCOptions
+from inference.distributed import barrier, eval_blocks, from_first, gather_to_all, rank_blocks, world
 from inference.families import FlowOptions
-from inference.gaps import gap_decomposition
+from inference.gaps import concatenate, from_state, gap_decomposition, to_state
 from inference.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from inference.local import AdamOptions, LocalOptions, StoppingRule
 from inference.sampling import set_seed
@@ -94,6 +95,8 @@ class Runner:
         self.models_used: dict[str, Any] = {}  #: name -> the configuration (model, training, data) of every model asked for
         self.compute_seconds: dict[str, float] = {}  #: "models:<name>" / "evals:<key>" -> seconds it took to compute, reused or not
         self._fresh: set[str] = set()  #: with --overwrite, the names already redone by this run
+        self.rank, self.world_size = world()  #: this process's place in a torchrun launch ((0, 1) alone)
+        self.keyed = getattr(args, "streams", "global") == "keyed"  #: gap evaluations draw from streams keyed by datapoint
 
     # -- data ---------------------------------------------------------------------------------------------------
     def data(self, likelihood: str = "bernoulli") -> Data:
@@ -138,7 +141,21 @@ class Runner:
 
         ``decoder=(name, model)`` starts the model from that trained model's weights and freezes them: only the
         guide is trained (an encoder fitted to a fixed generative model).
+
+        Under a torch.distributed group rank 0 trains (as one process would) while the others wait, then load it.
         """
+        if self.world_size == 1:
+            return self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks)
+        if self.rank == 0:
+            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks)
+        barrier()
+        if self.rank != 0:
+            self._fresh.add(name)  # rank 0 has just (re)trained it: never remove it here, even with --overwrite
+            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks)
+        return trained
+
+    def _train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
+               decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
         record = {"model": model_cfg, "train": train.to_dict(), "data": {"dataset": self.budget.dataset, "likelihood": model_cfg["likelihood"]},
                   "snapshots": snapshots, "decoder": None if decoder is None else {"from": decoder[0], "weights": self._weights_digest(decoder[1])}}
         folder = self.model_dir(name, record)
@@ -195,25 +212,41 @@ class Runner:
         return pairs
 
     # -- evaluations --------------------------------------------------------------------------------------------
-    def evaluation(self, name: str, config: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """``compute()`` under ``config``, kept in ``evals/<name>.json``: reused while the configuration matches."""
+    def evaluation(self, name: str, config: dict[str, Any], compute: Callable[[], dict[str, Any]],
+                   sharded: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``compute()`` under ``config``, kept in ``evals/<name>.json``: reused while the configuration matches.
+
+        Under a torch.distributed group every rank runs ``sharded()`` where given (its share of the points, gathered),
+        otherwise rank 0 alone runs ``compute()``; rank 0 alone reads and writes the file, and every rank returns its result.
+        """
         path = os.path.join(self.out, "evals", f"{name}.json")
         config = json.loads(json.dumps(config, default=str))
-        if os.path.exists(path) and not (self.args.overwrite and name not in self._fresh):
+        stored = None
+        if self.rank == 0 and os.path.exists(path) and not (self.args.overwrite and name not in self._fresh):
             with open(path) as f:
                 stored = json.load(f)
-            if stored.get("config") == config:
-                self.compute_seconds[f"evals:{name}"] = float(stored.get("seconds", 0.0))
-                return stored["result"]
+            if stored.get("config") != config:
+                stored = None
+        stored = from_first(stored)
+        if stored is not None:
+            self.compute_seconds[f"evals:{name}"] = float(stored.get("seconds", 0.0))
+            return stored["result"]
         self._fresh.add(name)
-        set_seed(self.seed * 1000 + int(config_key(config), 16) % 997)
+        set_seed(self.eval_seed(config))
         t0 = time.perf_counter()
-        result = compute()
+        result = sharded() if sharded is not None and self.world_size > 1 else compute() if self.rank == 0 else None
         seconds = time.perf_counter() - t0
-        self.compute_seconds[f"evals:{name}"] = seconds
-        atomic_write_json(path, {"config": config, "seconds": seconds, "result": result})
-        with open(path) as f:  # what every later reader sees (non-finite numbers as null)
-            return json.load(f)["result"]
+        if self.rank == 0:
+            atomic_write_json(path, {"config": config, "seconds": seconds, "result": result})
+            with open(path) as f:  # what every later reader sees (non-finite numbers as null)
+                stored = json.load(f)
+        stored = from_first(stored)
+        self.compute_seconds[f"evals:{name}"] = float(stored["seconds"])
+        return stored["result"]
+
+    def eval_seed(self, config: dict[str, Any]) -> int:
+        """The seed of the evaluation with ``config``: the global generator's, and the key of its per-datapoint streams."""
+        return self.seed * 1000 + int(config_key(json.loads(json.dumps(config, default=str))), 16) % 997
 
     def local_options(self, families: tuple[str, ...] = (), **overrides: Any) -> LocalOptions:
         b = self.budget
@@ -242,13 +275,26 @@ class Runner:
                   # q* in a flow guide's own family starts at the amortized flow (GaussianEncoder.local_start) since issue 15
                   "flow_start": "amortized" if callable(getattr(guide, "local_start", None)) and getattr(guide, "local_family", None) == "iaf" else None}
 
-        def compute() -> dict[str, Any]:
-            result = gap_decomposition(model, guide, x, log_px_samples=b.log_px_samples, elbo_samples=b.elbo_samples,
-                                       local=self.local_options(families), log_px=log_px, ais_options=self.ais_options(),
-                                       max_elements=b.max_elements, progress=self.progress)
-            return result.summary()
+        if self.keyed:
+            config["streams"] = "keyed"  # draws keyed by (seed, point): the same numbers in one process or sharded
 
-        return self.evaluation(f"gaps-{name}-{split}-{config_key(config)}", config, compute)
+        def decompose(lo: int, hi: int):
+            keyed = {"seed": self.eval_seed(config), "index": torch.arange(lo, hi, device=x.device)} if self.keyed else {}
+            return gap_decomposition(model, guide, x[lo:hi], log_px_samples=b.log_px_samples, elbo_samples=b.elbo_samples,
+                                     local=self.local_options(families), log_px=log_px, ais_options=self.ais_options(),
+                                     max_elements=b.max_elements, progress=self.progress, **keyed)
+
+        def compute() -> dict[str, Any]:
+            return decompose(0, len(x)).summary()
+
+        def sharded() -> dict[str, Any]:
+            # one block of points per rank; each rank's decomposition travels as CPU tensors and is merged in order
+            blocks = eval_blocks(len(x), len(x), self.world_size)
+            mine = {k: to_state(decompose(*blocks[k])) for k in rank_blocks(blocks, self.rank, self.world_size)}
+            states = {k: v for part in gather_to_all(mine) for k, v in part.items()}
+            return concatenate([from_state(states[k])[0] for k in range(len(blocks))]).summary()
+
+        return self.evaluation(f"gaps-{name}-{split}-{config_key(config)}", config, compute, sharded)
 
     @staticmethod
     def _weights_digest(*modules) -> str:
