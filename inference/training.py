@@ -1,8 +1,12 @@
-"""SVI training driven by PyTorch Lightning.
+"""SVI training on Lightning Fabric: our loop, Fabric's devices and strategies.
 
-The loss is Pyro's :class:`~pyro.infer.elbo.ELBOModule` (the route of Pyro's own
-``svi_lightning`` example), or its captured equivalent, with a plain ``torch.optim.Adam``: multi-device DDP,
-checkpoints, progress bars and CSV logs come from Lightning's ``Trainer``.
+The loss is the objective's (:func:`inference.objectives.make_loss`: Pyro's ``ELBOModule`` for
+``Trace_ELBO`` and friends, or our own estimators) with a plain ``torch.optim.Adam``. Lightning
+Fabric places it on the devices and runs DDP (``devices``, ``strategy``, its launchers); the loop
+around it (:func:`fit`) is ours: a step is the loss, ``backward``, the optimizer step and nothing
+else, where Lightning's ``Trainer`` added about a millisecond of hooks and bookkeeping. Checkpoints
+(atomic, read with ``weights_only=True``; the keys of Lightning's, so checkpoints of the earlier
+``Trainer``-based loop resume too), CSV metrics and progress bars are the loop's.
 
 Batches come from a tensor kept on the training device: each epoch draws a
 permutation from a generator seeded by ``(seed, epoch)`` and reseeds the
@@ -14,20 +18,20 @@ epoch's batches.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import io
 import logging
 import math
 import os
-import signal
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import lightning.pytorch as pl
 import pyro
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric import Fabric
 from torch import nn
 
 from ppl_models.registry import build_model
@@ -135,31 +139,17 @@ def checks_every_step(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-class _BatchNumbers(torch.utils.data.Dataset):
-    """Yields batch numbers; the module slices the on-device data itself."""
-
-    def __init__(self, num_batches: int):
-        self.num_batches = num_batches
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __getitem__(self, index: int) -> int:
-        return index
+def batches_of_rank(num_batches: int, rank: int, world_size: int) -> list[int]:
+    """The batch numbers of an epoch that rank ``rank`` of ``world_size`` trains on: r, r + W, …, the list first padded
+    with its own beginning to a multiple of W (every rank takes as many steps; what ``DistributedSampler`` does)."""
+    numbers = list(range(num_batches))
+    numbers += numbers[: (-num_batches) % world_size]
+    return numbers[rank::world_size]
 
 
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes atomically and reads with ``weights_only=True``."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return load_checkpoint(path, map_location or "cpu", required=CHECKPOINT_KEYS)
-
-
-class SVIModule(pl.LightningModule):
-    """A Lightning module whose loss is ``ELBOModule(model, guide)`` averaged over the batch."""
+class SVIModule(nn.Module):
+    """The training state of one run: the loss ``make_loss(objective)(model, guide)`` averaged over the batch, the data on
+    the device, the step and epoch counters, and :meth:`training_step`, which :func:`fit`'s loop calls once per batch."""
 
     def __init__(
         self,
@@ -181,26 +171,33 @@ class SVIModule(pl.LightningModule):
         if config.warmup == "entropy" and config.kl_warmup_epochs > 0 and not hasattr(self.elbo, "set_entropy_scale"):
             raise ValueError(f"warmup 'entropy' scales the -log q term of a Monte Carlo ELBO; objective {config.objective!r} has none (use objective 'elbo')")
         # A plain attribute, not a buffer: DDP broadcasts every buffer before each forward (the whole
-        # training set, 188 MB a step on MNIST); each rank moves its own copy to its device in on_fit_start().
+        # training set, 188 MB a step on MNIST); each rank moves its own copy to its device.
         self.train_x = train_x
         self.num_batches = math.ceil(len(train_x) / config.batch_size)
-        self._perm: torch.Tensor | None = None
         self.epoch_losses: list[float] = []  #: this rank's mean training loss of every epoch run
-        # One optimizer, no closures or gradient accumulation: stepping it ourselves skips
-        # Lightning's automatic-optimization machinery, a large part of its per-step overhead.
-        self.automatic_optimization = False
+        self.current_epoch = 0
+        self.global_step = 0  #: optimizer steps taken (by this rank), over every epoch, resumed ones included
+        self.max_epochs = config.epochs
+        self.is_global_zero = True
+        self.num_training_batches = self.num_batches  #: the batches this rank trains on per epoch (its share under DDP)
+        self._perm: torch.Tensor | None = None
+        self._fabric: Any = None
 
-    def on_fit_start(self) -> None:
-        self.train_x = self.train_x.to(self.device)  # the device Lightning gave this rank (the module is already there)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.elbo(x) / len(x)
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        return batch  # a batch *number*: the data already sit on the device
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(_BatchNumbers(self.num_batches), batch_size=None, shuffle=False)
+    def attach(self, fabric: Any, wrapped: nn.Module, optimizer: Any) -> None:
+        """The Fabric, the module as it wraps it (DDP: the gradients are averaged over ranks) and its optimizer."""
+        self.__dict__.update(_fabric=fabric, _wrapped=wrapped, _optimizer=optimizer)  # kept out of the module registry
+        self.is_global_zero = fabric.is_global_zero
+        self.train_x = self.train_x.to(fabric.device)
 
-    def on_train_epoch_start(self) -> None:
-        epoch = self.current_epoch
+    def start_epoch(self, epoch: int) -> None:
+        self.current_epoch = epoch
         self._perm = epoch_permutation(len(self.train_x), self.config.seed, epoch).to(self.device)
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
@@ -209,14 +206,10 @@ class SVIModule(pl.LightningModule):
             self._nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=self.device)  # (batch of the epoch, loss)
             self._batches_seen = torch.zeros((), dtype=torch.float64, device=self.device)
             self._first_step_of_epoch = self.global_step
+        # the sampling noise of each epoch (and rank) is seeded afresh, so a run resumed at an epoch continues exactly
+        torch.manual_seed(_seed_for(self.config.seed, epoch, self._fabric.global_rank if self._fabric is not None else 0))
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Reseed the sampling noise at the epoch's first batch, after Lightning has made its
-        # data iterator (which draws from the global generator at a point that differs on resume).
-        if batch_idx == 0:
-            torch.manual_seed(_seed_for(self.config.seed, self.current_epoch, self.global_rank))
-
-    def training_step(self, batch_number: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch_number: int, batch_idx: int) -> torch.Tensor:
         b = int(batch_number)
         size = self.config.batch_size
         x = self.train_x[self._perm[b * size : (b + 1) * size]]
@@ -227,11 +220,10 @@ class SVIModule(pl.LightningModule):
             self.elbo.set_entropy_scale(beta)
         else:
             self.elbo.set_latent_scale(beta)
-        loss = self.elbo(x) / len(x)
+        loss = self._wrapped(x)
         if self._check_every_step:
             # before the step, so the parameters stay those of the last finite loss; under DDP every rank stops together
-            finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-            if not finite:
+            if not self._all_ranks(bool(torch.isfinite(loss))):
                 self._diverged(self._at(float(loss.detach()), self.global_step, batch_idx), "the parameters were not updated with it")
         else:
             # on an accelerator, reading the loss would wait for the device: note the epoch's first non-finite loss there
@@ -239,15 +231,20 @@ class SVIModule(pl.LightningModule):
             bad = ~torch.isfinite(loss.detach()) & first
             self._nonfinite = torch.where(bad, torch.stack([self._batches_seen, loss.detach().to(self._nonfinite.dtype)]), self._nonfinite)
             self._batches_seen += 1
-        optimizer = self.optimizers()
+        optimizer = self._optimizer
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        self._fabric.backward(loss)
         optimizer.step()
-        # Summed here and logged once per epoch: Lightning's per-step self.log costs about a
-        # millisecond of Python, as much as 10% of a whole step of an MNIST-sized VAE on a CPU.
+        self.global_step += 1
         self._loss_sum += loss.detach() * len(x)
         self._loss_count += len(x)
         return loss
+
+    def _all_ranks(self, decision: bool) -> bool:
+        """``decision`` and-ed over every rank (itself in one process)."""
+        if self._fabric is None or self._fabric.world_size == 1:
+            return decision
+        return bool(self._fabric.all_reduce(torch.tensor(float(decision), device=self.device), reduce_op="sum") == self._fabric.world_size)
 
     def _diverged(self, where: str, parameters: str) -> None:
         raise DivergenceError(
@@ -258,33 +255,20 @@ class SVIModule(pl.LightningModule):
     def _at(self, loss: float, step: int, batch_idx: int) -> str:
         return f"the loss is {loss} at epoch {self.current_epoch}, step {step} (batch {batch_idx} of the epoch)"
 
-    def on_train_epoch_end(self) -> None:
-        if not self._check_every_step:  # one read an epoch, before the epoch's checkpoint (saved after this hook)
+    def end_epoch(self) -> float:
+        """The epoch's checks and its mean loss over every rank (this rank's goes to ``epoch_losses``)."""
+        if not self._check_every_step:  # one read an epoch, before the epoch's checkpoint
             batch, loss = self._nonfinite.tolist()
-            if not self.trainer.strategy.reduce_boolean_decision(batch < 0, all=True):
+            if not self._all_ranks(batch < 0):
                 where = (self._at(loss, self._first_step_of_epoch + int(batch), int(batch)) if batch >= 0
                          else f"another rank met a non-finite loss in epoch {self.current_epoch}")
                 self._diverged(where, "on an accelerator the loss is checked once an epoch, so the steps after it "
                                "updated the parameters, and this epoch is not checkpointed")
         mean = self._loss_sum / max(self._loss_count, 1)
-        self.log("train_loss", mean, prog_bar=True, sync_dist=True)
         self.epoch_losses.append(float(mean))
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.elbo.parameters(), lr=self.config.lr, eps=self.config.adam_eps)
-        if self.config.lr_schedule == "constant":
-            return optimizer
-        schedule, epochs = self.config.lr_schedule, self.config.epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(schedule, epoch, epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["config"] = {"train": self.config.to_dict(), **self.run_config}
-        checkpoint["model_state"] = self.model.state_dict()
-        checkpoint["guide_state"] = self.guide.state_dict()
+        if self._fabric is not None and self._fabric.world_size > 1:
+            mean = self._fabric.all_reduce(mean, reduce_op="mean")
+        return float(mean)
 
 
 @contextlib.contextmanager
@@ -294,11 +278,8 @@ def _quiet_lightning():
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*litlogger.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
-        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
         try:
             yield
         finally:
@@ -395,19 +376,6 @@ def _read_text(path: str | None) -> str | None:
     return None
 
 
-def _prepend_metrics(path: str, earlier: str) -> None:
-    """Lightning's CSV logger starts a fresh file on resume; put the earlier epochs back in front (same line endings)."""
-    later = _read_text(path) or ""
-    ending = "\r\n" if "\r\n" in (later or earlier) else "\n"
-    old_lines, new_lines = earlier.splitlines(), later.splitlines()
-    if not new_lines:
-        atomic_write_text(path, earlier)
-    elif old_lines and old_lines[0] == new_lines[0]:
-        atomic_write_text(path, ending.join(old_lines + new_lines[1:]) + ending)
-    else:  # the columns changed: keep both blocks, each under its own header, rather than drop the earlier rows
-        atomic_write_text(path, ending.join(old_lines + new_lines) + ending)
-
-
 def fit(
     model: nn.Module,
     guide: nn.Module,
@@ -422,7 +390,7 @@ def fit(
     strategy: str = "auto",
     progress: bool = False,
     run_config: dict[str, Any] | None = None,
-    callbacks: tuple[pl.Callback, ...] | list[pl.Callback] = (),
+    callbacks: tuple[Any, ...] | list[Any] = (),
 ) -> TrainResult:
     """Train ``(model, guide)`` on ``data`` by SVI with ``config``; returns a :class:`TrainResult` (losses, checkpoint path).
 
@@ -433,8 +401,13 @@ def fit(
 
     With ``out_dir`` the last epoch is checkpointed to ``out_dir/checkpoints/last.ckpt``
     (atomically) and metrics go to ``out_dir/logs/metrics.csv``; ``resume=True``
-    continues from that checkpoint. ``callbacks`` are extra Lightning callbacks (e.g.
-    per-epoch evaluation).
+    continues from that checkpoint. ``callbacks`` are objects with any of Lightning's ``Callback``
+    hooks (``on_train_start``, ``on_train_epoch_start``, ``on_train_batch_start``,
+    ``on_train_batch_end``, ``on_train_epoch_end``, ``on_train_end``; e.g. per-epoch evaluation),
+    called with the training state (:class:`SVIModule`) for both the trainer and the module.
+
+    The loop is ours, on Lightning Fabric: Fabric gives the devices, the strategies (``devices``,
+    ``strategy="ddp"``: DDP, its launchers) and ``backward``; the loop around them is a few lines.
     """
     if not isinstance(data, torch.Tensor) and hasattr(data, "train"):
         transform = getattr(data, "transform", None) if transform is None else transform
@@ -458,42 +431,123 @@ def fit(
 
     ckpt_dir = os.path.join(out_dir, "checkpoints") if out_dir else None
     last = os.path.join(ckpt_dir, "last.ckpt") if ckpt_dir else None
-    ckpt_path = None
+    saved = None
     if resume:
         if last is None or not os.path.exists(last):
             raise CheckpointError(f"--resume: no checkpoint to resume from at {last!r}")
         saved = load_checkpoint(last, required=CHECKPOINT_KEYS)
         check_resume_config(saved["config"], {"train": config.to_dict(), **run_config}, last)
-        ckpt_path = last
-
-    callbacks = list(callbacks)
-    if ckpt_dir:
-        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=-1, every_n_epochs=1, enable_version_counter=False))
-    if progress:
-        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=max(1, module.num_batches // 10)))
-    logger = pl.loggers.CSVLogger(out_dir, name="logs", version="") if out_dir else False
     metrics_path = os.path.join(out_dir, "logs", "metrics.csv") if out_dir else None
-    earlier_metrics = _read_text(metrics_path) if resume else None
+    callbacks = list(callbacks)
+
     with _quiet_lightning(), pyro.validation_enabled(False):
-        trainer = pl.Trainer(
-            accelerator=accelerator, devices=devices, strategy=strategy, max_epochs=config.epochs,
-            logger=logger, callbacks=callbacks, enable_checkpointing=bool(ckpt_dir),
-            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-            plugins=[SafeCheckpointIO()], log_every_n_steps=max(1, module.num_batches), deterministic=False,
-        )
-        sigint = signal.getsignal(signal.SIGINT)
+        fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
+        fabric.launch()  # DDP: the other ranks' processes start here (Lightning's launchers), and run this function too
+        optimizer = torch.optim.Adam(module.elbo.parameters(), lr=config.lr, eps=config.adam_eps)
+        scheduler = None
+        if config.lr_schedule != "constant":
+            schedule, epochs = config.lr_schedule, config.epochs
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(schedule, epoch, epochs))
+        wrapped, fabric_optimizer = fabric.setup(module, optimizer)
+        module.attach(fabric, wrapped, fabric_optimizer)
+        first_epoch = 0
+        if saved is not None:
+            first_epoch = _restore(module, optimizer, scheduler, saved, last)
+        rows = _metric_rows(metrics_path, first_epoch) if module.is_global_zero and metrics_path else None
+        batches = batches_of_rank(module.num_batches, fabric.global_rank, fabric.world_size)
+        module.num_training_batches = len(batches)
+        _call(callbacks, "on_train_start", module, module)
         try:
-            trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
-        except SystemExit:
-            if not trainer.interrupted:
-                raise
-            # Lightning answers Ctrl-C by sys.exit(1) with SIGINT ignored: give the caller back its handler and its KeyboardInterrupt
-            signal.signal(signal.SIGINT, sigint if sigint is not None else signal.default_int_handler)
-            raise KeyboardInterrupt from None
+            for epoch in range(first_epoch, config.epochs):
+                module.start_epoch(epoch)
+                _call(callbacks, "on_train_epoch_start", module, module)
+                bar = _progress_bar(progress and module.is_global_zero, len(batches), epoch, config.epochs)
+                for batch_idx, number in enumerate(batches):
+                    _call(callbacks, "on_train_batch_start", module, module, number, batch_idx)
+                    loss = module.training_step(number, batch_idx)
+                    _call(callbacks, "on_train_batch_end", module, module, loss, number, batch_idx)
+                    if bar is not None:
+                        bar.update()
+                mean = module.end_epoch()
+                if bar is not None:
+                    bar.set_postfix(train_loss=f"{mean:.3f}")
+                    bar.close()
+                _call(callbacks, "on_train_epoch_end", module, module)
+                if scheduler is not None:
+                    scheduler.step()
+                if last is not None:  # the checkpoint first: a metrics row never names an epoch that was not saved
+                    _save_checkpoint(fabric, last, module, optimizer, scheduler, epoch)
+                if rows is not None:
+                    rows.append([epoch, module.global_step - 1, mean])
+                    _write_metrics(metrics_path, rows)
+            _call(callbacks, "on_train_end", module, module)
         except DivergenceError as err:
             kept = f"; the last finished epoch's checkpoint is kept at {last}" if last and os.path.exists(last) else ""
             raise DivergenceError(f"{err}{kept}") from None
-        finally:  # also when interrupted: the earlier epochs' lines are never lost
-            if earlier_metrics and trainer.is_global_zero:
-                _prepend_metrics(metrics_path, earlier_metrics)
-    return TrainResult(model, guide, last if ckpt_dir else None, trainer.is_global_zero, trainer.current_epoch, module.epoch_losses)
+    epochs_run = max(config.epochs, first_epoch)
+    return TrainResult(model, guide, last if ckpt_dir else None, module.is_global_zero, epochs_run, module.epoch_losses)
+
+
+def _call(callbacks: list[Any], hook: str, *args: Any) -> None:
+    """Call ``hook`` on every callback that has it (Lightning's ``Callback`` hook names and arguments; the training state,
+    :class:`SVIModule`, stands for both the trainer and the module: ``current_epoch``, ``global_step``, ``max_epochs``,
+    ``num_training_batches``, ``is_global_zero``, ``device``)."""
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)
+
+
+def _restore(module: SVIModule, optimizer: torch.optim.Optimizer, scheduler: Any, saved: dict[str, Any], path: str) -> int:
+    """Load a checkpoint's weights, optimizer and schedule into the run; returns the first epoch still to run."""
+    try:
+        module.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer_states"][0])
+        if scheduler is not None and saved.get("lr_schedulers"):
+            scheduler.load_state_dict(saved["lr_schedulers"][0])
+    except (KeyError, IndexError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"cannot resume from {path!r}: its training state does not fit this run ({type(err).__name__}: {err})") from None
+    module.global_step = int(saved.get("global_step", 0))
+    return int(saved["epoch"]) + 1
+
+
+def _save_checkpoint(fabric: Any, path: str, module: SVIModule, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int) -> None:
+    """The finished epoch's checkpoint, written atomically by rank 0 (the keys Lightning's checkpoints had, so either resumes)."""
+    if fabric.is_global_zero:
+        atomic_torch_save({
+            "epoch": epoch, "global_step": module.global_step, "state_dict": module.state_dict(),
+            "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
+            "config": {"train": module.config.to_dict(), **module.run_config},
+            "model_state": module.model.state_dict(), "guide_state": module.guide.state_dict(),
+        }, path)
+    fabric.barrier()
+
+
+METRIC_COLUMNS = ("epoch", "step", "train_loss")
+
+
+def _metric_rows(path: str, first_epoch: int) -> list[list[Any]]:
+    """The metrics rows of the epochs before ``first_epoch`` (a resumed run keeps them; later ones, unsaved, are dropped)."""
+    text = _read_text(path) if first_epoch > 0 else None
+    if not text:
+        return []
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or tuple(rows[0]) != METRIC_COLUMNS:
+        return []
+    return [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < first_epoch]
+
+
+def _write_metrics(path: str, rows: list[list[Any]]) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out)  # "\r\n" line endings, as Lightning's CSV logger wrote them
+    writer.writerow(METRIC_COLUMNS)
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
+
+
+def _progress_bar(show: bool, total: int, epoch: int, epochs: int) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=0.5, dynamic_ncols=True)

@@ -79,6 +79,22 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
     assert not [f for f in os.listdir(tmp_path / "b" / "checkpoints") if f.endswith(".tmp")]
 
 
+def test_a_run_of_the_earlier_lightning_trainer_loop_resumes_bit_identically(tmp_path):
+    """tests/data/lightning-trainer-run: `run(out, 2)` as the Trainer-based loop (before the Fabric loop) wrote it, checkpoint
+    and metrics. Resumed to 4 epochs by today's loop it ends with the parameters of 4 uninterrupted epochs, its
+    metrics keeping the Trainer's rows."""
+    import shutil
+
+    shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "lightning-trainer-run"), tmp_path / "old")
+    assert "pytorch-lightning_version" in load_checkpoint(str(tmp_path / "old" / "checkpoints" / "last.ckpt"))
+    straight, straight_guide, _ = run(tmp_path / "new", 4)
+    resumed, resumed_guide, result = run(tmp_path / "old", 4, resume=True)
+    assert torch.equal(params_of(straight), params_of(resumed)) and torch.equal(params_of(straight_guide), params_of(resumed_guide))
+    assert result.epochs_run == 4
+    with open(tmp_path / "old" / "logs" / "metrics.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0", "1", "2", "3"]
+
+
 def test_resume_refuses_missing_or_different_runs(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         run(tmp_path / "none", 2, resume=True)
