@@ -22,13 +22,17 @@ def sizes_label(sizes) -> str:
     return "-".join(map(str, sizes)) if sizes else "linear"
 
 
-def vae(runner, family: str = "ffg", encoder_hidden=None, **train_overrides: Any):
-    """The experiments' VAE with an encoder of ``family`` (``ffg`` or the flow) and ``encoder_hidden`` sizes, trained."""
+def vae(runner, family: str = "ffg", encoder_hidden=None, *, train_points: int | None = None, snapshot_every: int | None = None,
+        **train_overrides: Any):
+    """The experiments' VAE with an encoder of ``family`` (``ffg`` or the flow) and ``encoder_hidden`` sizes, trained (on the
+    first ``train_points`` training points only, when given: name suffix ``-n<points>``)."""
     b = runner.budget
     encoder = list(b.hidden) if encoder_hidden is None else list(encoder_hidden)
     name = f"vae-{'flow' if family == FLOW else family}" + ("" if encoder == list(b.hidden) else f"-enc{sizes_label(encoder)}")
+    name += "" if train_points is None else f"-n{train_points}"
     cfg = runner.vae_config(guide=family, encoder_hidden=encoder)
-    model, guide, done = runner.train(name, cfg, runner.train_options(**train_overrides), snapshots=b.snapshot_every)
+    model, guide, done = runner.train(name, cfg, runner.train_options(**train_overrides), snapshots=snapshot_every or b.snapshot_every,
+                                      train_points=train_points)
     return name, model, guide, done
 
 

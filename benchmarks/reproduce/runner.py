@@ -16,6 +16,7 @@ A :class:`Runner` holds one ``--out`` folder, locked for the run (:class:`benchm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -136,28 +137,33 @@ class Runner:
         return os.path.join(self.out, "models", f"{name}-{config_key(record)}")
 
     def train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
-              decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
+              decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = (),
+               train_points: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
         """The pair ``name`` trained with ``train``: reused when finished with this configuration, continued with ``--resume``.
 
         ``decoder=(name, model)`` starts the model from that trained model's weights and freezes them: only the
-        guide is trained (an encoder fitted to a fixed generative model).
+        guide is trained (an encoder fitted to a fixed generative model). ``train_points`` trains on the first that many
+        training points only (the evaluation's training points are the first ones too).
 
         Under a torch.distributed group rank 0 trains (as one process would) while the others wait, then load it.
         """
         if self.world_size == 1:
-            return self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks)
+            return self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks, train_points=train_points)
         if self.rank == 0:
-            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks)
+            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks, train_points=train_points)
         barrier()
         if self.rank != 0:
             self._fresh.add(name)  # rank 0 has just (re)trained it: never remove it here, even with --overwrite
-            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks)
+            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks, train_points=train_points)
         return trained
 
     def _train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
-               decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[Any, Any, dict[str, Any]]:
+               decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = (),
+               train_points: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
         record = {"model": model_cfg, "train": train.to_dict(), "data": {"dataset": self.budget.dataset, "likelihood": model_cfg["likelihood"]},
                   "snapshots": snapshots, "decoder": None if decoder is None else {"from": decoder[0], "weights": self._weights_digest(decoder[1])}}
+        if train_points is not None:  # (absent otherwise: the records, and folders, of whole-set models stay as they were)
+            record["train_points"] = int(train_points)
         folder = self.model_dir(name, record)
         self.models_used[name] = json.loads(json.dumps(record, default=str))
         done_path = os.path.join(folder, "done.json")
@@ -178,6 +184,8 @@ class Runner:
         if resume and not self.args.resume:
             raise ValueError(f"model {name!r} has an unfinished training in {folder!r}: pass --resume to continue it, or --overwrite")
         data = self.data(model_cfg["likelihood"])
+        if train_points is not None:
+            data = dataclasses.replace(data, train=data.train[:train_points])
         set_seed(train.seed)
         model, guide = build_model(model_cfg)
         if decoder is not None:
