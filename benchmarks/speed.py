@@ -48,6 +48,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -215,11 +216,9 @@ def _trainer_seconds_per_step(data, epochs, batch_size, seed, objective, device:
     return timer.seconds
 
 
-def _loop_seconds_per_step(data, epochs, batch_size, seed, device: torch.device | str = "cpu") -> float:
-    torch.manual_seed(seed)
-    model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
-    model, guide, data = model.to(device), guide.to(device), data.to(device)
-    step = pure_step_fn(encoder_network(guide), model.decoder, 1e-3, 1e-4)
+def _timed_loop(step: Callable[[torch.Tensor], Any], data: torch.Tensor, epochs: int, batch_size: int, seed: int,
+                device: torch.device | str) -> float:
+    """Seconds per ``step(batch)`` of a hand-written loop over fit()'s batches (epoch 0 untimed)."""
     now = clock(device)
     n_batches = -(-len(data) // batch_size)
     t0, count = None, 0
@@ -233,29 +232,30 @@ def _loop_seconds_per_step(data, epochs, batch_size, seed, device: torch.device 
     return (now() - t0) / count
 
 
+def _loop_seconds_per_step(data, epochs, batch_size, seed, device: torch.device | str = "cpu") -> float:
+    """The hand-written loop taking the hand-written step."""
+    torch.manual_seed(seed)
+    model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
+    model, guide, data = model.to(device), guide.to(device), data.to(device)
+    return _timed_loop(pure_step_fn(encoder_network(guide), model.decoder, 1e-3, 1e-4), data, epochs, batch_size, seed, device)
+
+
 def _own_loss_loop_seconds_per_step(data, epochs, batch_size, seed, objective, device: torch.device | str = "cpu") -> float:
-    """A hand-written loop over fit()'s batches calling fit()'s loss module: zero_grad, backward, Adam, nothing else."""
+    """The hand-written loop calling fit()'s loss module: zero_grad, backward, Adam, nothing else."""
     torch.manual_seed(seed)
     model, guide = build_model(model_config("vae", data.shape[1], "bernoulli"))
     model, guide, data = model.to(device), guide.to(device), data.to(device)
     loss_fn = make_loss(objective, model, guide)
     loss_fn.dataset_size = len(data)
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-3, eps=1e-4)
-    now = clock(device)
-    n_batches = -(-len(data) // batch_size)
-    t0, count = None, 0
-    for epoch in range(epochs):
-        if epoch == 1:
-            t0 = now()
-        perm = epoch_permutation(len(data), seed, epoch).to(data.device)
-        for b in range(n_batches):
-            x = data[perm[b * batch_size : (b + 1) * batch_size]]
-            loss = loss_fn(x) / len(x)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            count += t0 is not None
-    return (now() - t0) / count
+
+    def step(x: torch.Tensor) -> None:
+        loss = loss_fn(x) / len(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return _timed_loop(step, data, epochs, batch_size, seed, device)
 
 
 def trainer_step_ratio(data: torch.Tensor, epochs: int, batch_size: int, seed: int, objective: str = "elbo",
