@@ -143,7 +143,8 @@ class Runner:
 
         ``decoder=(name, model)`` starts the model from that trained model's weights and freezes them: only the
         guide is trained (an encoder fitted to a fixed generative model). ``train_points`` trains on the first that many
-        training points only (the evaluation's training points are the first ones too).
+        training points only, in the fixed binarization they are evaluated in (no fresh draw per batch: the small-data
+        model of experiment 5, which is to overfit; the evaluation's training points are the first ones too).
 
         Under a torch.distributed group rank 0 trains (as one process would) while the others wait, then load it.
         """
@@ -164,6 +165,7 @@ class Runner:
                   "snapshots": snapshots, "decoder": None if decoder is None else {"from": decoder[0], "weights": self._weights_digest(decoder[1])}}
         if train_points is not None:  # (absent otherwise: the records, and folders, of whole-set models stay as they were)
             record["train_points"] = int(train_points)
+            record["train_binarization"] = "fixed: the evaluation's draw"
         folder = self.model_dir(name, record)
         self.models_used[name] = json.loads(json.dumps(record, default=str))
         done_path = os.path.join(folder, "done.json")
@@ -184,8 +186,8 @@ class Runner:
         if resume and not self.args.resume:
             raise ValueError(f"model {name!r} has an unfinished training in {folder!r}: pass --resume to continue it, or --overwrite")
         data = self.data(model_cfg["likelihood"])
-        if train_points is not None:
-            data = dataclasses.replace(data, train=data.train[:train_points])
+        if train_points is not None:  # the first points, with the one fixed binarization they are evaluated in: nothing to regularize
+            data = dataclasses.replace(data, train=data.eval_points("train", train_points), binarization=None)
         set_seed(train.seed)
         model, guide = build_model(model_cfg)
         if decoder is not None:
