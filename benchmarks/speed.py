@@ -7,8 +7,8 @@
 
     * ``pure``  — a hand-written PyTorch step: encoder, reparameterized sample,
       log-densities, backward, Adam;
-    * ``core``  — our step: Pyro's ``ELBOModule(Trace_ELBO)`` on the model/guide
-      programs of :mod:`ppl_models`, backward, the same Adam;
+    * ``core``  — our step: objective ``elbo`` (``Trace_ELBO``'s estimator, computed eagerly for a
+      reparameterized guide) on the model/guide programs of :mod:`ppl_models`, backward, the same Adam;
     * ``captured`` — our step with objective ``captured-elbo``: the same
       estimator replayed from a recorded graph (:mod:`inference.objectives.capture`);
     * ``svi``   — the plain Pyro route for contrast: ``SVI`` + ``pyro.optim.Adam``
