@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from inference.claims import judge
 
-from .gaps_by_family import main_models
-from .models import FLOW, encoder_on_fixed_decoder, num_parameters, per_point
+from .models import FLOW, encoder_on_fixed_decoder, num_parameters, per_point, vae
 from .report import Report, stat
 
 NAME = "flows-amortization"
@@ -29,7 +28,8 @@ def matched_width(runner, target: int) -> int:
 
 
 def run(runner) -> Report:
-    base = main_models(runner)["ffg"]
+    name, model, _, _ = vae(runner, "ffg")  # experiment 1's FFG model: its decoder is the fixed one (its evaluation is not needed)
+    base = {"name": name, "model": model}
     decoder = (base["name"], base["model"])
     encoders = {}
     name, model, guide, done = encoder_on_fixed_decoder(runner, FLOW, (), *decoder)

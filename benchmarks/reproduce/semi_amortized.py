@@ -62,7 +62,7 @@ def refined_elbos(runner, name: str, model, guide, x: torch.Tensor, steps: tuple
 def run(runner) -> Report:
     b = runner.budget
     x = runner.points("test")
-    vae = main_models(runner)["ffg"]
+    vae = main_models(runner, ("ffg",))["ffg"]
     models = {"VAE (refinement at test time only)": (vae["name"], vae["model"], vae["guide"], vae["done"], vae["splits"]["test"], None)}
     for k in b.sa_steps:
         name = f"sa-vae-k{k}"
