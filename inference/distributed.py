@@ -75,18 +75,17 @@ def gather_to_first(obj: Any) -> list[Any] | None:
     rank, size = world()
     if size == 1:
         return [obj]
-    out = [None] * size if rank == 0 else None
     if dist.get_backend() == "nccl":  # gather_object is not supported over NCCL: all_gather_object is
-        everything: list[Any] = [None] * size
-        dist.all_gather_object(everything, obj)
+        everything = gather_to_all(obj)
         return everything if rank == 0 else None
+    out = [None] * size if rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
 
 
 def gather_to_all(obj: Any) -> list[Any]:
     """Every rank's ``obj`` in rank order, on every rank; ``[obj]`` without a group. Objects travel pickled: CPU tensors."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return [obj]
     everything: list[Any] = [None] * size

@@ -148,15 +148,18 @@ class Runner:
 
         Under a torch.distributed group rank 0 trains (as one process would) while the others wait, then load it.
         """
-        if self.world_size == 1:
+        def trained():
             return self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks, train_points=train_points)
+
+        if self.world_size == 1:
+            return trained()
         if self.rank == 0:
-            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks, train_points=train_points)
+            pair = trained()
         barrier()
         if self.rank != 0:
             self._fresh.add(name)  # rank 0 has just (re)trained it: never remove it here, even with --overwrite
-            trained = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks, train_points=train_points)
-        return trained
+            pair = trained()  # finished now: loaded
+        return pair
 
     def _train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
                decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = (),
