@@ -34,6 +34,26 @@ def fork_rng(device: torch.device | str | None = None) -> contextlib.AbstractCon
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
+def generator_state(device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """The state of torch's CPU generator and, for a CUDA ``device``, that device's: what :func:`set_generator_state`
+    restores, so that a computation resumed from a saved point draws the numbers an uninterrupted one would."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_generator_state(state: dict[str, torch.Tensor], device: torch.device | str | None = None) -> None:
+    """Restore what :func:`generator_state` returned (the CUDA generator's only for a CUDA ``device``)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        if "cuda" not in state:
+            raise ValueError("the saved generator state was taken on a CPU run: it cannot continue a run on a CUDA device")
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def global_share(batch_size: int, dataset_size: int | None) -> float:
     """``B/N``: how often a batch of B counts the global factor, so that N/B batches count it once (1 without N)."""
     if dataset_size is None:

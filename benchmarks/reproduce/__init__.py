@@ -15,7 +15,8 @@ Launched by ``torchrun`` (``--nproc-per-node N``, ``--nnodes``), the gap evaluat
 every experiment but the IWAE table goes — are sharded over the ranks (gloo on CPUs, NCCL on GPUs), each
 point's random numbers keyed by (seed, index) (``--streams keyed``, forced there), so the numbers are those
 of one process run with ``--streams keyed``. Rank 0 trains the models (the others wait and load them), runs
-the other evaluations, and alone writes.
+the other evaluations, and alone writes the results; each rank saves the blocks of points it finishes,
+so that ``--resume`` continues an interrupted gap evaluation (in one process or sharded).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: results/reproduce/DATASET-BUDGET)")
-    p.add_argument("--resume", action="store_true", help="continue unfinished trainings (finished models and evaluations are always reused)")
+    p.add_argument("--resume", action="store_true", help="continue unfinished trainings and gap evaluations (finished models and evaluations are always reused)")
     p.add_argument("--overwrite", action="store_true", help="retrain, re-evaluate and replace the experiment's results")
     p.add_argument("--iwae-rows", default=None, help="iwae-table: train and report only these rows, e.g. vae-elbo-1,vae-iwae-5 (default: the budget's)")
     p.add_argument("--checkpoint", default=None, help="iwae-table: re-evaluate this checkpoint's test NLL (e.g. docs/weights/*.pt) instead of training")

@@ -45,6 +45,8 @@ class Budget:
     local_patience: int = 10
     local_max_steps: int = 20_000
     max_elements: int = 2**26
+    #: points of a gap decomposition evaluated (and saved, for ``--resume``) together
+    eval_block: int = 100
     # experiment 2: encoder sizes, smallest first ([] is a linear encoder)
     encoder_sizes: tuple[tuple[int, ...], ...] = ((), (200,), (200, 200), (500, 500))
     # experiment 5: a snapshot every this many epochs
@@ -114,7 +116,7 @@ _FULL = {
 }
 _TINY = Budget(
     "tiny", "digits", latent_dim=2, hidden=(8,), epochs=2, batch_size=100, warmup_epochs=1.0, flow_layers=1, flow_hidden=4,
-    num_points=4, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, local_samples=4,
+    num_points=4, eval_block=2, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, local_samples=4,
     local_window=2, local_patience=1, local_max_steps=6, svi_samples=2, encoder_sizes=((), (16,)), snapshot_every=1, overfit_points=20,
     overfit_epochs=2, posterior_epochs=2,
     grid_points=30, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),

@@ -8,6 +8,8 @@ A :class:`Runner` holds one ``--out`` folder, locked for the run (:class:`benchm
   (bit-identical to an uninterrupted run) and refused without it;
 * ``evals/<key>.json`` — each evaluation (a gap decomposition, a refinement, ...) with the
   configuration it was computed under; reused when the configuration matches, recomputed otherwise;
+* ``evals/partial/<key>/`` — the finished blocks of points of a gap decomposition still running or
+  interrupted, continued with ``--resume`` (:meth:`Runner._in_blocks`) and removed when it finishes;
 * ``<experiment>.json``, ``<experiment>.md`` and its figures — written at the end, atomically.
 
 ``--overwrite`` retrains and re-evaluates what the experiment uses and replaces its results.
@@ -16,6 +18,7 @@ A :class:`Runner` holds one ``--out`` folder, locked for the run (:class:`benchm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,11 +42,14 @@ from inference.families import FlowOptions
 from inference.gaps import concatenate, from_state, gap_decomposition, to_state
 from inference.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from inference.local import AdamOptions, LocalOptions, StoppingRule
-from inference.sampling import set_seed
+from inference.sampling import generator_state, set_generator_state, set_seed
 from inference.training import TrainOptions, fit, load_trained, resolve_device
 from ppl_models import build_model, model_config
 
 from .budget import Budget
+
+#: ``OUT/evals/partial/<evaluation>/``: the finished blocks of points of an evaluation that was interrupted.
+PARTIAL = "partial"
 
 
 def source_commit() -> str | None:
@@ -96,6 +102,7 @@ class Runner:
         self.models_used: dict[str, Any] = {}  #: name -> the configuration (model, training, data) of every model asked for
         self.compute_seconds: dict[str, float] = {}  #: "models:<name>" / "evals:<key>" -> seconds it took to compute, reused or not
         self._fresh: set[str] = set()  #: with --overwrite, the names already redone by this run
+        self._earlier_seconds: dict[str, float] = {}  #: evaluation -> seconds its blocks reused from an interrupted run took
         self.rank, self.world_size = world()  #: this process's place in a torchrun launch ((0, 1) alone)
         self.keyed = getattr(args, "streams", "global") == "keyed"  #: gap evaluations draw from streams keyed by datapoint
 
@@ -244,13 +251,18 @@ class Runner:
         if stored is not None:
             self.compute_seconds[f"evals:{name}"] = float(stored.get("seconds", 0.0))
             return stored["result"]
+        if self.rank == 0 and self.args.overwrite and name not in self._fresh:
+            shutil.rmtree(self.partial_dir(name), ignore_errors=True)  # --overwrite: an interrupted attempt's blocks go too
         self._fresh.add(name)
         set_seed(self.eval_seed(config))
         t0 = time.perf_counter()
         result = sharded() if sharded is not None and self.world_size > 1 else compute() if self.rank == 0 else None
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 + self._earlier_seconds.pop(name, 0.0)
         if self.rank == 0:
             atomic_write_json(path, {"config": config, "seconds": seconds, "result": result})
+            shutil.rmtree(self.partial_dir(name), ignore_errors=True)  # finished: its blocks are in the file now
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.partial_dir(name)))  # OUT/evals/partial, when no other evaluation is unfinished
             with open(path) as f:  # what every later reader sees (non-finite numbers as null)
                 stored = json.load(f)
         stored = from_first(stored)
@@ -297,17 +309,69 @@ class Runner:
                                      local=self.local_options(families), log_px=log_px, ais_options=self.ais_options(),
                                      max_elements=b.max_elements, progress=self.progress, **keyed)
 
-        def compute() -> dict[str, Any]:
-            return decompose(0, len(x)).summary()
+        if not self.keyed and len(eval_blocks(len(x), b.eval_block)) > 1:
+            config["eval_block"] = b.eval_block  # one generator runs on from block to block: the blocks shape the numbers
+        key = f"gaps-{name}-{split}-{config_key(config)}"
 
-        def sharded() -> dict[str, Any]:
-            # one block of points per rank; each rank's decomposition travels as CPU tensors and is merged in order
-            blocks = eval_blocks(len(x), len(x), self.world_size)
-            mine = {k: to_state(decompose(*blocks[k])) for k in rank_blocks(blocks, self.rank, self.world_size)}
-            states = {k: v for part in gather_to_all(mine) for k, v in part.items()}
-            return concatenate([from_state(states[k])[0] for k in range(len(blocks))]).summary()
+        def blocked() -> dict[str, Any]:
+            return self._in_blocks(key, config, len(x), decompose)
 
-        return self.evaluation(f"gaps-{name}-{split}-{config_key(config)}", config, compute, sharded)
+        return self.evaluation(key, config, blocked, blocked)
+
+    def partial_dir(self, name: str) -> str:
+        """``OUT/evals/partial/<name>/``: the finished blocks of points of an evaluation that has not finished."""
+        return os.path.join(self.out, "evals", PARTIAL, name)
+
+    def _in_blocks(self, name: str, config: dict[str, Any], n: int, decompose: Callable[[int, int], Any]) -> dict[str, Any]:
+        """The summary of ``decompose`` over ``n`` points evaluated in blocks of the budget's ``eval_block`` points, each
+        finished block saved at once (atomically) in :meth:`partial_dir`, so that ``--resume`` continues an interrupted
+        evaluation with the blocks not yet done and gives the numbers of an uninterrupted one.
+
+        With keyed streams a block's numbers depend on its points alone: under a torch.distributed group rank r evaluates
+        blocks r, r + W, ... and every saved block is reused. With the global generator the blocks run in order, each
+        saved with the generator's state after it; a resumed run reuses the finished blocks in front and restores the
+        generator's state from the last of them. A block saved under another configuration is never reused.
+        """
+        blocks = eval_blocks(n, self.budget.eval_block, self.world_size)
+        folder = self.partial_dir(name)
+        fingerprint = config_key(config)
+        found = from_first(sorted(f for f in os.listdir(folder) if f.endswith(".pt")) if self.rank == 0 and os.path.isdir(folder) else [])
+        if found and not self.args.resume:
+            raise ValueError(f"evaluation {name!r} was interrupted with {len(found)} of {len(blocks)} block(s) of points finished, kept in "
+                             f"{folder!r}: pass --resume to continue it, or --overwrite")
+        states: dict[int, dict[str, Any]] = {}
+        generator = None  # the global generator's state after the last reused block
+        reused, reused_seconds = 0, 0.0
+        for k in rank_blocks(blocks, self.rank, self.world_size):
+            lo, hi = blocks[k]
+            path = os.path.join(folder, f"{lo:06d}-{hi:06d}.pt")
+            in_front = self.keyed or len(states) == k  # global generator: only an unbroken run of blocks from the first
+            saved = self._saved_block(path, fingerprint) if self.args.resume and in_front and os.path.basename(path) in found else None
+            if saved is not None:
+                states[k], generator = saved["state"], saved["generator"]
+                reused, reused_seconds = reused + 1, reused_seconds + float(saved.get("seconds", 0.0))
+                continue
+            if generator is not None and not self.keyed:
+                set_generator_state(generator, self.device)
+                generator = None
+            t0 = time.perf_counter()
+            states[k] = to_state(decompose(lo, hi))
+            os.makedirs(folder, exist_ok=True)
+            atomic_torch_save({"fingerprint": fingerprint, "state": states[k], "generator": generator_state(self.device),
+                               "seconds": time.perf_counter() - t0}, path)
+        if reused:
+            print(f"resumed evaluation {name}: {reused} finished block(s) of points reused", file=sys.stderr, flush=True)
+        self._earlier_seconds[name] = sum(gather_to_all(reused_seconds))  # what the reused blocks took when they were computed
+        merged = {k: v for part in gather_to_all(states) for k, v in part.items()}
+        return concatenate([from_state(merged[k])[0] for k in range(len(blocks))]).summary()
+
+    @staticmethod
+    def _saved_block(path: str, fingerprint: str) -> dict[str, Any] | None:
+        saved = load_checkpoint(path, required=("fingerprint", "state", "generator"))
+        if saved["fingerprint"] != fingerprint:
+            print(f"note: {path} holds a block of another evaluation: evaluating it again", file=sys.stderr)
+            return None
+        return saved
 
     @staticmethod
     def _weights_digest(*modules) -> str:
