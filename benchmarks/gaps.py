@@ -135,6 +135,9 @@ def make_parser() -> Parser:
     run.add_argument("--device", choices=DEVICES, default="cpu")
     run.add_argument("--devices", default="1", help="devices for training (Lightning), e.g. 2 with --strategy ddp")
     run.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    run.add_argument("--num-nodes", type=int, default=1,
+                     help="machines training together with --strategy ddp (each runs this command with NODE_RANK, MASTER_ADDR and "
+                          "MASTER_PORT set); the evaluation is then sharded over all their devices (default: %(default)s)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default=os.path.join("results", "gaps"), help="output folder (default: %(default)s)")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (without it, or --resume, such a folder is refused)")
@@ -167,6 +170,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--local-flow-hidden must be >= 0, got {args.local_flow_hidden}")
     check_seed(args.seed, "--seed")
     _devices(args.devices)
+    if positive_int(args.num_nodes, "--num-nodes") > 1 and "ddp" not in args.strategy:
+        raise ValueError(f"--num-nodes {args.num_nodes} needs --strategy ddp (got --strategy {args.strategy})")
     if args.local is not None and not _families(args.local):
         raise ValueError(f"--local {args.local!r} names no family; give comma-separated names from {', '.join(LOCAL_FAMILIES)}, or leave it out")
     for family in _families(args.local):
@@ -339,7 +344,7 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
         t0 = time.perf_counter()
         trained = fit(
             model, guide, data, train_cfg, out_dir=args.out, resume=args.resume,
-            device=args.device, devices=devices, strategy=args.strategy, progress=progress, run_config=run_config,
+            device=args.device, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes, progress=progress, run_config=run_config,
         )
         train_seconds = time.perf_counter() - t0
         if not trained.is_global_zero and not dist.is_initialized():

@@ -388,6 +388,7 @@ def fit(
     device: str = "cpu",
     devices: int | str = 1,
     strategy: str = "auto",
+    num_nodes: int = 1,
     progress: bool = False,
     run_config: dict[str, Any] | None = None,
     callbacks: tuple[Any, ...] | list[Any] = (),
@@ -407,7 +408,8 @@ def fit(
     called with the training state (:class:`SVIModule`) for both the trainer and the module.
 
     The loop is ours, on Lightning Fabric: Fabric gives the devices, the strategies (``devices``,
-    ``strategy="ddp"``: DDP, its launchers) and ``backward``; the loop around them is a few lines.
+    ``strategy="ddp"``: DDP, its launchers; ``num_nodes`` machines, each running the same command with
+    ``NODE_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set) and ``backward``; the loop around them is a few lines.
     """
     if not isinstance(data, torch.Tensor) and hasattr(data, "train"):
         transform = getattr(data, "transform", None) if transform is None else transform
@@ -421,6 +423,8 @@ def fit(
                 "parameters as module parameters (pyro.param in a plain function lives outside any module)"
             )
     accelerator = accelerator_for(device)
+    if positive_int(num_nodes, "num_nodes") > 1 and "ddp" not in str(strategy):
+        raise ValueError(f"training on {num_nodes} machines needs a DDP strategy (strategy='ddp'), got strategy={strategy!r}")
     sample = train_x[: config.batch_size]
     inspect_program(model, guide, transform(sample) if transform is not None else sample)
     if transform is None:  # every datapoint is seen as it is: check them all once, not at every step
@@ -441,7 +445,7 @@ def fit(
     callbacks = list(callbacks)
 
     with _quiet_lightning(), pyro.validation_enabled(False):
-        fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
+        fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes)
         fabric.launch()  # DDP: the other ranks' processes start here (Lightning's launchers), and run this function too
         optimizer = torch.optim.Adam(module.elbo.parameters(), lr=config.lr, eps=config.adam_eps)
         scheduler = None

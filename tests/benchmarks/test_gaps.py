@@ -101,6 +101,8 @@ def test_resume_continues_a_run(tmp_path):
         (["--checkpoint", "/nonexistent/x.ckpt"], "no checkpoint file"),
         (["--dataset", "mnist", "--data-root", "/nonexistent"], "MNIST not found under data root '/nonexistent'"),
         (["--devices", "0"], "--devices must be a count >= 1, -1 (every device), 'auto' or indices such as 0,1; got '0'"),
+        (["--num-nodes", "0"], "--num-nodes must be an integer >= 1, got 0"),
+        (["--num-nodes", "2"], "--num-nodes 2 needs --strategy ddp (got --strategy auto)"),
         (["--seed", "100000000000000000000000"], "--seed must be an integer from 0 to 4294967295, got 100000000000000000000000"),
         (["--local", ","], "--local ',' names no family"),
         (["--beta", "4"], "beta=4.0 applies to objective(s) beta-vae, not to 'elbo'"),

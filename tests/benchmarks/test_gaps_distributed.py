@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -96,3 +97,33 @@ def test_a_saved_block_of_another_evaluation_is_evaluated_again_not_mixed_in(tmp
     assert code == 0 and "holds a block of another evaluation" in capsys.readouterr().err
     code, fresh = run(tmp_path, "--eval-block", "3", "--elbo-samples", "32", name="fresh")
     assert code == 0 and read(out)["splits"] == read(fresh)["splits"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_through_lightnings_launcher_give_the_numbers_of_two_devices_on_one(tmp_path):
+    """``--num-nodes 2``: two "machines" on this one (each its own process and output folder, joined by NODE_RANK, MASTER_ADDR
+    and MASTER_PORT, as a cluster's nodes are) train with DDP and shard the evaluation like ``--devices 2`` on one machine."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "benchmarks.gaps", *TINY, "--strategy", "ddp"]
+    done = subprocess.run([*args, "--devices", "2", "--out", str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    port = str(_free_port())
+    nodes = [subprocess.Popen([*args, "--devices", "1", "--num-nodes", "2", "--out", str(tmp_path / f"node{rank}")], cwd=REPO,
+                              env={**env, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    a, b = read(str(tmp_path / "one")), read(str(tmp_path / "node0"))
+    pairs = list(_floats(a, b))
+    assert len(pairs) > 100 and all(x == y for _, x, y in pairs), [(p, x, y) for p, x, y in pairs if x != y][:5]
+    with open(tmp_path / "node0" / "run_info.json") as f:
+        assert json.load(f)["world_size"] == 2
+    assert not os.path.exists(tmp_path / "node1" / "gaps.json")  # the second machine's rank writes no results
