@@ -46,7 +46,7 @@ from benchmarks.options import (
 from benchmarks.outdir import OutputFolder
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
-from inference.distributed import eval_blocks, gather_to_first, init_from_environment, rank_blocks, world
+from inference.distributed import eval_blocks, gather_to_first, init_from_environment, launched_world_size, rank_blocks, world
 from inference.families import LOCAL_FAMILIES, FlowOptions
 from inference.gaps import LOG_PX_METHODS, concatenate, concatenate_exact, exact_reference, from_state, gap_decomposition, to_state
 from inference.io import atomic_torch_save, checksum, load_checkpoint
@@ -181,6 +181,10 @@ def check_args(args: argparse.Namespace) -> None:
         given = [o for o in TRAIN_OPTIONS if o in args.explicit]
         if given:
             raise ValueError(f"--checkpoint evaluates a trained model; drop the training option(s) {', '.join('--' + g.replace('_', '-') for g in given)}")
+    launched = launched_world_size()
+    if launched > 1 and not args.checkpoint and "ddp" not in args.strategy:
+        raise ValueError(f"launched on {launched} processes (torchrun), each would train its own copy of the model: train with DDP over "
+                         f"them (--devices {launched} --strategy ddp on one machine), or evaluate a trained model with --checkpoint")
 
 
 def ais_options(args: argparse.Namespace) -> AISOptions:
@@ -353,6 +357,10 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
             print(f"note: the checkpoint had already run {trained.epochs_run} epochs (asked: {train_cfg.epochs}); "
                   f"evaluating the {trained.epochs_run}-epoch model", file=sys.stderr)
             train_cfg = dataclasses.replace(train_cfg, epochs=trained.epochs_run)
+    if init_from_environment(device) and device.type == "cuda" and device.index is None:
+        # a torchrun launch of an evaluation (a DDP training started its own group): this rank's GPU, LOCAL_RANK,
+        # which init_from_environment made the current device (not cuda:0 on every rank)
+        device = torch.device("cuda", torch.cuda.current_device())
     model.to(device).eval()
     guide.to(device).eval()
 
@@ -367,7 +375,6 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
         evaluation.update(ais_chains=args.ais_chains, ais_steps=args.ais_steps, ais_leapfrog=args.ais_leapfrog,
                           ais_step_size=args.ais_step_size, ais_schedule=args.ais_schedule, ais_init=args.ais_init,
                           ais_pilot_chains=args.ais_pilot_chains)
-    init_from_environment(device)  # a torchrun launch of an evaluation (Lightning's DDP training started its own group)
     rank, size = world()
     # what a saved block must have been evaluated with to be reused: the settings, the seed, the points and the model
     fingerprint = checksum({"evaluation": evaluation, "seed": args.seed, "eval_block": args.eval_block,

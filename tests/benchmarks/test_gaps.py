@@ -350,3 +350,10 @@ def test_ctrl_c_says_what_was_kept_and_a_failed_final_write_keeps_the_table(tmp_
     assert "| train | 6 |" in captured.out  # the table reached the terminal
     assert "could not write gaps.json (No space left on device)" in captured.err and "written: gaps.md, run_info.json" in captured.err
     assert not os.path.exists(os.path.join(out, "gaps.json")) and os.path.exists(os.path.join(out, "gaps.md"))
+
+
+def test_a_torchrun_launch_that_would_train_a_copy_per_process_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun --nproc-per-node 2 sets in each process
+    assert cli([*TINY, "--out", str(tmp_path / "x")]) == 2
+    assert "launched on 2 processes (torchrun), each would train its own copy of the model" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")  # refused before any work
