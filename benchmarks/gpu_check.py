@@ -16,7 +16,8 @@ CPU (the test suite does this, so the command never rots before a GPU is at hand
 6. ``gmm-sbn`` — the Gaussian mixture (``enum``) and the sigmoid belief net (``tracegraph``) trained on the
    device, their exact log p(x) finite and on the device.
 7. ``compare`` — ``compare_objectives`` over elbo, captured-elbo, iwae, iwae-dreg and rws on the device.
-8. ``resume`` — 2 epochs then a resume to 3, against 3 at once: identical parameters.
+8. ``resume`` — 2 epochs then a resume to 3, against 3 at once: identical parameters; and an evaluation block run
+   again from the generators' saved state (CPU and device, as ``benchmarks.reproduce --resume`` restores it): identical.
 9. ``host-syncs`` — host reads per training step of the sync-free objectives (CUDA's sync debug mode on a
    GPU, a dispatch-level count everywhere; ``elbo`` among them, computed eagerly), of ``meanfield`` (Pyro's own
    ELBO machinery) for contrast.
@@ -49,6 +50,7 @@ from inference.enumeration import exact_log_px
 from inference.host_syncs import count_host_syncs
 from inference.local import LocalOptions, StoppingRule
 from inference.objectives import make_loss
+from inference.sampling import generator_state, set_generator_state
 from inference.stats import mean_se
 from inference.training import DEVICES, TrainOptions, fit, load_trained, resolve_device
 from ppl_models import build_model, model_config
@@ -222,7 +224,26 @@ def check_resume(ctx: dict[str, Any]) -> dict[str, Any]:
     train("resume-split", 2)
     resumed = train("resume-split", 3, resume=True)
     assert torch.equal(straight, resumed), f"resumed training differs: max |difference| {float((straight - resumed).abs().max())}"
-    return {"identical": True, "parameters": len(straight)}
+
+    # an evaluation resumed from a saved block: the generator's state saved after block one (the CPU's and this
+    # device's, as benchmarks.reproduce saves it) and restored gives block two's numbers again
+    model, guide = small_vae(x.shape[1])
+    model.to(ctx["device"]).eval(), guide.to(ctx["device"]).eval()
+    points = ctx["x"][:8]
+    local = LocalOptions(num_samples=4, rule=StoppingRule(5, 1, 15))
+
+    def block(lo: int, hi: int) -> torch.Tensor:
+        result = gap_decomposition(model, guide, points[lo:hi], log_px_samples=32, elbo_samples=16, local=local, log_px="iwae")
+        return torch.stack([result.log_px.value, result.elbo_local.value, result.elbo_amortized.value]).cpu()
+
+    torch.manual_seed(5)
+    block(0, 4)
+    saved = generator_state(ctx["device"])
+    second = block(4, 8)
+    set_generator_state(saved, ctx["device"])
+    again = block(4, 8)
+    assert torch.equal(second, again), f"a resumed block differs: max |difference| {float((second - again).abs().max())}"
+    return {"identical": True, "parameters": len(straight), "resumed_block_identical": True, "generators": sorted(saved)}
 
 
 def check_host_syncs(ctx: dict[str, Any]) -> dict[str, Any]:
