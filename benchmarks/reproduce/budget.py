@@ -44,7 +44,7 @@ class Budget:
     local_window: int = 100
     local_patience: int = 10
     local_max_steps: int = 20_000
-    max_elements: int = 2**26
+    max_elements: int = 2**26  #: elements one chunk of samples may hold (gap evaluations with keyed streams: the device's default)
     #: points of a gap decomposition evaluated (and saved, for ``--resume``) together
     eval_block: int = 100
     # experiment 2: encoder sizes, smallest first ([] is a linear encoder)

@@ -303,11 +303,13 @@ class Runner:
         if self.keyed:
             config["streams"] = "keyed"  # draws keyed by (seed, point): the same numbers in one process or sharded
 
+        # keyed draws do not depend on the chunking, so they take the device's default budget (a share of a GPU's free
+        # memory; the budget's 2**26 elements on a CPU); the global generator's numbers do, so it keeps the budget's
         def decompose(lo: int, hi: int):
             keyed = {"seed": self.eval_seed(config), "index": torch.arange(lo, hi, device=x.device)} if self.keyed else {}
             return gap_decomposition(model, guide, x[lo:hi], log_px_samples=b.log_px_samples, elbo_samples=b.elbo_samples,
                                      local=self.local_options(families), log_px=log_px, ais_options=self.ais_options(),
-                                     max_elements=b.max_elements, progress=self.progress, **keyed)
+                                     max_elements=None if self.keyed else b.max_elements, progress=self.progress, **keyed)
 
         if not self.keyed and len(eval_blocks(len(x), b.eval_block)) > 1:
             config["eval_block"] = b.eval_block  # one generator runs on from block to block: the blocks shape the numbers
