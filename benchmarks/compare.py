@@ -48,6 +48,7 @@ from benchmarks.outdir import OutputFolder
 from benchmarks.report import compare_markdown, compare_plot
 from inference.compare import CompareOptions, compare_objectives
 from inference.diagnostics import ACTIVE_THRESHOLD
+from inference.distributed import launched_world_size
 from inference.objectives import PARAMETERS, TRAINING_OBJECTIVES, get_objective, objectives_taking
 from inference.training import DEVICES, LR_SCHEDULES, TrainOptions, resolve_device
 from inference.validation import positive_int
@@ -178,6 +179,10 @@ STATE = ("runs",)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    launched = launched_world_size()
+    if launched > 1:
+        raise ValueError(f"benchmarks.compare runs in one process; launched on {launched} (torchrun), each would train every run "
+                         "on the same device and write the same --out: run it with python -m benchmarks.compare")
     data_cfg, model_cfg, base, objectives, counts, options = resolve(args)
     with OutputFolder(args.out, results=RESULTS, state=STATE, resume=args.resume, overwrite=args.overwrite) as folder:
         return run(args, folder, data_cfg, model_cfg, base, objectives, counts, options)

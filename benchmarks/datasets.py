@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from inference.distributed import launched_world_size
 from ppl_models import check_likelihood
 
 DATASETS = ("digits", "mnist")
@@ -84,6 +85,10 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 def _load_mnist(root: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision.datasets import MNIST
 
+    launched = launched_world_size()
+    if download and launched > 1 and not os.path.exists(os.path.join(root, "MNIST", "raw", "t10k-labels-idx1-ubyte")):
+        raise ValueError(f"--download under a launch of {launched} processes: they would all write the same files at once; "
+                         "download MNIST first in one process (or drop --download and pass --data-root)")
     splits = []
     for train in (True, False):
         try:

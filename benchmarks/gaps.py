@@ -46,7 +46,7 @@ from benchmarks.options import (
 from benchmarks.outdir import OutputFolder
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
-from inference.distributed import eval_blocks, gather_to_first, init_from_environment, launched_world_size, rank_blocks, world
+from inference.distributed import eval_blocks, gather_to_all, init_from_environment, launched_world_size, rank_blocks, world
 from inference.families import LOCAL_FAMILIES, FlowOptions
 from inference.gaps import LOG_PX_METHODS, concatenate, concatenate_exact, exact_reference, from_state, gap_decomposition, to_state
 from inference.io import atomic_torch_save, checksum, load_checkpoint
@@ -280,8 +280,8 @@ def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, famil
 
     Every draw is keyed by (``seed``, index of the point) (:mod:`inference.streams`), and the points are
     evaluated in blocks of ``--eval-block`` (:func:`inference.distributed.eval_blocks`). Under a torch.distributed group rank r
-    evaluates blocks r, r + W, …, and rank 0 gathers them and returns the summary (None on the other
-    ranks): the numbers of one process. With ``--out`` each finished block is saved in
+    evaluates blocks r, r + W, …; every rank gathers them all and summarizes, and rank 0 returns the summary
+    (None on the other ranks): the numbers of one process. With ``--out`` each finished block is saved in
     ``OUT/partial/`` at once (atomically), and ``--resume`` reads it back instead of evaluating it again.
     """
     rank, size = world()
@@ -298,13 +298,12 @@ def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, famil
                 os.makedirs(partial, exist_ok=True)
                 atomic_torch_save({"fingerprint": fingerprint, "state": state}, path)
         done[k] = state
-    gathered = gather_to_first(done)
-    if gathered is None:
-        return None
-    states = {k: v for part in gathered for k, v in part.items()}
+    # every rank gets every block and summarizes: a summary that fails, fails on every rank (none is left waiting)
+    states = {k: v for part in gather_to_all(done) for k, v in part.items()}
     parts = [from_state(states[k]) for k in range(len(blocks))]
     merged, exact = concatenate([p[0] for p in parts]), concatenate_exact([p[1] for p in parts])
-    return {**merged.summary(), "exact": exact.summary() if exact is not None else None}
+    summary = {**merged.summary(), "exact": exact.summary() if exact is not None else None}
+    return summary if rank == 0 else None
 
 
 #: What the gaps job writes at the end, and what its training writes as it goes.
@@ -377,7 +376,9 @@ def run(args: argparse.Namespace, folder: OutputFolder, data_cfg, model_cfg, tra
                           ais_pilot_chains=args.ais_pilot_chains)
     rank, size = world()
     # what a saved block must have been evaluated with to be reused: the settings, the seed, the points and the model
-    fingerprint = checksum({"evaluation": evaluation, "seed": args.seed, "eval_block": args.eval_block,
+    # (max_elements as asked, None for the device's default: on a GPU the resolved value follows the free memory, which
+    # may differ between a run and its resumption, or between ranks, though rarely by the power of two it is rounded to)
+    fingerprint = checksum({"evaluation": {**evaluation, "max_elements": args.max_elements}, "seed": args.seed, "eval_block": args.eval_block,
                             "points": {k: v.cpu() for k, v in points.items()},
                             "model": {k: v.cpu() for k, v in {**model.state_dict(), **{f"guide.{n}": t for n, t in guide.state_dict().items()}}.items()}})
     splits, seconds = {}, {}

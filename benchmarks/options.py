@@ -21,6 +21,7 @@ import torch
 
 from benchmarks.datasets import BINARIZATIONS, DATASETS, DEFAULT_DATA_ROOT
 from benchmarks.outdir import interrupted_message
+from inference.distributed import report_failure
 from ppl_models import LIKELIHOODS, MODELS, guide_families, is_factory, load_factory, option_names
 
 _UNSET = object()
@@ -161,7 +162,11 @@ def run_cli(parse: Callable[[list[str] | None], argparse.Namespace], main: Calla
     write with exit status 1, Ctrl-C with what was kept and exit status 130."""
     args = parse(argv)
     try:
-        main(args)
+        try:
+            main(args)
+        except BaseException as err:  # under torchrun: the ranks waiting on this one stop too, naming it
+            report_failure(err)
+            raise
     except KeyboardInterrupt:
         print(f"\n{interrupted_message(getattr(args, 'out', None))}", file=sys.stderr)
         return 130

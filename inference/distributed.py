@@ -6,7 +6,15 @@
 * :func:`eval_blocks` — the blocks of points an evaluation is done (and saved) in, each rank having one;
 * :func:`rank_blocks` — the blocks a rank evaluates: r, r + W, r + 2W, …;
 * :func:`gather_to_first` — every rank's result, in rank order, on rank 0 (:func:`gather_to_all`: on every rank);
-* :func:`from_first` — rank 0's object on every rank; :func:`barrier` — wait for every rank.
+* :func:`from_first` — rank 0's object on every rank; :func:`barrier` — wait for every rank;
+* :func:`first_does` — work that rank 0 alone does (a training, an evaluation) while the others wait for it.
+
+Waiting is done on the group's key-value store, polled, not inside a collective: a rank whose share
+is done (or was saved before a ``--resume``) may wait hours for the slowest, or for rank 0's training,
+and a collective would hit the group's timeout (NCCL aborts the job). Every collective here starts
+only once every rank has reached it. A rank that fails says so in the store (:func:`report_failure`,
+called by the command line), and the ranks waiting on it stop with :class:`PeerFailed`, naming it,
+instead of hanging until a timeout.
 
 With the per-datapoint random numbers of :mod:`inference.streams`, a point's results do not depend
 on which rank evaluated it, so a sharded run gives the numbers of one process.
@@ -15,11 +23,28 @@ on which rank evaluated it, so a sharded run gives the numbers of one process.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+#: A collective's time limit in the groups this module starts (and sets on Lightning's): every wait for another rank is
+#: polled on the store first, so a collective itself only has to outlast the transfer.
+TIMEOUT = datetime.timedelta(hours=12)
+#: The longest sleep between two looks at the store while waiting for another rank.
+POLL_SECONDS = 2.0
+_PREFIX = "latent-inference"
+_FAILED = f"{_PREFIX}/failed"
+_calls = itertools.count()  #: every rank makes the same calls in the same order, so the n-th call's keys agree
+T = TypeVar("T")
+
+
+class PeerFailed(RuntimeError):
+    """Another rank of the group failed while this one waited for it."""
 
 
 def world() -> tuple[int, int]:
@@ -40,17 +65,24 @@ def launched_world_size() -> int:
 def init_from_environment(device: torch.device) -> bool:
     """Join the group a launcher described in the environment (gloo on a CPU, NCCL on a GPU); True if one now runs.
 
-    Nothing happens when a group already runs (Lightning's DDP started it) or the launch was for one process."""
+    Nothing happens when the launch was for one process; a group that already runs (Lightning's DDP started it) gets
+    :data:`TIMEOUT` as its collectives' time limit. On a GPU each rank takes the device ``LOCAL_RANK`` names
+    (without it, its global rank modulo the devices it sees), and the group is bound to it."""
     if dist.is_initialized():
+        if hasattr(dist, "set_timeout"):  # (torch >= 2.6) Lightning's groups have 30 minutes
+            dist.set_timeout(TIMEOUT)
         return True
     if launched_world_size() == 1:
         return False
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))  # shards of hours-long AIS wait on each other
+    if device.type != "cuda":
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+        return True
+    local = os.environ.get("LOCAL_RANK")
+    index = int(local) if local is not None else int(os.environ.get("RANK", "0")) % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device("cuda", index))
     return True
 
 
@@ -68,6 +100,62 @@ def rank_blocks(blocks: list[tuple[int, int]], rank: int, world_size: int) -> li
     return list(range(rank, len(blocks), world_size))
 
 
+def _store() -> Any:
+    return dist.distributed_c10d._get_default_store()
+
+
+def _wait(ready: Callable[[], bool], what: str) -> None:
+    """Poll the store until ``ready()``; raise :class:`PeerFailed` as soon as a rank reports a failure."""
+    store, delay = _store(), 0.005
+    while not ready():
+        if store.check([_FAILED]):
+            raise PeerFailed(f"stopped while waiting for {what}: {store.get(_FAILED).decode(errors='replace')}")
+        time.sleep(delay)
+        delay = min(2 * delay, POLL_SECONDS)
+
+
+def _all_here(what: str) -> None:
+    """Return once every rank has reached its call of the same number (no collective, so no time limit)."""
+    rank, size = world()
+    store, key = _store(), f"{_PREFIX}/here/{next(_calls)}"
+    store.add(key, 1)
+    _wait(lambda: store.add(key, 0) >= size, what)
+
+
+def report_failure(error: BaseException) -> None:
+    """Tell the group this rank failed (``error``), so that ranks waiting on it stop (nothing without a group)."""
+    rank, size = world()
+    if size > 1:
+        try:
+            _store().set(_FAILED, f"rank {rank} failed: {type(error).__name__}: {error}"[:2000])
+        except Exception:  # the store may be gone with the failure: the group's own timeout remains
+            pass
+
+
+def first_does(what: str, work: Callable[[], T]) -> T | None:
+    """``work()`` on rank 0 (its result; None on the others), every other rank waiting until it is done.
+
+    The others poll the store rather than wait in a collective, so work of any length never meets the group's
+    timeout; if rank 0's ``work`` raises, they raise :class:`PeerFailed` naming it. ``what`` says what rank 0 does."""
+    rank, size = world()
+    if size == 1:
+        return work()
+    store, key = _store(), f"{_PREFIX}/first/{next(_calls)}"
+    if rank == 0:
+        try:
+            result = work()
+        except BaseException as err:
+            store.set(key, f"failed: {type(err).__name__}: {err}"[:2000])
+            raise
+        store.set(key, "done")
+        return result
+    _wait(lambda: store.check([key]), f"rank 0 ({what})")
+    status = store.get(key).decode(errors="replace")
+    if status != "done":
+        raise PeerFailed(f"rank 0 {status} while it {what}")
+    return None
+
+
 def gather_to_first(obj: Any) -> list[Any] | None:
     """Every rank's ``obj`` in rank order, on rank 0 (None on the others); ``[obj]`` without a group.
 
@@ -75,6 +163,7 @@ def gather_to_first(obj: Any) -> list[Any] | None:
     rank, size = world()
     if size == 1:
         return [obj]
+    _all_here("every rank's share")
     if dist.get_backend() == "nccl":  # gather_object is not supported over NCCL: all_gather_object is
         everything = gather_to_all(obj)
         return everything if rank == 0 else None
@@ -88,6 +177,7 @@ def gather_to_all(obj: Any) -> list[Any]:
     size = world()[1]
     if size == 1:
         return [obj]
+    _all_here("every rank's share")
     everything: list[Any] = [None] * size
     dist.all_gather_object(everything, obj)
     return everything
@@ -97,12 +187,13 @@ def from_first(obj: Any) -> Any:
     """Rank 0's ``obj``, on every rank (what the others pass is ignored); ``obj`` itself without a group."""
     if world()[1] == 1:
         return obj
+    _all_here("rank 0")
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def barrier() -> None:
-    """Wait for every rank (nothing without a group)."""
+    """Wait for every rank, for as long as it takes (nothing without a group)."""
     if world()[1] > 1:
-        dist.barrier()
+        _all_here("every rank")

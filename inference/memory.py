@@ -33,12 +33,15 @@ T = TypeVar("T")
 
 def default_max_elements(device: torch.device | str | None = None) -> int:
     """The default ``max_elements`` on ``device``: :data:`MAX_ELEMENTS` on a CPU; on a GPU the float32 elements that
-    :data:`DEVICE_MEMORY_SHARE` of its free memory holds (never less than :data:`MAX_ELEMENTS` / 16)."""
+    :data:`DEVICE_MEMORY_SHARE` of its free memory holds, rounded down to a power of two (never less than
+    :data:`MAX_ELEMENTS` / 16). The rounding makes the chunks, and so the float rounding of the numbers, the same from
+    run to run on one card unless its free memory changes by a factor of two."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type != "cuda":
         return MAX_ELEMENTS
     free, _ = torch.cuda.mem_get_info(device)
-    return max(MAX_ELEMENTS // 16, int(free * DEVICE_MEMORY_SHARE) // 4)
+    elements = int(free * DEVICE_MEMORY_SHARE) // 4
+    return max(MAX_ELEMENTS // 16, 1 << (elements.bit_length() - 1) if elements > 0 else 0)
 
 
 def resolve_max_elements(max_elements: int | None, device: torch.device | str | None = None) -> int:

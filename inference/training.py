@@ -32,10 +32,12 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.strategies import DDPStrategy
 from torch import nn
 
 from ppl_models.registry import build_model
 
+from .distributed import TIMEOUT as dist_timeout
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, load_checkpoint
 from .objectives import PARAMETERS, get_objective, kl_weight, make_loss
 from .program import check_data, inspect_program
@@ -445,6 +447,8 @@ def fit(
     callbacks = list(callbacks)
 
     with _quiet_lightning(), pyro.validation_enabled(False):
+        if strategy == "ddp":  # its group's collectives with our time limit, not Lightning's 30 minutes
+            strategy = DDPStrategy(timeout=dist_timeout)
         fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes)
         fabric.launch()  # DDP: the other ranks' processes start here (Lightning's launchers), and run this function too
         optimizer = torch.optim.Adam(module.elbo.parameters(), lr=config.lr, eps=config.adam_eps)
@@ -479,11 +483,15 @@ def fit(
                 _call(callbacks, "on_train_epoch_end", module, module)
                 if scheduler is not None:
                     scheduler.step()
-                if last is not None:  # the checkpoint first: a metrics row never names an epoch that was not saved
-                    _save_checkpoint(fabric, last, module, optimizer, scheduler, epoch)
-                if rows is not None:
-                    rows.append([epoch, module.global_step - 1, mean])
-                    _write_metrics(metrics_path, rows)
+                def write(epoch: int = epoch, mean: float = mean) -> None:
+                    if last is not None:  # the checkpoint first: a metrics row never names an epoch that was not saved
+                        _save_checkpoint(fabric, last, module, optimizer, scheduler, epoch)
+                    if rows is not None:
+                        rows.append([epoch, module.global_step - 1, mean])
+                        _write_metrics(metrics_path, rows)
+
+                if last is not None or rows is not None:
+                    _rank_zero_writes(fabric, write)
             _call(callbacks, "on_train_end", module, module)
         except DivergenceError as err:
             kept = f"; the last finished epoch's checkpoint is kept at {last}" if last and os.path.exists(last) else ""
@@ -517,14 +525,29 @@ def _restore(module: SVIModule, optimizer: torch.optim.Optimizer, scheduler: Any
 
 def _save_checkpoint(fabric: Any, path: str, module: SVIModule, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int) -> None:
     """The finished epoch's checkpoint, written atomically by rank 0 (the keys Lightning's checkpoints had, so either resumes)."""
+    atomic_torch_save({
+        "epoch": epoch, "global_step": module.global_step, "state_dict": module.state_dict(),
+        "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
+        "config": {"train": module.config.to_dict(), **module.run_config},
+        "model_state": module.model.state_dict(), "guide_state": module.guide.state_dict(),
+    }, path)
+
+
+def _rank_zero_writes(fabric: Any, write: Callable[[], None]) -> None:
+    """``write()`` on rank 0 alone; a failure there (disk full, permissions) is raised on every rank, so that none is
+    left waiting for rank 0 at the next collective (NCCL would wait for its timeout)."""
+    error = None
     if fabric.is_global_zero:
-        atomic_torch_save({
-            "epoch": epoch, "global_step": module.global_step, "state_dict": module.state_dict(),
-            "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [scheduler.state_dict()] if scheduler is not None else [],
-            "config": {"train": module.config.to_dict(), **module.run_config},
-            "model_state": module.model.state_dict(), "guide_state": module.guide.state_dict(),
-        }, path)
-    fabric.barrier()
+        try:
+            write()
+        except Exception as err:
+            error = err
+    if fabric.world_size > 1:
+        message = fabric.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        if error is None and message is not None:
+            raise RuntimeError(f"rank 0 could not write the epoch's checkpoint or metrics ({message})")
+    if error is not None:
+        raise error
 
 
 METRIC_COLUMNS = ("epoch", "step", "train_loss")

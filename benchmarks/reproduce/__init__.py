@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if size > 1:
         if "iwae-table" in names:
             raise ValueError("the iwae-table experiment trains through benchmarks.compare, which is not sharded: run it in one process "
-                             "(or train its rows with --devices N --strategy ddp through python -m benchmarks.compare)")
+                             "(python -m benchmarks.reproduce iwae-table ...; --iwae-rows runs some rows, each in its own process)")
         if args.streams == "global":
             raise ValueError(f"--streams global cannot be sharded over {size} ranks: its numbers would depend on the split; use keyed")
         args.streams = "keyed"

@@ -37,7 +37,7 @@ import torch
 
 from benchmarks.datasets import DATA_DIMS, Data, load_dataset
 from inference.ais import AISOptions, HMCOptions
-from inference.distributed import barrier, eval_blocks, from_first, gather_to_all, rank_blocks, world
+from inference.distributed import eval_blocks, first_does, from_first, gather_to_all, rank_blocks, world
 from inference.families import FlowOptions
 from inference.gaps import concatenate, from_state, gap_decomposition, to_state
 from inference.io import atomic_torch_save, atomic_write_json, load_checkpoint
@@ -160,17 +160,16 @@ class Runner:
 
         if self.world_size == 1:
             return trained()
-        if self.rank == 0:
-            pair = trained()
-        barrier()
+        pair = first_does(f"trained model {name!r}", trained)  # the others wait for as long as the training takes
         if self.rank != 0:
             self._fresh.add(name)  # rank 0 has just (re)trained it: never remove it here, even with --overwrite
-            pair = trained()  # finished now: loaded
+            pair = self._train(name, model_cfg, train, snapshots=snapshots, decoder=decoder, callbacks=callbacks,
+                               train_points=train_points, load_only=True)
         return pair
 
     def _train(self, name: str, model_cfg: dict[str, Any], train: TrainOptions, *, snapshots: int | None = None,
                decoder: tuple[str, Any] | None = None, callbacks: tuple[pl.Callback, ...] = (),
-               train_points: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
+               train_points: int | None = None, load_only: bool = False) -> tuple[Any, Any, dict[str, Any]]:
         record = {"model": model_cfg, "train": train.to_dict(), "data": {"dataset": self.budget.dataset, "likelihood": model_cfg["likelihood"]},
                   "snapshots": snapshots, "decoder": None if decoder is None else {"from": decoder[0], "weights": self._weights_digest(decoder[1])}}
         if train_points is not None:  # (absent otherwise: the records, and folders, of whole-set models stay as they were)
@@ -191,6 +190,9 @@ class Runner:
             done["folder"] = folder
             self.compute_seconds[f"models:{name}"] = float(done.get("train_seconds", 0.0))
             return model.to(self.device).eval(), guide.to(self.device).eval(), done
+        if load_only:  # a rank other than 0, after rank 0 finished this training: it must see the result
+            raise RuntimeError(f"rank 0 trained model {name!r} into {folder!r}, but rank {self.rank} does not see its done.json there: "
+                               "--out must be a folder every rank (every machine) sees")
         checkpoint = os.path.join(folder, "checkpoints", "last.ckpt")
         resume = os.path.exists(checkpoint)
         if resume and not self.args.resume:
@@ -256,7 +258,10 @@ class Runner:
         self._fresh.add(name)
         set_seed(self.eval_seed(config))
         t0 = time.perf_counter()
-        result = sharded() if sharded is not None and self.world_size > 1 else compute() if self.rank == 0 else None
+        if sharded is not None and self.world_size > 1:
+            result = sharded()
+        else:
+            result = first_does(f"computed evaluation {name!r}", compute)  # rank 0 alone; the others wait for as long as it takes
         seconds = time.perf_counter() - t0 + self._earlier_seconds.pop(name, 0.0)
         if self.rank == 0:
             atomic_write_json(path, {"config": config, "seconds": seconds, "result": result})

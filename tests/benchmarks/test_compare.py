@@ -176,3 +176,10 @@ def test_each_run_takes_its_own_objectives_parameters(tmp_path):
     assert all(len(r["per_point"]["test_log_px"]) == 20 for r in runs) and "paired" not in runs[0]
     for r in runs[1:]:  # judged point by point against the first run, and the verdicts are in the report
         assert r["paired"]["against"] == "elbo K=1" and r["paired"]["test_log_px"]["text"] in read(out, "compare.md")
+
+
+def test_a_torchrun_launch_is_refused_not_run_once_per_process(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert cli(["--epochs", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "benchmarks.compare runs in one process; launched on 4 (torchrun)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")

@@ -93,3 +93,9 @@ def test_mnist_loads_scaled_and_binarized_from_a_data_root(mnist_root):
 def test_missing_mnist_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="MNIST not found under data root .*--data-root"):
         load_dataset("mnist", "bernoulli", data_root=str(tmp_path))
+
+
+def test_a_download_by_every_process_of_a_launch_at_once_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--download under a launch of 2 processes: they would all write the same files at once"):
+        load_dataset("mnist", "bernoulli", "dynamic", data_root=str(tmp_path), download=True)

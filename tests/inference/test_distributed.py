@@ -67,3 +67,86 @@ def test_log_px_max_is_chosen_again_over_all_the_gathered_points():
     merged = concatenate(parts)
     assert merged.log_px_method == "iwae"  # the mean over all ten points: -0.8 for AIS
     assert torch.equal(merged.log_px.value, torch.cat([p.log_px_estimates["iwae"].value for p in parts]))
+
+
+# ---- waiting for other ranks: two gloo processes whose group times out after 2 s ---------------------------------------
+
+def _in_group(rank: int, port: int, scenario: str, results) -> None:
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    from inference import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=2))
+    distributed.POLL_SECONDS = 0.05  # ranks enter a collective at most one poll apart: well within this group's 2 s
+    try:
+        if scenario == "long-first":  # rank 0 works for longer than a collective may wait
+            out = distributed.first_does("slept", lambda: time.sleep(5) or "made")
+            late = distributed.gather_to_all(rank if rank == 0 else time.sleep(5) or rank)  # a rank late by more than the timeout
+            results.put((rank, "ok", out, late, distributed.from_first("from 0" if rank == 0 else None)))
+        elif scenario == "barrier":  # the contrast: a collective itself gives up after 2 s
+            if rank == 0:
+                time.sleep(5)
+            dist.barrier()
+            results.put((rank, "ok"))
+        elif scenario == "first-fails":
+            distributed.first_does("trained", lambda: (_ for _ in ()).throw(ValueError("the disk is full")))
+            results.put((rank, "ok"))
+        elif scenario == "other-fails":  # rank 1 fails on its own; rank 0 waits for its share
+            if rank == 1:
+                distributed.report_failure(ValueError("no such file"))
+                raise SystemExit(0)
+            distributed.gather_to_all(rank)
+            results.put((rank, "ok"))
+    except Exception as err:
+        results.put((rank, type(err).__name__, str(err)))
+
+
+def _run_two(scenario: str) -> dict:
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_in_group, args=(rank, port, scenario, results)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    out, deadline = {}, time.monotonic() + 120
+    while len(out) < sum(1 for _ in procs) and time.monotonic() < deadline:
+        try:
+            item = results.get(timeout=1)
+        except Exception:
+            if not any(p.is_alive() for p in procs):
+                break
+            continue
+        out[item[0]] = item[1:]
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    return out
+
+
+@pytest.mark.slow
+def test_waits_longer_than_the_groups_timeout_are_done_on_the_store_not_in_a_collective():
+    out = _run_two("long-first")
+    assert out == {0: ("ok", "made", [0, 1], "from 0"), 1: ("ok", None, [0, 1], "from 0")}, out
+    contrast = _run_two("barrier")  # the same wait inside a collective fails: the test above can tell
+    assert any(v[0] != "ok" for v in contrast.values()), contrast
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_rank_stops_the_ranks_waiting_on_it_naming_it():
+    out = _run_two("first-fails")
+    assert out[0][:2] == ("ValueError", "the disk is full")
+    assert out[1][0] == "PeerFailed" and "rank 0 failed: ValueError: the disk is full while it trained" in out[1][1], out
+    out = _run_two("other-fails")
+    assert list(out) == [0] and out[0][0] == "PeerFailed" and "rank 1 failed: ValueError: no such file" in out[0][1], out

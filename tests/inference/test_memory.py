@@ -24,6 +24,10 @@ def test_the_default_budget_is_the_cpus_constant_and_a_share_of_a_gpus_free_memo
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 16 * 2**30))  # 8 GiB free of 16
     assert default_max_elements("cuda:0") == 2**30  # half of 8 GiB in float32 elements
     assert resolve_max_elements(None, torch.device("cuda:0")) == 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (7 * 2**30, 16 * 2**30))  # 7 GiB: 3.5 GiB, rounded down
+    assert default_max_elements("cuda:0") == 2**29
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (7 * 2**30 + 12345, 16 * 2**30))  # a little more: the same chunks
+    assert default_max_elements("cuda:0") == 2**29
     assert resolve_max_elements(1000, "cuda:0") == 1000
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 16 * 2**30))  # almost nothing free: a floor
     assert default_max_elements("cuda") == MAX_ELEMENTS // 16

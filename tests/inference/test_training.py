@@ -328,3 +328,24 @@ def test_the_training_data_is_no_buffer_for_ddp_to_broadcast():
     module = SVIModule(model, guide, x, TrainOptions())
     assert all(b.numel() < x.numel() for b in module.buffers())
     assert module.train_x is x
+
+
+def test_a_write_that_fails_on_rank_zero_is_raised_on_every_rank_not_left_waiting():
+    from types import SimpleNamespace
+
+    from inference.training import _rank_zero_writes
+
+    sent = []
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    zero = SimpleNamespace(is_global_zero=True, world_size=2, broadcast=lambda obj, src: sent.append(obj) or obj)
+    with pytest.raises(OSError, match="No space left"):
+        _rank_zero_writes(zero, disk_full)
+    assert sent == ["OSError: [Errno 28] No space left on device"]  # told the others before raising
+    one = SimpleNamespace(is_global_zero=False, world_size=2, broadcast=lambda obj, src: sent[0])  # what rank 0 sent
+    with pytest.raises(RuntimeError, match=r"rank 0 could not write the epoch's checkpoint or metrics \(OSError: \[Errno 28\]"):
+        _rank_zero_writes(one, lambda: None)
+    ok = SimpleNamespace(is_global_zero=False, world_size=2, broadcast=lambda obj, src: None)
+    _rank_zero_writes(ok, lambda: None)
