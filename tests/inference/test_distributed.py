@@ -69,7 +69,7 @@ def test_log_px_max_is_chosen_again_over_all_the_gathered_points():
     assert torch.equal(merged.log_px.value, torch.cat([p.log_px_estimates["iwae"].value for p in parts]))
 
 
-# ---- waiting for other ranks: two gloo processes whose group times out after 2 s ---------------------------------------
+# ---- waiting for other ranks: two gloo processes whose group times out after 1 s ---------------------------------------
 
 def _in_group(rank: int, port: int, scenario: str, results) -> None:
     import datetime
@@ -80,16 +80,16 @@ def _in_group(rank: int, port: int, scenario: str, results) -> None:
     from inference import distributed
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=2))
-    distributed.POLL_SECONDS = 0.05  # ranks enter a collective at most one poll apart: well within this group's 2 s
+                            timeout=datetime.timedelta(seconds=1))
+    distributed.POLL_SECONDS = 0.05  # ranks enter a collective at most one poll apart: well within this group's 1 s
     try:
         if scenario == "long-first":  # rank 0 works for longer than a collective may wait
-            out = distributed.first_does("slept", lambda: time.sleep(5) or "made")
-            late = distributed.gather_to_all(rank if rank == 0 else time.sleep(5) or rank)  # a rank late by more than the timeout
+            out = distributed.first_does("slept", lambda: time.sleep(2.5) or "made")
+            late = distributed.gather_to_all(rank if rank == 0 else time.sleep(2.5) or rank)  # a rank late by more than the timeout
             results.put((rank, "ok", out, late, distributed.from_first("from 0" if rank == 0 else None)))
-        elif scenario == "barrier":  # the contrast: a collective itself gives up after 2 s
+        elif scenario == "barrier":  # the contrast: a collective itself gives up after 1 s
             if rank == 0:
-                time.sleep(5)
+                time.sleep(2.5)
             dist.barrier()
             results.put((rank, "ok"))
         elif scenario == "first-fails":
