@@ -233,7 +233,8 @@ def check_resume(ctx: dict[str, Any]) -> dict[str, Any]:
     local = LocalOptions(num_samples=4, rule=StoppingRule(5, 1, 15))
 
     def block(lo: int, hi: int) -> torch.Tensor:
-        result = gap_decomposition(model, guide, points[lo:hi], log_px_samples=32, elbo_samples=16, local=local, log_px="iwae")
+        result = gap_decomposition(model, guide, points[lo:hi], log_px_samples=32, elbo_samples=16, local=local, log_px="iwae",
+                                   max_elements=2**22)  # fixed chunks: the default follows the free memory
         return torch.stack([result.log_px.value, result.elbo_local.value, result.elbo_amortized.value]).cpu()
 
     torch.manual_seed(5)

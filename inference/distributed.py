@@ -14,7 +14,9 @@ is done (or was saved before a ``--resume``) may wait hours for the slowest, or 
 and a collective would hit the group's timeout (NCCL aborts the job). Every collective here starts
 only once every rank has reached it. A rank that fails says so in the store (:func:`report_failure`,
 called by the command line), and the ranks waiting on it stop with :class:`PeerFailed`, naming it,
-instead of hanging until a timeout.
+instead of hanging until a timeout; a rank that dies without a word (killed, out of memory) is found by its
+heartbeat standing still (:func:`start_heartbeat`). The store's keys are per launch attempt, so a
+``torchrun --max-restarts`` restart never reads the failed attempt's.
 
 With the per-datapoint random numbers of :mod:`inference.streams`, a point's results do not depend
 on which rank evaluated it, so a sharded run gives the numbers of one process.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,10 +40,22 @@ import torch.distributed as dist
 TIMEOUT = datetime.timedelta(hours=12)
 #: The longest sleep between two looks at the store while waiting for another rank.
 POLL_SECONDS = 2.0
-_PREFIX = "latent-inference"
-_FAILED = f"{_PREFIX}/failed"
+#: How often each rank of a group says it is alive (a background thread adds 1 to its counter in the store) ...
+HEARTBEAT_SECONDS = 5.0
+#: ... and how long a waiting rank lets another's counter stand still before it calls that rank dead (killed, out of
+#: memory, its machine lost: gone without a word). Measured on the waiting rank's own clock, so machines' clocks may differ.
+STALE_SECONDS = 120.0
 _calls = itertools.count()  #: every rank makes the same calls in the same order, so the n-th call's keys agree
+_heartbeat: threading.Thread | None = None
 T = TypeVar("T")
+
+
+def _prefix() -> str:
+    """The store keys' prefix: one per launch attempt, since torchrun's store outlives a failed attempt that it restarts
+    (``--max-restarts``), with the old attempt's keys in it."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"latent-inference/{run}/{attempt}"
 
 
 class PeerFailed(RuntimeError):
@@ -71,6 +86,7 @@ def init_from_environment(device: torch.device) -> bool:
     if dist.is_initialized():
         if hasattr(dist, "set_timeout"):  # (torch >= 2.6) Lightning's groups have 30 minutes
             dist.set_timeout(TIMEOUT)
+        start_heartbeat()
         return True
     if launched_world_size() == 1:
         return False
@@ -78,11 +94,13 @@ def init_from_environment(device: torch.device) -> bool:
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     if device.type != "cuda":
         dist.init_process_group("gloo", timeout=TIMEOUT)
+        start_heartbeat()
         return True
     local = os.environ.get("LOCAL_RANK")
     index = int(local) if local is not None else int(os.environ.get("RANK", "0")) % torch.cuda.device_count()
     torch.cuda.set_device(index)
     dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device("cuda", index))
+    start_heartbeat()
     return True
 
 
@@ -101,33 +119,96 @@ def rank_blocks(blocks: list[tuple[int, int]], rank: int, world_size: int) -> li
 
 
 def _store() -> Any:
+    start_heartbeat()
     return dist.distributed_c10d._get_default_store()
 
 
-def _wait(ready: Callable[[], bool], what: str) -> None:
-    """Poll the store until ``ready()``; raise :class:`PeerFailed` as soon as a rank reports a failure."""
-    store, delay = _store(), 0.005
-    while not ready():
-        if store.check([_FAILED]):
-            raise PeerFailed(f"stopped while waiting for {what}: {store.get(_FAILED).decode(errors='replace')}")
+def start_heartbeat() -> None:
+    """Start this rank's heartbeat (once; nothing without a group): a daemon thread that adds 1 to the rank's counter in
+    the store every :data:`HEARTBEAT_SECONDS`, through the long work of training or evaluation alike, so that the ranks
+    waiting on it can tell a slow rank from a dead one."""
+    global _heartbeat
+    rank, size = world()
+    if size == 1 or (_heartbeat is not None and _heartbeat.is_alive()):
+        return
+    store, key = dist.distributed_c10d._get_default_store(), f"{_prefix()}/alive/{rank}"
+
+    def beat() -> None:
+        while True:
+            try:
+                store.add(key, 1)
+            except Exception:  # the group is gone (the run ends, or the store's host failed): nothing left to tell
+                return
+            time.sleep(HEARTBEAT_SECONDS)
+
+    _heartbeat = threading.Thread(target=beat, name="latent-inference-heartbeat", daemon=True)
+    _heartbeat.start()
+
+
+def _wait(ready: Callable[[], bool], what: str, verdict: str | None = None) -> None:
+    """Poll the store until ``ready()``. Raise :class:`PeerFailed` as soon as a rank reports a failure, when a rank's
+    heartbeat has stood still for :data:`STALE_SECONDS` (it died without a word), or after :data:`TIMEOUT`.
+
+    With a ``verdict`` key every rank waiting at the same point reaches the same decision: the first to decide
+    (go: every rank is here; or stop) writes it atomically, and the others follow it, so that no rank enters a
+    collective that another has given up on."""
+    store, delay, started = _store(), 0.005, time.monotonic()
+    rank, size = world()
+    failed = f"{_prefix()}/failed"
+    seen: dict[int, tuple[int, float]] = {}  # rank -> (its counter, when this rank saw it change)
+    while True:
+        if ready():
+            reason = None
+            break
+        if store.check([failed]):
+            reason = f"stopped while waiting for {what}: {store.get(failed).decode(errors='replace')}"
+            break
+        now = time.monotonic()
+        reason = None
+        for other in range(size):
+            alive = f"{_prefix()}/alive/{other}"
+            if other == rank or not store.check([alive]):  # a rank that has not started its heartbeat yet is not judged
+                continue
+            count = store.add(alive, 0)
+            if other not in seen or seen[other][0] != count:
+                seen[other] = (count, now)
+            elif now - seen[other][1] > STALE_SECONDS:
+                reason = (f"stopped while waiting for {what}: rank {other} stopped answering (no heartbeat for "
+                          f"{now - seen[other][1]:.0f} s: killed, out of memory, or its machine lost)")
+        if reason is None and now - started > TIMEOUT.total_seconds():
+            reason = f"stopped after waiting {TIMEOUT} for {what}"
+        if reason is not None:
+            break
         time.sleep(delay)
         delay = min(2 * delay, POLL_SECONDS)
+    if verdict is not None:
+        decided = store.compare_set(verdict, "", "go" if reason is None else "stop").decode()
+        if decided == "go":
+            return  # every rank is here (this one too): the collective that follows completes
+        if reason is None:
+            reason = f"stopped at {what}: another rank gave up waiting ({store.get(failed).decode(errors='replace') if store.check([failed]) else 'no reason given'})"
+    if reason is not None:
+        raise PeerFailed(reason)
 
 
 def _all_here(what: str) -> None:
-    """Return once every rank has reached its call of the same number (no collective, so no time limit)."""
+    """Return once every rank has reached its call of the same number (no collective, so no collective's time limit);
+    if one gives up instead, every rank raises :class:`PeerFailed` (none is left in the collective that follows)."""
     rank, size = world()
-    store, key = _store(), f"{_PREFIX}/here/{next(_calls)}"
+    store, key = _store(), f"{_prefix()}/here/{next(_calls)}"
     store.add(key, 1)
-    _wait(lambda: store.add(key, 0) >= size, what)
+    _wait(lambda: store.add(key, 0) >= size, what, verdict=f"{key}/verdict")
 
 
 def report_failure(error: BaseException) -> None:
-    """Tell the group this rank failed (``error``), so that ranks waiting on it stop (nothing without a group)."""
+    """Tell the group this rank failed (``error``), so that ranks waiting on it stop (nothing without a group). The
+    first failure reported is kept: a rank that stops because another failed does not hide the cause."""
     rank, size = world()
     if size > 1:
         try:
-            _store().set(_FAILED, f"rank {rank} failed: {type(error).__name__}: {error}"[:2000])
+            store, failed = _store(), f"{_prefix()}/failed"
+            if not store.check([failed]):
+                store.set(failed, f"rank {rank} failed: {type(error).__name__}: {error}"[:2000])
         except Exception:  # the store may be gone with the failure: the group's own timeout remains
             pass
 
@@ -140,7 +221,7 @@ def first_does(what: str, work: Callable[[], T]) -> T | None:
     rank, size = world()
     if size == 1:
         return work()
-    store, key = _store(), f"{_PREFIX}/first/{next(_calls)}"
+    store, key = _store(), f"{_prefix()}/first/{next(_calls)}"
     if rank == 0:
         try:
             result = work()

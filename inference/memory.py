@@ -34,8 +34,9 @@ T = TypeVar("T")
 def default_max_elements(device: torch.device | str | None = None) -> int:
     """The default ``max_elements`` on ``device``: :data:`MAX_ELEMENTS` on a CPU; on a GPU the float32 elements that
     :data:`DEVICE_MEMORY_SHARE` of its free memory holds, rounded down to a power of two (never less than
-    :data:`MAX_ELEMENTS` / 16). The rounding makes the chunks, and so the float rounding of the numbers, the same from
-    run to run on one card unless its free memory changes by a factor of two."""
+    :data:`MAX_ELEMENTS` / 16). The rounding keeps the chunks, and so the float rounding of the numbers, the same from
+    run to run on one card unless its free memory crosses a power of two; pass ``max_elements`` for chunks that never
+    change."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type != "cuda":
         return MAX_ELEMENTS

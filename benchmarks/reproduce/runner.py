@@ -308,13 +308,13 @@ class Runner:
         if self.keyed:
             config["streams"] = "keyed"  # draws keyed by (seed, point): the same numbers in one process or sharded
 
-        # keyed draws do not depend on the chunking, so they take the device's default budget (a share of a GPU's free
-        # memory; the budget's 2**26 elements on a CPU); the global generator's numbers do, so it keeps the budget's
+        # the budget's fixed chunks, keyed or not: keyed draws do not depend on the chunking, but the float rounding of
+        # log p(x)'s logsumexp over chunks does (1e-15), and a GPU's default budget follows its free memory
         def decompose(lo: int, hi: int):
             keyed = {"seed": self.eval_seed(config), "index": torch.arange(lo, hi, device=x.device)} if self.keyed else {}
             return gap_decomposition(model, guide, x[lo:hi], log_px_samples=b.log_px_samples, elbo_samples=b.elbo_samples,
                                      local=self.local_options(families), log_px=log_px, ais_options=self.ais_options(),
-                                     max_elements=None if self.keyed else b.max_elements, progress=self.progress, **keyed)
+                                     max_elements=b.max_elements, progress=self.progress, **keyed)
 
         if not self.keyed and len(eval_blocks(len(x), b.eval_block)) > 1:
             config["eval_block"] = b.eval_block  # one generator runs on from block to block: the blocks shape the numbers
@@ -348,11 +348,11 @@ class Runner:
                              f"{folder!r}: pass --resume to continue it, or --overwrite")
         states: dict[int, dict[str, Any]] = {}
         generator = None  # the global generator's state after the last reused block
-        reused, reused_seconds = 0, 0.0
+        reused, reused_seconds, recomputed = 0, 0.0, False
         for k in rank_blocks(blocks, self.rank, self.world_size):
             lo, hi = blocks[k]
             path = os.path.join(folder, f"{lo:06d}-{hi:06d}.pt")
-            in_front = self.keyed or len(states) == k  # global generator: only an unbroken run of blocks from the first
+            in_front = self.keyed or not recomputed  # global generator: only an unbroken run of blocks from the first
             saved = self._saved_block(path, fingerprint) if self.args.resume and in_front and os.path.basename(path) in found else None
             if saved is not None:
                 states[k], generator = saved["state"], saved["generator"]
@@ -362,7 +362,7 @@ class Runner:
                 set_generator_state(generator, self.device)
                 generator = None
             t0 = time.perf_counter()
-            states[k] = to_state(decompose(lo, hi))
+            states[k], recomputed = to_state(decompose(lo, hi)), True
             os.makedirs(folder, exist_ok=True)
             atomic_torch_save({"fingerprint": fingerprint, "state": states[k], "generator": generator_state(self.device),
                                "seconds": time.perf_counter() - t0}, path)

@@ -73,6 +73,8 @@ def test_log_px_max_is_chosen_again_over_all_the_gathered_points():
 
 def _in_group(rank: int, port: int, scenario: str, results) -> None:
     import datetime
+    import itertools
+    import os
     import time
 
     import torch.distributed as dist
@@ -82,6 +84,7 @@ def _in_group(rank: int, port: int, scenario: str, results) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=1))
     distributed.POLL_SECONDS = 0.05  # ranks enter a collective at most one poll apart: well within this group's 1 s
+    distributed.HEARTBEAT_SECONDS, distributed.STALE_SECONDS = 0.1, 1.5
     try:
         if scenario == "long-first":  # rank 0 works for longer than a collective may wait
             out = distributed.first_does("slept", lambda: time.sleep(2.5) or "made")
@@ -101,6 +104,26 @@ def _in_group(rank: int, port: int, scenario: str, results) -> None:
                 raise SystemExit(0)
             distributed.gather_to_all(rank)
             results.put((rank, "ok"))
+        elif scenario == "other-dies":  # rank 1 is killed: no word, its heartbeat stops
+            distributed.barrier()
+            if rank == 1:
+                os._exit(137)
+            distributed.gather_to_all(rank)
+            results.put((rank, "ok"))
+        elif scenario == "restarted":  # torchrun restarts a failed attempt with the same store: its keys are not read again
+            attempts = []
+            for attempt in ("0", "1"):
+                os.environ["TORCHELASTIC_RESTART_COUNT"] = attempt
+                distributed._calls = itertools.count()  # a new process starts counting again
+                if attempt == "0":
+                    distributed.report_failure(ValueError("in the first attempt"))
+                if rank == 1:
+                    time.sleep(0.5)  # rank 0 waits, looking at the store
+                try:
+                    attempts.append(distributed.from_first(f"attempt {attempt}" if rank == 0 else None))
+                except distributed.PeerFailed:
+                    attempts.append("PeerFailed")
+            results.put((rank, *attempts))
     except Exception as err:
         results.put((rank, type(err).__name__, str(err)))
 
@@ -150,3 +173,13 @@ def test_a_failure_on_one_rank_stops_the_ranks_waiting_on_it_naming_it():
     assert out[1][0] == "PeerFailed" and "rank 0 failed: ValueError: the disk is full while it trained" in out[1][1], out
     out = _run_two("other-fails")
     assert list(out) == [0] and out[0][0] == "PeerFailed" and "rank 1 failed: ValueError: no such file" in out[0][1], out
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_without_a_word_is_found_by_its_heartbeat_and_a_restart_ignores_the_old_attempt():
+    out = _run_two("other-dies")
+    assert list(out) == [0] and out[0][0] == "PeerFailed" and "rank 1 stopped answering" in out[0][1], out
+    out = _run_two("restarted")
+    # in the first attempt rank 0, waiting, stops on the failure reported in it, and rank 1, arriving after, follows that
+    # verdict rather than enter the broadcast alone; the second attempt reads none of the first one's keys
+    assert out == {0: ("PeerFailed", "attempt 1"), 1: ("PeerFailed", "attempt 1")}, out
