@@ -43,7 +43,7 @@ from benchmarks.options import (
     run_cli,
     run_info,
 )
-from benchmarks.outdir import OutputFolder
+from benchmarks.outdir import OutputFolder, load_saved_block
 from benchmarks.report import gaps_markdown
 from inference.ais import AIS_INITS, SCHEDULES, AISOptions, HMCOptions
 from inference.distributed import eval_blocks, gather_to_all, init_from_environment, launched_world_size, rank_blocks, world
@@ -260,20 +260,6 @@ def evaluate_block(model, guide, x: torch.Tensor, lo: int, hi: int, args: argpar
     return to_state(result, exact_reference(model, guide, x[lo:hi], result.family, args.max_elements))
 
 
-def _load_block(path: str, fingerprint: str) -> dict[str, Any] | None:
-    """A finished block saved by an earlier run of the same evaluation; None if there is none. A block of another
-    evaluation (other settings, or a model that a resumed training has changed since) is never mixed in: it is
-    evaluated again, with a note."""
-    if not os.path.exists(path):
-        return None
-    saved = load_checkpoint(path, required=("fingerprint", "state"))
-    if saved["fingerprint"] != fingerprint:
-        print(f"note: {path} holds a block of another evaluation (other settings, or the model has trained since): "
-              "evaluating it again", file=sys.stderr)
-        return None
-    return saved["state"]
-
-
 def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, families: tuple[str, ...], progress: bool,
                   seed: int, split: str = "points", fingerprint: str = "") -> dict[str, Any] | None:
     """The gap decomposition of the points ``x``, summarized, with the exact answers where they are known.
@@ -291,7 +277,8 @@ def split_summary(model, guide, x: torch.Tensor, args: argparse.Namespace, famil
     for k in rank_blocks(blocks, rank, size):
         lo, hi = blocks[k]
         path = os.path.join(partial, f"{split}-{lo:06d}-{hi:06d}.pt") if partial else None
-        state = _load_block(path, fingerprint) if path and args.resume else None
+        saved = load_saved_block(path, fingerprint) if path and args.resume else None
+        state = saved["state"] if saved is not None else None
         if state is None:
             state = evaluate_block(model, guide, x, lo, hi, args, families, progress, seed)
             if path:

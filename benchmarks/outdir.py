@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from inference.io import atomic_write_json, atomic_write_text
+from inference.io import atomic_write_json, atomic_write_text, load_checkpoint
 
 LOCK_NAME = ".lock"
 #: Temporary files of inference.io's atomic writes: ".<name>.<random>.tmp".
@@ -241,3 +241,17 @@ def interrupted_message(out: str | None) -> str:
     if os.path.isdir(runs) and os.listdir(runs):
         return f"interrupted: the finished runs are kept in {runs}; run the same command with --resume to reuse them"
     return f"interrupted: no checkpoint was written yet in {out!r}; nothing to resume (rerun with --overwrite, or another --out)"
+
+
+def load_saved_block(path: str, fingerprint: str, required: tuple[str, ...] = ("fingerprint", "state")) -> dict[str, Any] | None:
+    """The finished block of points an earlier run saved at ``path`` (a dict with at least ``required``); None if there is
+    none. A block of another evaluation (other settings, or a model that a resumed training has changed since) is never
+    mixed in: it is evaluated again, with a note."""
+    if not os.path.exists(path):
+        return None
+    saved = load_checkpoint(path, required=required)
+    if saved["fingerprint"] != fingerprint:
+        print(f"note: {path} holds a block of another evaluation (other settings, or the model has trained since): "
+              "evaluating it again", file=sys.stderr)
+        return None
+    return saved

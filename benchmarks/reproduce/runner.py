@@ -36,6 +36,7 @@ import pyro
 import torch
 
 from benchmarks.datasets import DATA_DIMS, Data, load_dataset
+from benchmarks.outdir import load_saved_block
 from inference.ais import AISOptions, HMCOptions
 from inference.distributed import eval_blocks, first_does, from_first, gather_to_all, rank_blocks, world
 from inference.families import FlowOptions
@@ -353,7 +354,8 @@ class Runner:
             lo, hi = blocks[k]
             path = os.path.join(folder, f"{lo:06d}-{hi:06d}.pt")
             in_front = self.keyed or not recomputed  # global generator: only an unbroken run of blocks from the first
-            saved = self._saved_block(path, fingerprint) if self.args.resume and in_front and os.path.basename(path) in found else None
+            saved = (load_saved_block(path, fingerprint, required=("fingerprint", "state", "generator"))
+                     if self.args.resume and in_front and os.path.basename(path) in found else None)
             if saved is not None:
                 states[k], generator = saved["state"], saved["generator"]
                 reused, reused_seconds = reused + 1, reused_seconds + float(saved.get("seconds", 0.0))
@@ -368,17 +370,10 @@ class Runner:
                                "seconds": time.perf_counter() - t0}, path)
         if reused:
             print(f"resumed evaluation {name}: {reused} finished block(s) of points reused", file=sys.stderr, flush=True)
-        self._earlier_seconds[name] = sum(gather_to_all(reused_seconds))  # what the reused blocks took when they were computed
-        merged = {k: v for part in gather_to_all(states) for k, v in part.items()}
+        everything = gather_to_all((states, reused_seconds))
+        self._earlier_seconds[name] = sum(seconds for _, seconds in everything)  # what the reused blocks took when computed
+        merged = {k: v for part, _ in everything for k, v in part.items()}
         return concatenate([from_state(merged[k])[0] for k in range(len(blocks))]).summary()
-
-    @staticmethod
-    def _saved_block(path: str, fingerprint: str) -> dict[str, Any] | None:
-        saved = load_checkpoint(path, required=("fingerprint", "state", "generator"))
-        if saved["fingerprint"] != fingerprint:
-            print(f"note: {path} holds a block of another evaluation: evaluating it again", file=sys.stderr)
-            return None
-        return saved
 
     @staticmethod
     def _weights_digest(*modules) -> str:
