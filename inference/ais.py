@@ -177,10 +177,10 @@ def hmc_transition(
     momentum = torch.randn_like(state.z) if noise is None else noise.normal(step, state.z)
     z, grad = state.z, state.grad
     p = momentum + 0.5 * eps * grad
-    for step in range(num_leapfrog):
+    for leap in range(num_leapfrog):  # not `step`: that keys this transition's draws
         z = z + eps * p
         log_f, extra, grad = value_and_grad(log_density, z)
-        if step < num_leapfrog - 1:
+        if leap < num_leapfrog - 1:
             p = p + eps * grad
     p = p + 0.5 * eps * grad
     kinetic0 = 0.5 * momentum.double().pow(2).sum(-1)
