@@ -119,7 +119,7 @@ _TINY = Budget(
     num_points=4, eval_block=2, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, local_samples=4,
     local_window=2, local_patience=1, local_max_steps=6, svi_samples=2, encoder_sizes=((), (16,)), snapshot_every=1, overfit_points=20,
     overfit_epochs=2, posterior_epochs=2,
-    grid_points=30, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),
+    grid_points=64, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),
     free_bits_dim=(0.25,),
     collapse_warmup=(0.0,), iwae_rows=(("vae", "elbo", 1, 1), ("vae", "iwae", 2, 1)), iwae_test_points=8, curve_every=1,
 )
