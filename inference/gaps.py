@@ -63,7 +63,7 @@ class GapDecomposition(NamedTuple):
     family: str = "ffg"  #: the name of ``local``'s family (the guide's own), the q* of the approximation gap
     others: dict[str, LocalPosterior] | None = None  #: q* of further families, by name
     log_px_method: str = "iwae"  #: "iwae" or "ais": the estimator of ``log_px``
-    log_px_estimates: dict[str, Estimate] | None = None  #: with ``log_px="max"``, both estimates, by estimator
+    log_px_estimates: dict[str, Estimate] | None = None  #: every estimate computed (both with ``log_px="max"``), by estimator
     iwae_proposal_is_local: torch.Tensor | None = None  #: (N,) bool: a q* was the IWAE estimate's proposal (whichever is reported)
 
     def per_datapoint(self) -> dict[str, torch.Tensor]:
@@ -92,7 +92,7 @@ class GapDecomposition(NamedTuple):
         and Monte Carlo noise) and ``mc_se`` the Monte Carlo part alone, sqrt(sum of per-point SE^2) / N;
         ``local`` describes the q* (family, share stopped by the rule, mean steps); ``others`` gives each
         further family's L[q*] (with its per-point values) and stopping share; ``log_px`` the estimator, its K, the share of points
-        whose proposal was a q*, both estimates under ``log_px="max"`` (with their per-point values), and the PSIS k-hat of the weights.
+        whose proposal was a q*, both estimates under ``log_px="max"`` (with their per-point values and Monte Carlo standard errors), and the PSIS k-hat of the weights.
         ``per_point`` holds every quantity per datapoint, in the order of the points (so runs can be
         compared point by point), and ``claims`` the verdict on Cremer et al.'s claim that the
         amortization gap is the larger part, by a paired test (:func:`inference.claims.judge`).
@@ -102,7 +102,8 @@ class GapDecomposition(NamedTuple):
         log_px: dict[str, Any] = {
             "method": self.log_px_method, "num_samples": self.log_px.num_samples,
             "proposal_local_fraction": float(self.proposal_is_local.double().mean()),
-            "estimates": {name: {**_statistics(est.value, est.stderr), "per_point": [float(v) for v in est.value]}
+            "estimates": {name: {**_statistics(est.value, est.stderr), "per_point": [float(v) for v in est.value],
+                                 "per_point_se": [float(v) for v in est.stderr]}
                           for name, est in (self.log_px_estimates or {}).items()},
             "pareto_k": None,
         }
@@ -230,14 +231,15 @@ def gap_decomposition(
         estimates["ais"] = ais(model, guide, x, num_chains=o.num_chains, num_steps=o.num_steps, schedule=o.schedule, hmc=o.hmc,
                                init=o.init, max_elements=max_elements, progress=progress, seed=seed, index=index).log_px
     found = GapDecomposition(amortized, primary.elbo, amortized, choice > 0, primary, families[0], others, "iwae", estimates, choice > 0)
-    return choose_log_px(found, keep_both=log_px == "max")
+    return choose_log_px(found)
 
 
-def choose_log_px(result: GapDecomposition, keep_both: bool) -> GapDecomposition:
+def choose_log_px(result: GapDecomposition) -> GapDecomposition:
     """``result`` reporting whichever of its ``log_px_estimates`` has the higher mean over its points.
 
     With ``log_px="max"`` both are stochastic lower bounds and the larger is reported, as Cremer et al.
-    do; with one estimator, that one. ``proposal_is_local`` follows the reported estimator. A sharded
+    do; with one estimator, that one. ``proposal_is_local`` follows the reported estimator. Every
+    estimate is kept (``log_px_estimates``, with per-point standard errors in the summary). A sharded
     evaluation calls it again on the gathered points, so the choice is the same as in one process.
     """
     estimates = result.log_px_estimates
@@ -245,7 +247,7 @@ def choose_log_px(result: GapDecomposition, keep_both: bool) -> GapDecomposition
     iwae_local = result.iwae_proposal_is_local
     return result._replace(log_px=estimates[method], log_px_method=method,
                            proposal_is_local=iwae_local if method == "iwae" else torch.zeros_like(iwae_local),
-                           log_px_estimates=estimates if keep_both else None)
+                           log_px_estimates=estimates)
 
 
 def _iwae_log_px(
@@ -297,7 +299,7 @@ def concatenate(parts: list[GapDecomposition]) -> GapDecomposition:
         log_px_estimates={k: _cat_estimates([p.log_px_estimates[k] for p in parts]) for k in first.log_px_estimates} if both else None,
         iwae_proposal_is_local=torch.cat([p.iwae_proposal_is_local for p in parts]),
     )
-    return choose_log_px(merged, keep_both=True) if both else merged
+    return choose_log_px(merged) if both else merged
 
 
 def concatenate_exact(parts: list[ExactReference | None]) -> ExactReference | None:

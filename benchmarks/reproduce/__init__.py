@@ -39,6 +39,7 @@ from inference.validation import positive_int
 from inference.validation import seed as check_seed
 
 from .budget import BUDGETS, budget_for
+from .log_px import decoder_section
 from .runner import Runner, versions
 
 #: Experiment name -> module of this package, in the paper's order (9: the IWAE table).
@@ -119,6 +120,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         runner = Runner(args, budget, args.out)
         for name in names:
             out[name] = run_experiment(runner, name)
+        if len(names) > 1:  # every decoder's log p(x) now has every experiment's q*: the reports again, from the cached evaluations
+            for name in names:
+                if any(v for v in out[name].get("decoders", {}).values()):
+                    print(f"{name}: the report again, with every experiment's candidates for its decoders' log p(x)", file=sys.stderr)
+                    out[name] = run_experiment(runner, name)
     return out
 
 
@@ -126,8 +132,9 @@ def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
     """Run one experiment and write its JSON, Markdown and figures into the runner's folder."""
     module = experiment_module(name)
     started, trained_before = time.perf_counter(), len(runner.trained_now)
-    runner.models_used, runner.compute_seconds = {}, {}
+    runner.models_used, runner.compute_seconds, runner.decoders_used, runner.bound_checks = {}, {}, {}, []
     report = module.run(runner)
+    decoder_section(report, runner.decoders_used, runner.bound_checks)
     trained = runner.trained_now[trained_before:]
     seconds = time.perf_counter() - started
     b = runner.budget
@@ -142,7 +149,7 @@ def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
     record = {**report.to_dict(), "budget": b.to_dict(), "seed": runner.seed, "device": str(runner.device), "seconds": seconds,
               "versions": versions(), "command": " ".join(sys.argv), "models": runner.models_used,
               "compute_seconds": dict(runner.compute_seconds), "world_size": runner.world_size,
-              "streams": "keyed" if runner.keyed else "global"}
+              "streams": "keyed" if runner.keyed else "global", "decoders": runner.decoders_used, "bound_checks": runner.bound_checks}
     if runner.rank != 0:  # rank 0 alone writes
         return record
     markdown = report.markdown(header)

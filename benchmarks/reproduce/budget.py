@@ -39,6 +39,11 @@ class Budget:
     ais_chains: int = 100
     ais_steps: int = 1000
     ais_leapfrog: int = 10
+    #: the decoder's AIS: steps doubled from ``ais_steps`` up to this cap until its mean on the first ``ais_check_points``
+    #: points matches or beats the best IWAE's (benchmarks.reproduce.log_px)
+    ais_max_steps: int = 10_000
+    ais_check_points: int = 20
+    bdmc_points: int = 20  #: points simulated from each decoder for its BDMC bound
     local_samples: int = 50
     local_lr: float = 1e-3
     local_window: int = 100
@@ -89,13 +94,15 @@ _DIGITS_CPU = Budget(
     # minutes per experiment on 2 cores. q* by the MNIST budget's rule (50-step windows, patience 5) with 20 samples a step:
     # measured, the paper's rule (100 x 10, 50 samples, cap 10,000) took 11.5 min for one model's 100 training points (FFG and
     # flow q*, AIS), mean 2,172 steps; with this rule and 100 points, experiment 1 alone took 21 min, so 50 points per split
-    "cpu", "digits", epochs=300, num_points=50, ais_chains=16, ais_steps=200, ais_leapfrog=5, local_samples=20, local_window=50,
+    "cpu", "digits", epochs=300, num_points=50, ais_chains=16, ais_steps=200, ais_leapfrog=5, ais_max_steps=3200, ais_check_points=10,
+    bdmc_points=10, local_samples=20, local_window=50,
     local_patience=5, local_max_steps=3000, snapshot_every=20, overfit_points=200, overfit_epochs=3000, posterior_epochs=300, sa_steps=(1,), sa_epochs=300,
     collapse_epochs=100, free_bits=(0.0, 2.0, 5.0), free_bits_dim=(0.04, 0.1), collapse_warmup=(0.0, 10.0), curve_every=10,
     iwae_rows=(("vae", "elbo", 1, 300), ("vae", "iwae", 5, 300)),
 )
 _MNIST_CPU = Budget(
     "cpu", "mnist", epochs=60, num_points=50, log_px_samples=2000, elbo_samples=500, ais_chains=16, ais_steps=300, ais_leapfrog=5,
+    ais_max_steps=2400, ais_check_points=10, bdmc_points=10,
     local_samples=20, local_window=50, local_patience=5, local_max_steps=3000, encoder_sizes=((), (200, 200), (500, 500)),
     snapshot_every=10, posterior_epochs=30, grid_points=150, refine_steps=(1, 5, 20), sa_steps=(1,), sa_epochs=60, collapse_epochs=20,
     betas=(0.5, 1.0, 2.0), free_bits=(0.0, 5.0), free_bits_dim=(0.1,), collapse_warmup=(0.0, 5.0), curve_every=20,
@@ -116,7 +123,8 @@ _FULL = {
 }
 _TINY = Budget(
     "tiny", "digits", latent_dim=2, hidden=(8,), epochs=2, batch_size=100, warmup_epochs=1.0, flow_layers=1, flow_hidden=4,
-    num_points=4, eval_block=2, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, local_samples=4,
+    num_points=4, eval_block=2, log_px_samples=16, elbo_samples=16, ais_chains=3, ais_steps=4, ais_leapfrog=2, ais_max_steps=8,
+    ais_check_points=2, bdmc_points=2, local_samples=4,
     local_window=2, local_patience=1, local_max_steps=6, svi_samples=2, encoder_sizes=((), (16,)), snapshot_every=1, overfit_points=20,
     overfit_epochs=2, posterior_epochs=2,
     grid_points=64, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),

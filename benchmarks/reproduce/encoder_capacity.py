@@ -14,9 +14,10 @@ within a margin of :data:`STAYS_MARGIN` of the two gaps' mean (at least :data:`S
 "within noise" there means the points cannot tell, not support. Held-out points show whether a
 larger encoder's gain on training points carries over or is lost to overfitting.
 
-Under the fixed decoder the *true* log p(x) and the best q* are the same for every row; their
-estimates are not shared but computed per row (q* starts from each encoder's output), so a row's
-approximation gap carries its own optimization and estimation noise.
+Under the fixed decoder the *true* log p(x) and the best q* are the same for every row. log p(x) is
+estimated once for the decoder and shared by every row (and by experiments 1 and 3:
+:mod:`benchmarks.reproduce.log_px`); q* is still fitted per row (from each encoder's output), so a row's
+approximation gap carries its own optimization noise.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def run(runner) -> Report:
                 f"approximation gap, encoder {large} = encoder {small} (within {margin:.3f} nats)", big, small_gap, margin).to_dict(),
                 f"{protocol}, {split}")
     report.table(["protocol", "encoder", "parameters", "split", "log p(x)", "L[q*_FFG]", "L[q]", "approximation gap", "amortization gap"], rows)
-    report.text(f"Every model trained {runner.budget.epochs} epochs; fixed decoder: `{base['name']}` (experiment 1). log p(x): IWAE bound, "
-                f"K = {runner.budget.log_px_samples}.")
+    report.text(f"Every model trained {runner.budget.epochs} epochs; fixed decoder: `{base['name']}` (experiment 1). log p(x): each decoder's, "
+                "shared by every evaluation of it on these points (the section below).")
     report.figure(FIGURES[0], lambda path: _figure(results, sizes, path), "gaps against encoder size")
     return report
 

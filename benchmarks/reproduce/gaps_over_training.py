@@ -78,7 +78,8 @@ def run(runner) -> Report:
             f"held-out L[q] at epoch {quarter} > at epoch {last}", per_point(curve[quarter]["test"], "elbo_amortized"),
             per_point(curve[last]["test"], "elbo_amortized")).to_dict(), name)
     report.table(["model", "epoch", "split", "log p(x)", "L[q*]", "L[q]", "approximation gap", "amortization gap"], rows)
-    report.text(f"{points} training and {points} held-out points per snapshot; log p(x): IWAE bound, K = {b.log_px_samples}.")
+    report.text(f"{points} training and {points} held-out points per snapshot; log p(x): IWAE bound, K = {b.log_px_samples}, "
+                "per point with the proposal of highest ELBO among the snapshot's q and q*.")
     report.figure(FIGURES[0], lambda path: _figure(results, path), "both gaps against epochs, on training and held-out points")
     return report
 

@@ -37,16 +37,20 @@ import torch
 
 from benchmarks.datasets import DATA_DIMS, Data, load_dataset
 from benchmarks.outdir import load_saved_block
-from inference.ais import AISOptions, HMCOptions
+from inference.ais import AISOptions, HMCOptions, ais
+from inference.bdmc import bdmc
+from inference.claims import paired_difference
 from inference.distributed import eval_blocks, first_does, from_first, gather_to_all, rank_blocks, world
 from inference.families import FlowOptions
 from inference.gaps import concatenate, from_state, gap_decomposition, to_state
 from inference.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from inference.local import AdamOptions, LocalOptions, StoppingRule
 from inference.sampling import generator_state, set_generator_state, set_seed
+from inference.stats import mean_se
 from inference.training import TrainOptions, fit, load_trained, resolve_device
 from ppl_models import build_model, model_config
 
+from . import log_px as log_px_protocol
 from .budget import Budget
 
 #: ``OUT/evals/partial/<evaluation>/``: the finished blocks of points of an evaluation that was interrupted.
@@ -106,6 +110,8 @@ class Runner:
         self._earlier_seconds: dict[str, float] = {}  #: evaluation -> seconds its blocks reused from an interrupted run took
         self.rank, self.world_size = world()  #: this process's place in a torchrun launch ((0, 1) alone)
         self.keyed = getattr(args, "streams", "global") == "keyed"  #: gap evaluations draw from streams keyed by datapoint
+        self.decoders_used: dict[str, dict[str, Any]] = {}  #: "<weights>-<split>-<n>" -> the decoder's log p(x) record
+        self.bound_checks: list[dict[str, Any]] = []  #: every gap evaluation's L[q*] <= log p(x) checks
 
     # -- data ---------------------------------------------------------------------------------------------------
     def data(self, likelihood: str = "bernoulli") -> Data:
@@ -293,16 +299,22 @@ class Runner:
 
     def gaps(self, name: str, model, guide, split: str, *, families: tuple[str, ...] = ("ffg", "iaf"), log_px: str = "max",
              num_points: int | None = None) -> dict[str, Any]:
-        """The gap decomposition of model ``name`` on the first points of ``split`` (summary with per-point values), cached.
+        """The gap decomposition of model ``name`` on the first points of ``split`` (summary with per-point values), cached,
+        with its decoder's log p(x) (:meth:`decoder_log_px`).
 
         q* in the guide's own family defines the gaps; ``families`` are fitted beside it (``ffg`` and ``iaf``: L[q*_FFG]
-        and L[q*_flow] for every model); log p(x) is the higher of AIS and IWAE (``max``), both recorded.
+        and L[q*_flow] for every model). The evaluation itself estimates log p(x) by IWAE only; log p(x) is the decoder's,
+        shared by every evaluation of it on these points: the best IWAE over all of them and, once any caller asks for it
+        (``log_px="max"``), AIS calibrated against that IWAE, with BDMC's error bound.
         """
+        if log_px not in ("max", "iwae"):
+            raise ValueError(f"log_px is 'max' (the decoder's AIS too) or 'iwae', got {log_px!r}")
         x = self.points(split, num_points)
         b = self.budget
-        config = {"what": "gaps", "model": name, "split": split, "n": len(x), "families": list(families), "log_px": log_px,
+        config = {"what": "gaps", "model": name, "split": split, "n": len(x), "families": list(families), "log_px": "iwae",
+                  "protocol": log_px_protocol.PROTOCOL,
                   "log_px_samples": b.log_px_samples, "elbo_samples": b.elbo_samples, "local": self.local_options(families).__repr__(),
-                  "ais": self.ais_options().__repr__() if log_px != "iwae" else None, "weights": self._weights_digest(model, guide),
+                  "weights": self._weights_digest(model, guide),
                   # q* in a flow guide's own family starts at the amortized flow (GaussianEncoder.local_start) since issue 15
                   "flow_start": "amortized" if callable(getattr(guide, "local_start", None)) and getattr(guide, "local_family", None) == "iaf" else None}
 
@@ -314,7 +326,7 @@ class Runner:
         def decompose(lo: int, hi: int):
             keyed = {"seed": self.eval_seed(config), "index": torch.arange(lo, hi, device=x.device)} if self.keyed else {}
             return gap_decomposition(model, guide, x[lo:hi], log_px_samples=b.log_px_samples, elbo_samples=b.elbo_samples,
-                                     local=self.local_options(families), log_px=log_px, ais_options=self.ais_options(),
+                                     local=self.local_options(families), log_px="iwae",
                                      max_elements=b.max_elements, progress=self.progress, **keyed)
 
         if not self.keyed and len(eval_blocks(len(x), b.eval_block)) > 1:
@@ -324,7 +336,100 @@ class Runner:
         def blocked() -> dict[str, Any]:
             return self._in_blocks(key, config, len(x), decompose)
 
-        return self.evaluation(key, config, blocked, blocked)
+        summary = self.evaluation(key, config, blocked, blocked)
+        return self.decoder_log_px(name, model, guide, split, x, key, summary, ais=log_px == "max")
+
+    # -- one log p(x) per decoder ------------------------------------------------------------------------------------
+    def _decoder_store_path(self, digest: str, split: str, n: int) -> str:
+        return os.path.join(self.out, "evals", "decoders", f"{digest}-{split}-{n}.json")
+
+    def decoder_log_px(self, name: str, model, guide, split: str, x: torch.Tensor, key: str, summary: dict[str, Any], *,
+                       ais: bool) -> dict[str, Any]:
+        """``summary`` (the gap evaluation ``key`` of model ``name``) recomputed with its decoder's log p(x)
+        (:mod:`benchmarks.reproduce.log_px`): the evaluation joins the decoder's candidates, kept in
+        ``OUT/evals/decoders/<weights>-<split>-<n>.json``; the best IWAE over them, and AIS (calibrated on a check subset)
+        once any caller asked for it (``ais``), the higher mean winning; BDMC's bound beside AIS."""
+        digest, n = self._weights_digest(model), len(x)
+        path = self._decoder_store_path(digest, split, n)
+        store = None
+        if self.rank == 0:
+            store = {"decoder": digest, "split": split, "n": n, "models": [], "ais_requested": False, "candidates": {}}
+            if os.path.exists(path):
+                with open(path) as f:
+                    store = json.load(f)
+            store["candidates"][key] = log_px_protocol.candidate(summary, key)
+            store["models"] = sorted({*store["models"], name})
+            store["ais_requested"] = bool(store["ais_requested"] or ais)
+            atomic_write_json(path, store)
+        store = from_first(store)
+        iwae = log_px_protocol.best_iwae(store["candidates"])
+        calibration, bdmc_record, ais_estimate = None, None, None
+        if store["ais_requested"]:
+            calibration = self._calibrated_ais(digest, model, guide, split, x, iwae)
+            ais_estimate = calibration.pop("estimate")
+            bdmc_record = self._decoder_bdmc(digest, model, guide, x, calibration["steps"])
+        shared = log_px_protocol.choose(iwae, ais_estimate)
+        sources = iwae["source"]
+        shared["decoder"] = {"weights": digest, "split": split, "n": n, "models": store["models"], "candidates": iwae["candidates"],
+                             "iwae_chosen_from": {k: sources.count(k) for k in sorted(set(sources))}, "ais": calibration, "bdmc": bdmc_record}
+        result = log_px_protocol.with_log_px(summary, shared)
+        self.decoders_used[f"{digest}-{split}-{n}"] = {"model": name, "split": split, "n": n, "method": shared["method"],
+                                                     "margin": shared["margin"], "decoder": shared["decoder"],
+                                                     "log_px": result["quantities"]["log_px"]}
+        self.bound_checks.append({"model": name, "split": split, "checks": result["bound_checks"]})
+        return result
+
+    def _ais_options(self, steps: int) -> AISOptions:
+        return dataclasses.replace(self.ais_options(), num_steps=int(steps))
+
+    def _ais_run(self, what: str, digest: str, model, guide, x: torch.Tensor, steps: int, split: str) -> dict[str, Any]:
+        """AIS (the budget's chains and HMC, ``steps`` sigmoid steps from the prior) on ``x``, cached."""
+        options = self._ais_options(steps)
+        config = {"what": what, "decoder": digest, "split": split, "n": len(x), "ais": repr(options)}
+        if self.keyed:
+            config["streams"] = "keyed"
+
+        def compute() -> dict[str, Any]:
+            keyed = {"seed": self.eval_seed(config)} if self.keyed else {}
+            result = ais(model, guide, x, num_chains=options.num_chains, num_steps=options.num_steps, schedule=options.schedule,
+                         hmc=options.hmc, init=options.init, max_elements=self.budget.max_elements, progress=self.progress, **keyed)
+            return {"per_point": result.log_px.value.tolist(), "per_point_se": result.log_px.stderr.tolist(),
+                    "acceptance": float(result.acceptance.mean())}
+
+        return self.evaluation(f"{what}-{digest}-{split}-{len(x)}-{steps}", config, compute)
+
+    def _calibrated_ais(self, digest: str, model, guide, split: str, x: torch.Tensor, iwae: dict[str, Any]) -> dict[str, Any]:
+        """AIS on all of ``x`` at the fewest steps of the ladder whose mean on the check subset matches or beats ``iwae``'s."""
+        b = self.budget
+        check = min(b.ais_check_points, len(x))
+        target = iwae["per_point"][:check]
+        tried = []
+        for steps in log_px_protocol.calibration_ladder(b.ais_steps, b.ais_max_steps):
+            run = self._ais_run("ais-check", digest, model, guide, x[:check], steps, split)
+            d = paired_difference(torch.tensor(run["per_point"], dtype=torch.float64), torch.tensor(target, dtype=torch.float64))
+            tried.append({"steps": steps, "ais_minus_iwae": {"mean": d.mean, "se": d.se}})
+            if log_px_protocol.matches(run["per_point"], target):
+                break
+        matched = log_px_protocol.matches(run["per_point"], target)
+        full = self._ais_run("ais", digest, model, guide, x, steps, split)
+        return {"steps": steps, "chains": b.ais_chains, "leapfrog": b.ais_leapfrog, "check_points": check, "tried": tried,
+                "matched": matched, "cap": b.ais_max_steps, "acceptance": full["acceptance"], "estimate": full}
+
+    def _decoder_bdmc(self, digest: str, model, guide, x: torch.Tensor, steps: int) -> dict[str, Any]:
+        """BDMC on ``bdmc_points`` points simulated from the decoder, with the calibrated AIS settings: the mean gap between
+        the reverse (upper) and forward (lower) bounds, an estimate of forward AIS's error on data like the model's."""
+        options = self._ais_options(steps)
+        template = x[: min(self.budget.bdmc_points, len(x))]
+        config = {"what": "bdmc", "decoder": digest, "n": len(template), "ais": repr(options)}
+
+        def compute() -> dict[str, Any]:
+            result = bdmc(model, guide, template, options, max_elements=self.budget.max_elements, progress=self.progress)
+            gap = result.gap.double()
+            mean, se = mean_se(gap)
+            return {"points": len(template), "steps": steps, "lower": result.lower.value.tolist(), "upper": result.upper.value.tolist(),
+                    "gap": {"mean": mean, "se": se}}
+
+        return self.evaluation(f"bdmc-{digest}-{len(template)}-{steps}", config, compute)
 
     def partial_dir(self, name: str) -> str:
         """``OUT/evals/partial/<name>/``: the finished blocks of points of an evaluation that has not finished."""

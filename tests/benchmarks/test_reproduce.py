@@ -74,6 +74,33 @@ def test_the_main_table_has_per_point_values_and_the_claim_per_model_and_split(t
     assert contexts == ["FFG-trained, train", "FFG-trained, test", "flow-trained, train", "flow-trained, test"]
 
 
+def test_experiments_on_one_decoder_and_one_set_of_points_share_one_log_px(tiny_run):
+    """Experiment 1's FFG model, the fixed-decoder encoders of 2 and the encoders of 3: one decoder, one log p(x) per point,
+    the best IWAE over all their q*'s (and AIS, requested by experiment 1), and its BDMC bound, named in every report."""
+    out, _ = tiny_run
+    records = {name: json.load(open(out / f"{name}.json")) for name in ("gaps-by-family", "encoder-capacity", "flows-amortization")}
+    for split in ("train", "test"):
+        main = records["gaps-by-family"]["results"]["ffg"]["splits"][split]
+        fixed = [r["splits"][split] for r in records["encoder-capacity"]["results"]["protocols"]["fixed decoder"].values()]
+        fixed += [r["splits"][split] for r in records["flows-amortization"]["results"]["encoders"].values()]
+        assert len(fixed) == 5
+        for s in fixed:
+            assert s["per_point"]["log_px"] == main["per_point"]["log_px"]
+            assert s["log_px"]["decoder"]["candidates"] == main["log_px"]["decoder"]["candidates"]
+        decoder = main["log_px"]["decoder"]
+        # experiment 1's evaluation and the four encoders' on the frozen decoder (2's linear FFG encoder is 3's, trained once)
+        assert len(decoder["candidates"]) == 5 and len(decoder["models"]) == 5
+        assert main["log_px"]["method"] in ("ais", "iwae") and set(main["log_px"]["estimates"]) == {"ais", "iwae"}
+        assert decoder["ais"]["steps"] in (4, 8) and decoder["bdmc"]["points"] == 2
+        joint = records["encoder-capacity"]["results"]["protocols"]["joint"]
+        assert all(r["splits"][split]["log_px"]["decoder"]["weights"] != decoder["weights"] for r in joint.values())
+    for name, record in records.items():
+        assert any("vae-ffg" in d["decoder"]["models"] for d in record["decoders"].values())
+        markdown = (out / f"{name}.md").read_text()
+        assert "### log p(x), one per decoder" in markdown and "BDMC upper − lower" in markdown
+        assert "No L[q*] lies above its decoder's log p(x)" in markdown or "⚠" in markdown
+
+
 def test_the_grid_log_marginal_agrees_with_the_iwae_estimate(tiny_run):
     out, _ = tiny_run
     with open(out / "posterior-2d.json") as f:
