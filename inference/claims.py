@@ -59,10 +59,15 @@ class Verdict(NamedTuple):
     z: float  #: the nominal level, in normal standard errors
     threshold: float = math.nan  #: the standard errors the difference had to clear: the t quantile of z's level on n - 1 df
     margin: float | None = None  #: for an equivalence claim (:func:`judge_equal`): the largest |a - b| counted as equal
+    basis: str = "datapoints"  #: what the standard error covers: "datapoints" (paired over points) or "monte carlo" (one point)
 
     def text(self, digits: int = 3) -> str:
         """E.g. ``holds: amortization gap 0.495 > approximation gap 0.235 (paired difference 0.260 ± 0.037, n = 50, ...)``."""
         d = self.difference
+        if self.basis == "monte carlo":
+            return (f"{self.status}: {self.claim} — {self.a:.{digits}f} vs {self.b:.{digits}f} (difference {d.mean:.{digits}f} "
+                    f"± {d.se:.{digits}f}, the Monte Carlo error of this one point's two independent estimates; threshold "
+                    f"{self.threshold:g} SE)")
         rule = f"threshold {self.threshold:.2f} SE (t, {d.n - 1} df, the level of {self.z:g} normal SE)"
         if self.margin is not None:
             rule += f", margin {self.margin:g}"
@@ -71,7 +76,7 @@ class Verdict(NamedTuple):
 
     def to_dict(self) -> dict:
         return {"claim": self.claim, "status": self.status, "a": self.a, "b": self.b, "difference": self.difference._asdict(),
-                "z": self.z, "threshold": self.threshold, "margin": self.margin, "text": self.text()}
+                "z": self.z, "threshold": self.threshold, "margin": self.margin, "basis": self.basis, "text": self.text()}
 
 
 def critical_value(n: int, z: float = Z) -> float:
@@ -148,3 +153,16 @@ def judge_equal(claim: str, a: torch.Tensor, b: torch.Tensor, margin: float, z: 
     else:
         status = "within noise"
     return Verdict(claim, status, float(torch.as_tensor(a).double().mean()), float(torch.as_tensor(b).double().mean()), d, z, t, float(margin))
+
+
+def judge_monte_carlo(claim: str, a: float, a_se: float, b: float, b_se: float, z: float = Z) -> Verdict:
+    """The verdict on ``claim`` ("a > b") for one datapoint, from two independent Monte Carlo estimates and their standard
+    errors: the difference against :math:`z \\sqrt{se_a^2 + se_b^2}` (normal: each estimate averages many draws). What a
+    claim about a few named points can check, where a test over so few points could not clear its t threshold."""
+    if not z > 0:
+        raise ValueError(f"z must be positive, got {z}")
+    values = (float(a), float(a_se), float(b), float(b_se))
+    if not all(math.isfinite(v) for v in values) or a_se < 0 or b_se < 0:
+        raise ValueError(f"a Monte Carlo verdict needs finite estimates and non-negative errors, got {values}")
+    mean, se = float(a) - float(b), math.sqrt(float(a_se) ** 2 + float(b_se) ** 2)
+    return Verdict(claim, _ordered(mean, se, z), float(a), float(b), Difference(mean, se, 1), z, z, None, "monte carlo")

@@ -42,6 +42,7 @@ from .diagnostics import PARETO_K_THRESHOLD
 from .enumeration import exact_log_px, is_enumerable
 from .estimators import Estimate, elbo, iwae_log_px
 from .families import OWN
+from .inclusion import continue_within, inclusion_verdict, is_ffg, is_flow
 from .local import LocalOptions, LocalPosterior, local_posterior
 from .program import Program
 from .stats import mean_se
@@ -65,6 +66,9 @@ class GapDecomposition(NamedTuple):
     log_px_method: str = "iwae"  #: "iwae" or "ais": the estimator of ``log_px``
     log_px_estimates: dict[str, Estimate] | None = None  #: every estimate computed (both with ``log_px="max"``), by estimator
     iwae_proposal_is_local: torch.Tensor | None = None  #: (N,) bool: a q* was the IWAE estimate's proposal (whichever is reported)
+    #: with a flow and an FFG q* both fitted: ``{"flow", "ffg"}`` (their families), ``flow_before`` (N,) L[q*_flow] before
+    #: the points below L[q*_FFG] were continued (:mod:`inference.inclusion`) and ``continued`` (N,) bool
+    inclusion: dict[str, Any] | None = None
 
     def per_datapoint(self) -> dict[str, torch.Tensor]:
         """Every quantity of :data:`QUANTITIES` per datapoint; the gaps add up exactly."""
@@ -119,6 +123,7 @@ class GapDecomposition(NamedTuple):
             claims.append(judge("amortization gap > approximation gap", values["amortization_gap"], values["approximation_gap"]).to_dict())
         return {
             "n_points": n,
+            "inclusion": self._inclusion_summary(),
             "quantities": {key: _statistics(values[key], mc[key]) for key in QUANTITIES},
             "per_point": {key: [float(v) for v in values[key]] for key in QUANTITIES},
             "claims": claims,
@@ -133,6 +138,25 @@ class GapDecomposition(NamedTuple):
             },
             "log_px": log_px,
         }
+
+
+    def fits(self) -> dict[str, LocalPosterior]:
+        """Every q* by family: the guide's own and the further ones."""
+        return {self.family: self.local, **(self.others or {})}
+
+    def _inclusion_summary(self) -> dict[str, Any] | None:
+        """The family-inclusion check (:mod:`inference.inclusion`): the points continued and the paired verdict on
+        "L[q*_FFG] > L[q*_flow]" before and after; None unless a flow and an FFG q* were both fitted."""
+        if self.inclusion is None:
+            return None
+        fits = self.fits()
+        ffg, flow = fits[self.inclusion["ffg"]].elbo.value, fits[self.inclusion["flow"]].elbo.value
+        continued = self.inclusion["continued"]
+        several = len(ffg) > 1
+        return {"flow": self.inclusion["flow"], "ffg": self.inclusion["ffg"], "continued_points": int(continued.sum()),
+                "continued": [int(i) for i in continued.nonzero().squeeze(-1)],
+                "before": inclusion_verdict(ffg, self.inclusion["flow_before"]) if several else None,
+                "after": inclusion_verdict(ffg, flow) if several else None}
 
 
 def _statistics(values: torch.Tensor, stderr: torch.Tensor) -> dict[str, float]:
@@ -190,8 +214,12 @@ def gap_decomposition(
     progress: bool = False,
     seed: int | None = None,
     index: torch.Tensor | None = None,
+    continue_flows: bool = True,
 ) -> GapDecomposition:
     """Estimate log p(x), L[q*] and L[q] for every row of ``x`` (see module docstring).
+
+    With a flow q* and an FFG q* both fitted, the flow fit of every point left below its FFG q* is continued from it
+    (``continue_flows``, :func:`inference.inclusion.continue_within`): the flow family contains the FFG.
 
     q* is fitted in the guide's own family with ``local`` (samples per step, Adam, stopping rule,
     start); ``local.families`` are further families fitted and reported beside it (a family
@@ -216,6 +244,17 @@ def gap_decomposition(
     for family in local.families:
         if family != OWN and family not in fits:
             fits[family] = fit(family)
+    inclusion = None
+    ffg = next((f for f in fits.values() if is_ffg(f)), None)
+    flow_family = next((name for name, f in fits.items() if is_flow(f)), None)
+    if continue_flows and ffg is not None and flow_family is not None:  # the flow family contains the FFG: no flow q* below it
+        before = fits[flow_family].elbo.value
+        continued = continue_within(model, guide, x, fits[flow_family], ffg, local, eval_samples=elbo_samples, max_elements=max_elements,
+                                    progress=progress, seed=seed, index=index)
+        fits[flow_family] = continued.fit
+        mask = torch.zeros(len(x), dtype=torch.bool, device=before.device)
+        mask[continued.points] = True
+        inclusion = {"flow": flow_family, "ffg": ffg.guide.family, "flow_before": before, "continued": mask}
     families = tuple(fits)
     # per datapoint, the proposal with the highest ELBO: q (index 0) or one of the q*'s
     candidates = [guide, *(f.guide for f in fits.values())]
@@ -230,7 +269,8 @@ def gap_decomposition(
         o = ais_options
         estimates["ais"] = ais(model, guide, x, num_chains=o.num_chains, num_steps=o.num_steps, schedule=o.schedule, hmc=o.hmc,
                                init=o.init, max_elements=max_elements, progress=progress, seed=seed, index=index).log_px
-    found = GapDecomposition(amortized, primary.elbo, amortized, choice > 0, primary, families[0], others, "iwae", estimates, choice > 0)
+    found = GapDecomposition(amortized, primary.elbo, amortized, choice > 0, primary, families[0], others, "iwae", estimates, choice > 0,
+                             inclusion)
     return choose_log_px(found)
 
 
@@ -298,6 +338,9 @@ def concatenate(parts: list[GapDecomposition]) -> GapDecomposition:
         others={k: _cat_local([p.others[k] for p in parts]) for k in (first.others or {})},
         log_px_estimates={k: _cat_estimates([p.log_px_estimates[k] for p in parts]) for k in first.log_px_estimates} if both else None,
         iwae_proposal_is_local=torch.cat([p.iwae_proposal_is_local for p in parts]),
+        inclusion=None if first.inclusion is None else {
+            **{k: first.inclusion[k] for k in ("flow", "ffg")},
+            **{k: torch.cat([p.inclusion[k] for p in parts]) for k in ("flow_before", "continued")}},
     )
     return choose_log_px(merged) if both else merged
 
@@ -336,6 +379,9 @@ def to_state(result: GapDecomposition, exact: ExactReference | None = None) -> d
         "log_px_estimates": {k: _estimate_state(v) for k, v in result.log_px_estimates.items()} if result.log_px_estimates else None,
         "iwae_proposal_is_local": None if result.iwae_proposal_is_local is None else result.iwae_proposal_is_local.cpu(),
         "exact": None if exact is None else {"log_px": exact.log_px.cpu(), "source": exact.source, "approximation_gap": exact.approximation_gap},
+        "inclusion": None if result.inclusion is None else {
+            "flow": result.inclusion["flow"], "ffg": result.inclusion["ffg"], "flow_before": result.inclusion["flow_before"].cpu(),
+            "continued": result.inclusion["continued"].cpu()},
     }
 
 
@@ -345,7 +391,7 @@ def from_state(state: dict[str, Any]) -> tuple[GapDecomposition, ExactReference 
     result = GapDecomposition(
         Estimate(**state["log_px"]), Estimate(**state["elbo_local"]), Estimate(**state["elbo_amortized"]), state["proposal_is_local"],
         _local_from(state["local"]), state["family"], {k: _local_from(v) for k, v in state["others"].items()}, state["log_px_method"],
-        {k: Estimate(**v) for k, v in estimates.items()} if estimates else None, state["iwae_proposal_is_local"],
+        {k: Estimate(**v) for k, v in estimates.items()} if estimates else None, state["iwae_proposal_is_local"], state.get("inclusion"),
     )
     exact = state["exact"]
     return result, None if exact is None else ExactReference(exact["log_px"], exact["source"], exact["approximation_gap"])

@@ -38,6 +38,7 @@ from inference.training import DEVICES, resolve_device
 from inference.validation import positive_int
 from inference.validation import seed as check_seed
 
+from . import summary
 from .budget import BUDGETS, budget_for
 from .log_px import decoder_section
 from .runner import Runner, versions
@@ -64,7 +65,7 @@ def experiment_module(name: str):
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}, or all")
+    p.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}, or all (or `report DIR...`: the tables from result folders)")
     p.add_argument("--budget", choices=BUDGETS, default="cpu", help="cpu (default: a reduced protocol), full (the paper's), tiny (seconds)")
     p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: %(default)s")
     p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding MNIST/raw (default: %(default)s)")
@@ -132,9 +133,9 @@ def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
     """Run one experiment and write its JSON, Markdown and figures into the runner's folder."""
     module = experiment_module(name)
     started, trained_before = time.perf_counter(), len(runner.trained_now)
-    runner.models_used, runner.compute_seconds, runner.decoders_used, runner.bound_checks = {}, {}, {}, []
+    runner.models_used, runner.compute_seconds, runner.decoders_used, runner.bound_checks = {}, {}, {}, {}
     report = module.run(runner)
-    decoder_section(report, runner.decoders_used, runner.bound_checks)
+    decoder_section(report, runner.decoders_used, list(runner.bound_checks.values()))
     trained = runner.trained_now[trained_before:]
     seconds = time.perf_counter() - started
     b = runner.budget
@@ -146,10 +147,15 @@ def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
               "points at the level of 3 standard errors (Student-t on n − 1 df), computed from the numbers. Each verdict is "
               "conditional on one training run per model (this seed): its standard error covers the datapoints, not retraining; "
               "`python -m benchmarks.sweep --grid seed=0,1,2 -- reproduce ...` repeats it over seeds.")
-    record = {**report.to_dict(), "budget": b.to_dict(), "seed": runner.seed, "device": str(runner.device), "seconds": seconds,
+    if b.name == "tiny":  # the test suite's budget: every code path in seconds, on models that have not learned
+        report.title = f"[SMOKE RUN, --budget tiny: the numbers mean nothing] {report.title}"
+        header = ("**A smoke run (`--budget tiny`): models of a few units trained for an epoch or two, evaluated on 4 points with a "
+                  "handful of samples. It checks that the code runs; its numbers and verdicts mean nothing.** ") + header
+    record = {**report.to_dict(), "smoke_run": b.name == "tiny", "budget": b.to_dict(), "seed": runner.seed, "device": str(runner.device), "seconds": seconds,
               "versions": versions(), "command": " ".join(sys.argv), "models": runner.models_used,
               "compute_seconds": dict(runner.compute_seconds), "world_size": runner.world_size,
-              "streams": "keyed" if runner.keyed else "global", "decoders": runner.decoders_used, "bound_checks": runner.bound_checks}
+              "streams": "keyed" if runner.keyed else "global", "decoders": runner.decoders_used,
+              "bound_checks": list(runner.bound_checks.values())}
     if runner.rank != 0:  # rank 0 alone writes
         return record
     markdown = report.markdown(header)
@@ -162,5 +168,30 @@ def run_experiment(runner: Runner, name: str) -> dict[str, Any]:
     return record
 
 
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce report",
+                                description="The verdict table and the main tables, generated from result folders' JSON.")
+    p.add_argument("folders", nargs="+", help="result folders (e.g. docs/reproduce/digits-cpu docs/reproduce/mnist-cpu)")
+    p.add_argument("--write", nargs="+", default=[], metavar="FILE",
+                   help="replace the generated blocks marked in these files (e.g. README.md docs/results.md) instead of printing")
+    return p
+
+
+def report_main(args: argparse.Namespace) -> dict[str, Any]:
+    for folder in args.folders:
+        if not os.path.isdir(folder):
+            raise ValueError(f"no result folder {folder!r}")
+    blocks = summary.render(args.folders, list(EXPERIMENTS))
+    if not args.write:
+        print("\n\n".join(blocks.values()))
+        return blocks
+    changed = summary.write(args.write, blocks)
+    print(f"updated {', '.join(changed)}" if changed else "every file was up to date", file=sys.stderr)
+    return blocks
+
+
 def cli(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return run_cli(lambda a: report_parser().parse_args(a), report_main, argv[1:])
     return run_cli(parse, main, argv)

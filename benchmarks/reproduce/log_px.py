@@ -21,7 +21,11 @@ and one set of points used to report two approximation gaps (on MNIST, 1.967 in 
    the calibrated AIS settings: the mean gap between the reverse (upper) and forward (lower) bounds.
 
 The decomposition of every evaluation is then recomputed with this :math:`\log p(x)`
-(:func:`with_log_px`), and every :math:`\mathcal L[q^*]` is checked against it: one above it beyond
+(:func:`with_log_px`), which also sets beside it the **common yardstick** of every encoder on the
+decoder: per point the highest ELBO of any q or q\* fitted for it (``elbo_best``) and the amortization
+gap to it, :math:`\mathcal L[q^*_{best}] - \mathcal L[q]` (``amortization_gap_to_best``), so that encoders
+of different families are compared on the same reference (their order is that of their
+:math:`\mathcal L[q]`). Every :math:`\mathcal L[q^*]` is checked against log p(x): one above it beyond
 3 standard errors (paired) means the estimate is too low, and the report says so (:func:`bound_checks`).
 """
 
@@ -71,7 +75,7 @@ def best_iwae(candidates: dict[str, dict[str, Any]]) -> dict[str, Any]:
     choice = elbo.argmax(0)  # argmax returns the first maximum
     rows = torch.arange(value.shape[1])
     return {"per_point": value[choice, rows].tolist(), "per_point_se": se[choice, rows].tolist(),
-            "source": [keys[int(c)] for c in choice], "candidates": keys}
+            "source": [keys[int(c)] for c in choice], "candidates": keys, "best_elbo": elbo.max(0).values.tolist()}
 
 
 def calibration_ladder(steps: int, cap: int) -> list[int]:
@@ -108,7 +112,7 @@ def choose(iwae: dict[str, Any], ais: dict[str, Any] | None) -> dict[str, Any]:
                               torch.tensor(estimates[loser]["per_point"], dtype=torch.float64))
         margin = {"over": loser, "mean": d.mean, "se": d.se}
     return {"method": winner, "per_point": list(estimates[winner]["per_point"]), "per_point_se": list(estimates[winner]["per_point_se"]),
-            "margin": margin, "estimates": {k: {**statistics(v["per_point"], v["per_point_se"]), "per_point": list(v["per_point"]),
+            "margin": margin, "best_elbo": iwae.get("best_elbo"), "estimates": {k: {**statistics(v["per_point"], v["per_point_se"]), "per_point": list(v["per_point"]),
                                                 "per_point_se": list(v["per_point_se"])} for k, v in estimates.items()}}
 
 
@@ -139,6 +143,12 @@ def with_log_px(summary: dict[str, Any], shared: dict[str, Any]) -> dict[str, An
     if out.get("claims"):
         out["claims"] = [judge("amortization gap > approximation gap", torch.tensor(points["amortization_gap"]),
                                values["approximation_gap"]).to_dict()] if len(log_px) > 1 else []
+    if shared.get("best_elbo") is not None:  # the common yardstick of every encoder on this decoder
+        best = torch.tensor(shared["best_elbo"], dtype=torch.float64)
+        for key, value in (("elbo_best", best), ("amortization_gap_to_best", best - amortized)):
+            points[key] = value.tolist()
+            mean, spread = mean_se(value)
+            q[key] = {"mean": mean, "se": spread}
     out["bound_checks"] = bound_checks(out)
     return out
 
@@ -189,3 +199,13 @@ def decoder_section(report, decoders: dict[str, dict[str, Any]], checks: list[di
     else:
         count = sum(len(c["checks"]) for c in checks)
         report.text(f"No L[q*] lies above its decoder's log p(x) beyond 3 standard errors (paired; {count} checks).")
+    inclusion = [(c["model"], c["split"], c["inclusion"]) for c in checks if c.get("inclusion")]
+    if inclusion:
+        lines = []
+        for model, split, inc in inclusion:
+            before, after = inc["before"], inc["after"]
+            verdicts = "" if before is None else f"; before: {before['text']}; after: {after['text']}"
+            warn = "⚠ " if after is not None and after["status"] == "holds" else ""
+            lines.append(f"- {warn}{model}, {split}: {inc['continued_points']} point(s) continued{verdicts}")
+        report.text("Family inclusion: the flow family contains the FFG, so every evaluation fitting both continued the flow q* "
+                    "of each point left below its FFG q* from that FFG q* (inference.inclusion):\n\n" + "\n".join(lines))

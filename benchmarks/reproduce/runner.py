@@ -111,7 +111,7 @@ class Runner:
         self.rank, self.world_size = world()  #: this process's place in a torchrun launch ((0, 1) alone)
         self.keyed = getattr(args, "streams", "global") == "keyed"  #: gap evaluations draw from streams keyed by datapoint
         self.decoders_used: dict[str, dict[str, Any]] = {}  #: "<weights>-<split>-<n>" -> the decoder's log p(x) record
-        self.bound_checks: list[dict[str, Any]] = []  #: every gap evaluation's L[q*] <= log p(x) checks
+        self.bound_checks: dict[str, dict[str, Any]] = {}  #: "<model>-<split>-<n>" -> its L[q*] <= log p(x) and inclusion checks
 
     # -- data ---------------------------------------------------------------------------------------------------
     def data(self, likelihood: str = "bernoulli") -> Data:
@@ -376,7 +376,8 @@ class Runner:
         self.decoders_used[f"{digest}-{split}-{n}"] = {"model": name, "split": split, "n": n, "method": shared["method"],
                                                      "margin": shared["margin"], "decoder": shared["decoder"],
                                                      "log_px": result["quantities"]["log_px"]}
-        self.bound_checks.append({"model": name, "split": split, "checks": result["bound_checks"]})
+        self.bound_checks[f"{name}-{split}-{n}"] = {"model": name, "split": split, "checks": result["bound_checks"],
+                                                    "inclusion": result.get("inclusion")}
         return result
 
     def _ais_options(self, steps: int) -> AISOptions:

@@ -49,9 +49,10 @@ def test_every_experiment_writes_json_markdown_and_figures_with_their_panels(tin
         with open(out / f"{name}.json") as f:
             record = json.load(f)
         assert record["experiment"] == name and record["budget"]["name"] == "tiny" and record["versions"]["torch"]
+        assert record["smoke_run"] is True and record["title"].startswith("[SMOKE RUN, --budget tiny: the numbers mean nothing]")
         assert all(c["status"] in VERDICTS and "se" in c["difference"] for c in record["claims"])
         markdown = (out / f"{name}.md").read_text()
-        assert markdown.startswith("# ") and "|---|" in markdown
+        assert markdown.startswith("# [SMOKE RUN") and "|---|" in markdown and "its numbers and verdicts mean nothing" in markdown
         for figure in reproduce.experiment_module(name).FIGURES:
             assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert len(drawn[figure]) == PANELS[figure], (figure, drawn[figure])

@@ -94,3 +94,18 @@ def test_an_unpaired_claim_uses_the_unpaired_standard_error_and_welchs_threshold
     assert verdict.difference.mean == pytest.approx((a.mean() - b.mean()).item(), rel=1e-12)
     assert 3.0 < verdict.threshold < 3.3 and verdict.status == ("holds" if verdict.difference.mean > verdict.threshold * verdict.difference.se else "within noise")
     assert judge_unpaired("a > b", a + 3, b).status == "holds" and judge_unpaired("a > b", a - 3, b).status == "fails"
+
+
+def test_a_claim_on_one_point_is_judged_against_its_own_monte_carlo_error():
+    from inference.claims import judge_monte_carlo
+
+    v = judge_monte_carlo("L[a] > L[b]", -10.0, 0.03, -10.2, 0.04)  # difference 0.2 against 3 x 0.05
+    assert v.status == "holds" and v.difference.mean == pytest.approx(0.2) and v.difference.se == pytest.approx(0.05)
+    assert judge_monte_carlo("L[a] > L[b]", -10.0, 0.03, -10.1, 0.04).status == "within noise"  # 0.1 < 0.15
+    assert judge_monte_carlo("L[a] > L[b]", -10.3, 0.03, -10.1, 0.04).status == "fails"
+    record = v.to_dict()
+    assert record["basis"] == "monte carlo" and "Monte Carlo error of this one point" in record["text"] and "df" not in record["text"]
+    with pytest.raises(ValueError, match="finite estimates and non-negative errors"):
+        judge_monte_carlo("x", float("nan"), 0.1, 0.0, 0.1)
+    with pytest.raises(ValueError, match="finite estimates and non-negative errors"):
+        judge_monte_carlo("x", 0.0, -0.1, 0.0, 0.1)

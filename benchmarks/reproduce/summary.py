@@ -1,0 +1,155 @@
+"""The reproduction's tables for the README and ``docs/results.md``, generated from result folders, never typed.
+
+``python -m benchmarks.reproduce report DIR [DIR ...]`` prints, from each folder's ``EXPERIMENT.json``:
+
+* the **verdict table**: one row per claim of every experiment, one column per folder (dataset and
+  budget), each cell the computed verdicts with their contexts and paired differences;
+* the **provenance** of each folder: the source commits its reports come from, and whether they
+  predate this version of the protocol (the per-decoder log p(x), :mod:`benchmarks.reproduce.log_px`)
+  or are a smoke run (``--budget tiny``) whose numbers mean nothing;
+* each folder's **main table** (experiment 1).
+
+``--write FILE`` replaces the text between ``<!-- reproduce:NAME:begin -->`` and ``<!-- reproduce:NAME:end -->``
+in FILE (NAME: ``verdicts`` for the verdict table and provenance, ``main`` for the main tables); a
+test regenerates them from the committed folders and fails when a file differs.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Any
+
+from .report import VERDICT_MARK
+
+BLOCKS = ("verdicts", "main")
+
+
+def load_folder(folder: str, experiments: list[str]) -> dict[str, dict[str, Any]]:
+    """``{experiment: record}`` of the reports found in ``folder`` (an experiment's JSON may sit in a subfolder of its name)."""
+    found = {}
+    for name in experiments:
+        paths = sorted(glob.glob(os.path.join(folder, f"{name}.json")) + glob.glob(os.path.join(folder, name, f"{name}.json")))
+        if paths:
+            with open(paths[0]) as f:
+                found[name] = json.load(f)
+    if not found:
+        raise ValueError(f"no reproduction report (EXPERIMENT.json) in {folder!r}")
+    return found
+
+
+def label(records: dict[str, dict[str, Any]]) -> str:
+    budget = next(iter(records.values()))["budget"]
+    return f"{budget['dataset']}, {budget['name']} budget"
+
+
+def _short(claim: dict[str, Any], named: bool = False) -> str:
+    d = claim["difference"]
+    mark = VERDICT_MARK.get(claim["status"], claim["status"]).split(" ")[0]
+    where = f"{claim['context']}: " if claim.get("context") else ""
+    where += f"{claim['claim']}: " if named else ""
+    return f"{mark} {where}{claim['a']:.3f} vs {claim['b']:.3f} ({d['mean']:+.3f} ± {d['se']:.3f})"
+
+
+def _claims_by_paper_claim(record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for claim in record.get("claims", []):
+        out.setdefault(claim.get("paper_claim", claim["claim"]), []).append(claim)
+    return out
+
+
+def verdict_table(folders: dict[str, dict[str, dict[str, Any]]], experiments: list[str]) -> str:
+    """The verdicts of every claim (rows) in every folder (columns)."""
+    labels = [label(records) for records in folders.values()]
+    lines = ["| # | experiment | claim | " + " | ".join(labels) + " |", "|---|---|---|" + "---|" * len(labels)]
+    for number, name in enumerate(experiments, 1):
+        claims: dict[str, None] = {}
+        for records in folders.values():
+            if name in records:
+                claims.update(dict.fromkeys(_claims_by_paper_claim(records[name])))
+        if not claims:
+            cells = ["no verdict (a figure or table only)" if name in records else "not run" for records in folders.values()]
+            lines.append(f"| {number} | `{name}` | — | " + " | ".join(cells) + " |")
+            continue
+        for paper_claim in claims:
+            cells = []
+            for records in folders.values():
+                if name not in records:
+                    cells.append("not run")
+                    continue
+                found = _claims_by_paper_claim(records[name]).get(paper_claim, [])
+                contexts = [c.get("context") for c in found]
+                repeated = len(set(contexts)) < len(contexts)  # several claims in one context: name each (e.g. its k)
+                cells.append("<br>".join(_short(c, repeated) for c in found) if found else "—")
+            lines.append(f"| {number} | `{name}` | {paper_claim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def provenance(folder: str, records: dict[str, dict[str, Any]]) -> str:
+    """Where a folder's reports come from: commits, the protocol, smoke runs."""
+    commits = sorted({r["versions"].get("commit", "unknown") for r in records.values()})
+    old = [name for name, r in records.items() if "decoders" not in r and name != "iwae-table"]
+    smoke = [name for name, r in records.items() if r.get("smoke_run") or r["budget"]["name"] == "tiny"]
+    seeds = sorted({r.get("seed") for r in records.values()}, key=str)
+    text = (f"`{folder}` ({label(records)}; seed {', '.join(map(str, seeds))}): {len(records)} report(s) from "
+            f"{len(commits)} commit(s) ({', '.join(c[:12] for c in commits)})")
+    if old:
+        text += (f"; **{len(old)} predate the per-decoder log p(x) and the seeded-AIS fix** ({', '.join(old)}): their verdicts are "
+                 "to be read with that caution until they are rerun")
+    if smoke:
+        text += "; **a smoke run (`--budget tiny`): its numbers mean nothing**"
+    return text + "."
+
+
+def main_tables(folders: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Experiment 1's table of every folder that has it."""
+    from .gaps_by_family import main_table
+
+    parts = []
+    for folder, records in folders.items():
+        if "gaps-by-family" in records:
+            header, rows = main_table(records["gaps-by-family"]["results"])
+            parts.append(f"**{label(records)}** (`{folder}`):\n\n" + "\n".join(
+                ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]))
+    return "\n\n".join(parts)
+
+
+def render(folders: list[str], experiments: list[str]) -> dict[str, str]:
+    """The generated blocks, by name (:data:`BLOCKS`)."""
+    loaded = {folder: load_folder(folder, experiments) for folder in folders}
+    verdicts = verdict_table(loaded, experiments) + "\n\n" + "\n".join(f"- {provenance(f, r)}" for f, r in loaded.items())
+    note = ("Generated by `python -m benchmarks.reproduce report " + " ".join(folders) + "` from the committed JSON; "
+            "✅ holds, ❌ fails, 〰 within noise; each cell: context, the two means, and their paired difference ± its standard error.")
+    return {"verdicts": note + "\n\n" + verdicts, "main": main_tables(loaded)}
+
+
+def marker(name: str, end: bool = False) -> str:
+    return f"<!-- reproduce:{name}:{'end' if end else 'begin'} -->"
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with every generated block it marks replaced; a file without a pair of markers for a block is left alone there."""
+    for name, body in blocks.items():
+        pattern = re.compile(re.escape(marker(name)) + r".*?" + re.escape(marker(name, end=True)), re.S)
+        replacement = f"{marker(name)}\n{body}\n{marker(name, end=True)}"
+        text = pattern.sub(lambda _, r=replacement: r, text)
+    return text
+
+
+def write(paths: list[str], blocks: dict[str, str]) -> list[str]:
+    """Replace the marked blocks of each file in ``paths``; the files that changed."""
+    from inference.io import atomic_write_text
+
+    changed = []
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        if marker("verdicts") not in text and marker("main") not in text:
+            raise ValueError(f"{path!r} marks no generated block: put {marker('verdicts')} ... {marker('verdicts', end=True)} where it goes")
+        new = replace_blocks(text, blocks)
+        if new != text:
+            atomic_write_text(path, new)
+            changed.append(path)
+    return changed
