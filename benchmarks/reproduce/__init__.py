@@ -2,7 +2,9 @@
 
 Cremer, Li & Duvenaud (2018), ICML; beyond the paper, semi-amortized inference (Kim et al. 2018),
 posterior-collapse remedies (Bowman et al. 2016; Kingma et al. 2016; Higgins et al. 2017) and the
-IWAE table (Burda, Grosse & Salakhutdinov 2016). One module per experiment (:data:`EXPERIMENTS`),
+IWAE table (Burda, Grosse & Salakhutdinov 2016); from the paper's reference code, the gaps as the decoder
+grows with the encoder fixed (10, ``decoder-sizes``) and q* started from the prior against from the encoder
+(11, ``qstar-start``). One module per experiment (:data:`EXPERIMENTS`),
 each a function ``run(runner) -> Report`` over a shared :class:`benchmarks.reproduce.runner.Runner`;
 each writes ``EXPERIMENT.json`` (every number with its standard error, per-datapoint values, the
 budget, the configuration, the versions), ``EXPERIMENT.md`` (the tables and the verdict on each
@@ -43,7 +45,8 @@ from .budget import BUDGETS, budget_for
 from .log_px import decoder_section
 from .runner import Runner, versions
 
-#: Experiment name -> module of this package, in the paper's order (9: the IWAE table).
+#: Experiment name -> module of this package, in the paper's order (9: the IWAE table; 10 and 11: the reference code's
+#: decoder sizes and where q* starts).
 EXPERIMENTS = {
     "gaps-by-family": "gaps_by_family",
     "encoder-capacity": "encoder_capacity",
@@ -54,6 +57,8 @@ EXPERIMENTS = {
     "semi-amortized": "semi_amortized",
     "collapse": "collapse",
     "iwae-table": "iwae_table",
+    "decoder-sizes": "decoder_sizes",
+    "qstar-start": "qstar_start",
 }
 
 

@@ -85,6 +85,10 @@ class Budget:
     iwae_rows: tuple[tuple[str, str, int, int], ...] = (("vae", "elbo", 1, 300), ("vae", "iwae", 5, 300))
     curve_every: int = 10  #: learning-curve point every this many epochs
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # experiments 10 and 11 (decoder sizes, q* start)
+    #: experiment 10's decoders, smallest first ([] is a linear decoder), each with the budget's encoder (``hidden``);
+    #: the reference code's are 0, 2 and 4 hidden layers of 200 units (experiment 11 needs no field of its own)
+    decoder_sizes: tuple[tuple[int, ...], ...] = ((), (200, 200), (200, 200, 200, 200))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,6 +103,7 @@ _DIGITS_CPU = Budget(
     local_patience=5, local_max_steps=3000, snapshot_every=20, overfit_points=200, overfit_epochs=3000, posterior_epochs=300, sa_steps=(1,), sa_epochs=300,
     collapse_epochs=100, free_bits=(0.0, 2.0, 5.0), free_bits_dim=(0.04, 0.1), collapse_warmup=(0.0, 10.0), curve_every=10,
     iwae_rows=(("vae", "elbo", 1, 300), ("vae", "iwae", 5, 300)),
+    decoder_sizes=((), (200, 200), (200, 200, 200, 200)),
 )
 _MNIST_CPU = Budget(
     "cpu", "mnist", epochs=60, num_points=50, log_px_samples=2000, elbo_samples=500, ais_chains=16, ais_steps=300, ais_leapfrog=5,
@@ -109,6 +114,7 @@ _MNIST_CPU = Budget(
     # measured on 2 cores through our loop (batch 100): 6.5 s per epoch with K = 1, 15.8 s with K = 5, so 90 minutes are
     # about 800 and 330 epochs
     iwae_rows=(("vae", "elbo", 1, 800), ("vae", "iwae", 5, 330)),
+    decoder_sizes=((), (200, 200), (200, 200, 200, 200)),
 )
 _FULL = {
     dataset: Budget(
@@ -118,6 +124,7 @@ _FULL = {
         iwae_rows=(("vae", "elbo", 1, 3280), ("vae", "iwae", 5, 3280), ("vae", "iwae", 50, 3280), ("hvae", "elbo", 1, 3280),
                    ("hvae", "iwae", 50, 3280)),
         curve_every=100,
+        decoder_sizes=((), (200, 200), (200, 200, 200, 200)),
     )
     for dataset in ("digits", "mnist")
 }
@@ -130,6 +137,7 @@ _TINY = Budget(
     grid_points=64, grid_bound=6.0, refine_steps=(1, 2), sa_steps=(1,), sa_epochs=1, collapse_epochs=1, betas=(0.5, 1.0), free_bits=(0.0, 0.5),
     free_bits_dim=(0.25,),
     collapse_warmup=(0.0,), iwae_rows=(("vae", "elbo", 1, 1), ("vae", "iwae", 2, 1)), iwae_test_points=8, curve_every=1,
+    decoder_sizes=((), (8,)),
 )
 
 

@@ -1,6 +1,7 @@
 """Every reproduction experiment end to end on digits at the tiny budget: files, figure panels, verdicts, resume, bad input."""
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.slow  # trains every experiment's models (tiny ones)
 #: The panels (axes) each experiment's figures must have, by file.
 PANELS = {
     "encoder-capacity.png": 2, "gaps-over-training.png": 6, "posterior-2d.png": 16, "collapse.png": 6, "iwae-table-curves.png": 2,
+    "decoder-sizes.png": 3,
 }
 
 
@@ -35,7 +37,7 @@ def tiny_run(tmp_path_factory):
 
     patch = pytest.MonkeyPatch()
     for module in ("benchmarks.report", "benchmarks.reproduce.encoder_capacity", "benchmarks.reproduce.gaps_over_training",
-                   "benchmarks.reproduce.posterior_2d", "benchmarks.reproduce.collapse"):
+                   "benchmarks.reproduce.posterior_2d", "benchmarks.reproduce.collapse", "benchmarks.reproduce.decoder_sizes"):
         patch.setattr(f"{module}.save_figure", recording)
     code = reproduce.cli(["all", "--budget", "tiny", "--out", str(out), "--no-progress"])
     patch.undo()
@@ -100,6 +102,55 @@ def test_experiments_on_one_decoder_and_one_set_of_points_share_one_log_px(tiny_
         markdown = (out / f"{name}.md").read_text()
         assert "### log p(x), one per decoder" in markdown and "BDMC upper − lower" in markdown
         assert "No L[q*] lies above its decoder's log p(x)" in markdown or "⚠" in markdown
+
+
+def test_the_decoder_sizes_share_the_encoder_and_the_points_and_judge_smallest_against_largest(tiny_run):
+    out, drawn = tiny_run
+    budget = budget_for("tiny", "digits")
+    with open(out / "decoder-sizes.json") as f:
+        record = json.load(f)
+    models = record["results"]["models"]
+    assert list(models) == ["linear", "8"] and [m["decoder"] for m in models.values()] == [list(s) for s in budget.decoder_sizes]
+    assert models["8"]["model"] == "vae-ffg"  # the budget's own decoder: experiment 1's FFG model, trained once
+    assert record["models"]["vae-ffg-declinear"]["model"]["encoder_hidden"] == list(budget.hidden)
+    assert record["models"]["vae-ffg-declinear"]["model"]["hidden"] == []
+    assert record["models"]["vae-ffg-declinear"]["train"] == record["models"]["vae-ffg"]["train"]  # same seed and options
+    assert models["linear"]["decoder_parameters"] < models["8"]["decoder_parameters"]
+    for m in models.values():
+        for split in ("train", "test"):
+            s = m["splits"][split]
+            assert len(s["per_point"]["log_px"]) == budget.num_points and s["local"]["family"] == "ffg"
+    claims = record["claims"]
+    assert [c["context"] for c in claims] == ["train"] * 3 + ["test"] * 3
+    assert all(c["status"] in VERDICTS for c in claims)
+    assert claims[0]["claim"] == "log p(x), decoder 8 > decoder linear"
+    assert drawn["decoder-sizes.png"] == ["gaps, train points", "gaps, test points", "log p(x) (IWAE)"]
+
+
+def test_q_star_from_each_start_shares_experiment_ones_log_px_and_records_steps(tiny_run):
+    out, _ = tiny_run
+    budget = budget_for("tiny", "digits")
+    with open(out / "qstar-start.json") as f:
+        record = json.load(f)
+    with open(out / "gaps-by-family.json") as f:
+        main = json.load(f)["results"]["ffg"]["splits"]
+    assert record["results"]["model"] == "vae-ffg"
+    for split in ("train", "test"):
+        entry = record["results"]["splits"][split]
+        log_px = torch.tensor(main[split]["per_point"]["log_px"])
+        assert entry["log_px"] == main[split]["quantities"]["log_px"]
+        for start in ("encoder", "prior"):
+            fit = entry["starts"][start]
+            assert len(fit["per_point"]["elbo"]) == budget.num_points
+            assert all(1 <= n <= budget.local_max_steps for n in fit["per_point"]["steps"])
+            gap = (log_px - torch.tensor(fit["per_point"]["elbo"])).mean()
+            assert abs(float(gap) - fit["approximation_gap"]["mean"]) < 1e-6
+            assert 0 <= fit["converged_fraction"] <= 1
+    claims = record["claims"]
+    assert [(c["paper_claim"], c["context"]) for c in claims] == [
+        ("the approximation gap does not depend on q*'s start", "train"), ("starting q* at the encoder takes fewer steps", "train"),
+        ("the approximation gap does not depend on q*'s start", "test"), ("starting q* at the encoder takes fewer steps", "test")]
+    assert claims[0]["margin"] is not None and claims[0]["margin"] >= 0.05 and all(c["status"] in VERDICTS for c in claims)
 
 
 def test_the_grid_log_marginal_agrees_with_the_iwae_estimate(tiny_run):
@@ -214,3 +265,88 @@ def test_the_zoom_resolves_a_narrow_posterior_whose_coordinates_lie_far_apart_an
     assert all(bool((g.cells_per_sd() >= 4).all()) for g in zoomed)
     with pytest.raises(GridTooCoarse, match="datapoint 0: the zoom ended after 1 rounds without resolving its posterior"):
         zoomed_grids(model, guide, x, coarse, 50, 2**22, rounds=1)
+
+
+def test_q_star_from_the_prior_and_from_the_encoder_both_reach_ppcas_closed_form_best_ffg():
+    """PPCA's best FFG is known in closed form: both starts must reach its ELBO, and the equivalence claim must hold."""
+    from benchmarks.reproduce.qstar_start import q_star_from_each_start, start_claims
+    from inference.local import AdamOptions, LocalOptions, StoppingRule
+    from tests.oracles import make_ppca, sample_ppca
+
+    model, guide = make_ppca()
+    x = sample_ppca(model, 8)
+    options = LocalOptions(num_samples=50, adam=AdamOptions(lr=5e-2), rule=StoppingRule(window=30, patience=3, max_steps=5_000))
+    fits = q_star_from_each_start(model, guide, x, options, eval_samples=4000, seed=3)
+    with torch.no_grad():
+        log_px = model.log_px(x).double()
+        best = log_px - model.approximation_gap(x).double()
+    for start in ("encoder", "prior"):
+        value, se = torch.tensor(fits[start]["elbo"]), torch.tensor(fits[start]["elbo_se"])
+        diff = value - best
+        assert (diff < 3 * se + 1e-3).all(), (start, diff, se)  # an optimum: never above it beyond noise
+        assert diff.mean() > -0.02, (start, diff)  # and reached
+        assert all(fits[start]["converged"])
+    report = Report("x", "x", {})
+    verdicts = start_claims(report, log_px, fits, "ppca")
+    assert verdicts["same_gap"]["status"] == "holds", verdicts["same_gap"]["text"]
+    assert verdicts["steps"]["a"] == sum(fits["prior"]["steps"]) / len(x) and verdicts["steps"]["b"] == sum(fits["encoder"]["steps"]) / len(x)
+
+
+def test_each_start_is_the_one_it_names():
+    """One step of negligible size: L[q*] from the prior is the standard normal's ELBO, from the encoder q's own."""
+    from benchmarks.reproduce.qstar_start import q_star_from_each_start
+    from inference.estimators import elbo
+    from inference.local import AdamOptions, LocalOptions, StoppingRule
+    from tests.oracles import make_ppca, sample_ppca, standard_normal_guide
+
+    model, guide = make_ppca()
+    x = sample_ppca(model, 6)
+    options = LocalOptions(num_samples=2, adam=AdamOptions(lr=1e-9), rule=StoppingRule(window=1, patience=1, max_steps=1))
+    fits = q_star_from_each_start(model, guide, x, options, eval_samples=20_000, seed=0)
+    for start, q in (("prior", standard_normal_guide), ("encoder", guide)):
+        expected = elbo(model, q, x, 20_000, seed=1)
+        gap = torch.tensor(fits[start]["elbo"]) - expected.value
+        assert (gap.abs() < 4 * (expected.stderr**2 + torch.tensor(fits[start]["elbo_se"]) ** 2).sqrt()).all(), (start, gap)
+        assert fits[start]["steps"] == [1] * len(x)
+    assert (torch.tensor(fits["prior"]["elbo"]) - torch.tensor(fits["encoder"]["elbo"])).abs().max() > 1.0  # the starts differ
+
+
+def _decoder_summary(log_px, approximation, amortization):
+    per = {"log_px": log_px, "approximation_gap": approximation, "amortization_gap": amortization}
+    return {"local": {"family": "ffg"}, "per_point": {k: [float(v) for v in vs] for k, vs in per.items()}}
+
+
+def test_the_decoder_claims_compare_the_largest_decoder_with_the_smallest_in_the_stated_directions():
+    from benchmarks.reproduce.decoder_sizes import decoder_claims
+
+    g = torch.Generator().manual_seed(0)
+    base = -60 + torch.randn(30, generator=g)
+    noise = lambda: 0.01 * torch.randn(30, generator=g)  # noqa: E731
+    small = _decoder_summary(base, 2.0 + noise(), 1.0 + noise())
+    large = _decoder_summary(base + 1.0, 1.0 + noise(), 2.0 + noise())  # fits better, approximation gap down, amortization up
+    report = Report("x", "x", {})
+    decoder_claims(report, {"linear": {"splits": {"train": small, "test": small}}, "200": {"splits": {"train": large, "test": large}}},
+                   ["linear", "200"])
+    assert [c["status"] for c in report.claims] == ["holds"] * 6
+    report = Report("x", "x", {})  # the decoders swapped: every claim must fail
+    decoder_claims(report, {"linear": {"splits": {"train": large, "test": large}}, "200": {"splits": {"train": small, "test": small}}},
+                   ["linear", "200"])
+    assert [c["status"] for c in report.claims] == ["fails"] * 6
+
+
+def test_every_decoder_gets_the_budgets_encoder_and_training_and_the_budgets_own_decoder_is_experiment_ones_model(tmp_path):
+    import argparse
+
+    from benchmarks.reproduce.decoder_sizes import decoder_vae
+    from benchmarks.reproduce.runner import Runner
+
+    budget = dataclasses.replace(budget_for("tiny", "digits"), hidden=(8, 8))
+    runner = Runner(argparse.Namespace(device="cpu", seed=4, progress=False), budget, str(tmp_path))
+    calls = []
+    runner.train = lambda name, cfg, train, **kw: calls.append((name, cfg, train)) or (None, None, {})
+    for sizes in ((), (8, 8), (16, 16, 16)):
+        decoder_vae(runner, sizes)
+    assert [c[0] for c in calls] == ["vae-ffg-declinear", "vae-ffg", "vae-ffg-dec16-16-16"]
+    assert [c[1]["hidden"] for c in calls] == [[], [8, 8], [16, 16, 16]]
+    assert all(c[1]["encoder_hidden"] == [8, 8] and c[1]["guide"] == "ffg" for c in calls)
+    assert len({repr(c[2]) for c in calls}) == 1 and calls[0][2].seed == 4
