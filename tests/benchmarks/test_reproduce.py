@@ -91,8 +91,9 @@ def test_experiments_on_one_decoder_and_one_set_of_points_share_one_log_px(tiny_
             assert s["per_point"]["log_px"] == main["per_point"]["log_px"]
             assert s["log_px"]["decoder"]["candidates"] == main["log_px"]["decoder"]["candidates"]
         decoder = main["log_px"]["decoder"]
-        # experiment 1's evaluation and the four encoders' on the frozen decoder (2's linear FFG encoder is 3's, trained once)
-        assert len(decoder["candidates"]) == 5 and len(decoder["models"]) == 5
+        # experiment 1's evaluation, the four encoders' on the frozen decoder (2's linear FFG encoder is 3's, trained once) and
+        # experiment 10's evaluation of the same model with q*_FFG alone (its decoder of the budget's size is experiment 1's)
+        assert len(decoder["candidates"]) == 6 and len(decoder["models"]) == 5
         assert main["log_px"]["method"] in ("ais", "iwae") and set(main["log_px"]["estimates"]) == {"ais", "iwae"}
         assert decoder["ais"]["steps"] in (4, 8) and decoder["bdmc"]["points"] == 2
         joint = records["encoder-capacity"]["results"]["protocols"]["joint"]
