@@ -2,8 +2,10 @@
 
 ``python -m benchmarks.reproduce report DIR [DIR ...]`` prints, from each folder's ``EXPERIMENT.json``:
 
-* the **verdict table**: one row per claim of every experiment, one column per folder (dataset and
-  budget), each cell the computed verdicts with their contexts and paired differences;
+* the **verdict table**: one row per claim of every experiment, one column per dataset and budget,
+  each cell the computed verdicts with their contexts and paired differences; folders of the same
+  dataset and budget with different seeds (retrainings) form one column, each claim judged across the
+  seeds (:func:`across_seeds`);
 * the **provenance** of each folder: the source commits its reports come from, and whether they
   predate this version of the protocol (the per-decoder log p(x), :mod:`benchmarks.reproduce.log_px`)
   or are a smoke run (``--budget tiny``) whose numbers mean nothing;
@@ -21,6 +23,8 @@ import json
 import os
 import re
 from typing import Any
+
+import torch
 
 from .report import VERDICT_MARK
 
@@ -60,29 +64,73 @@ def _claims_by_paper_claim(record: dict[str, Any]) -> dict[str, list[dict[str, A
     return out
 
 
+def columns(folders: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[dict[str, dict[str, Any]]]]:
+    """The folders grouped into columns: one per dataset and budget, each holding its runs (one per seed)."""
+    out: dict[str, list[dict[str, dict[str, Any]]]] = {}
+    for records in folders.values():
+        out.setdefault(label(records), []).append(records)
+    for name, runs in out.items():
+        seeds = [next(iter(r.values())).get("seed") for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"two result folders of {name} have the same seed {seeds}: give each column one run per seed")
+    return out
+
+
+def across_seeds(claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """One claim measured in several training runs (seeds): each run's verdict and paired difference, the mean difference
+    over the runs with its standard error over them (the spread between retrainings, which a run's own SE does not
+    cover), and the verdict across runs: *holds* (or *fails*) when it holds (fails) in every run, *mixed* otherwise."""
+    statuses = [c["status"] for c in claims]
+    diffs = torch.tensor([c["difference"]["mean"] for c in claims], dtype=torch.float64)
+    se = float(diffs.std() / len(diffs) ** 0.5) if len(diffs) > 1 else None
+    verdict = statuses[0] if len(set(statuses)) == 1 else "mixed"
+    return {"statuses": statuses, "mean": float(diffs.mean()), "se_between_seeds": se, "verdict": verdict}
+
+
+def _seeds_cell(found: list[list[dict[str, Any]]], named: bool) -> str:
+    """The cell of one claim over several runs: ``found[run]`` are that run's claims in the claim's contexts."""
+    keyed = [{(c.get("context"), c["claim"]): c for c in run} for run in found]
+    keys = list(dict.fromkeys(k for run in keyed for k in run))
+    parts = []
+    for key in keys:
+        per_run = [run[key] for run in keyed if key in run]
+        combined = across_seeds(per_run)
+        marks = "".join(VERDICT_MARK.get(s, s).split(" ")[0] for s in combined["statuses"])
+        held = sum(s == "holds" for s in combined["statuses"])
+        where = (f"{key[0]}: " if key[0] else "") + (f"{key[1]}: " if named else "")
+        spread = "" if combined["se_between_seeds"] is None else f" ± {combined['se_between_seeds']:.3f}"
+        parts.append(f"{marks} {where}{combined['mean']:+.3f}{spread} over {len(per_run)} seeds (holds in {held} of {len(per_run)}; "
+                     f"{combined['verdict']})")
+    return "<br>".join(parts)
+
+
 def verdict_table(folders: dict[str, dict[str, dict[str, Any]]], experiments: list[str]) -> str:
-    """The verdicts of every claim (rows) in every folder (columns)."""
-    labels = [label(records) for records in folders.values()]
-    lines = ["| # | experiment | claim | " + " | ".join(labels) + " |", "|---|---|---|" + "---|" * len(labels)]
+    """The verdicts of every claim (rows) in every dataset and budget (columns; several seeds of one are combined)."""
+    grouped = columns(folders)
+    lines = ["| # | experiment | claim | " + " | ".join(grouped) + " |", "|---|---|---|" + "---|" * len(grouped)]
     for number, name in enumerate(experiments, 1):
         claims: dict[str, None] = {}
-        for records in folders.values():
-            if name in records:
-                claims.update(dict.fromkeys(_claims_by_paper_claim(records[name])))
+        for runs in grouped.values():
+            for records in runs:
+                if name in records:
+                    claims.update(dict.fromkeys(_claims_by_paper_claim(records[name])))
         if not claims:
-            cells = ["no verdict (a figure or table only)" if name in records else "not run" for records in folders.values()]
+            cells = ["no verdict (a figure or table only)" if any(name in r for r in runs) else "not run" for runs in grouped.values()]
             lines.append(f"| {number} | `{name}` | — | " + " | ".join(cells) + " |")
             continue
         for paper_claim in claims:
             cells = []
-            for records in folders.values():
-                if name not in records:
+            for runs in grouped.values():
+                found = [_claims_by_paper_claim(r[name]).get(paper_claim, []) for r in runs if name in r]
+                if not found:
                     cells.append("not run")
                     continue
-                found = _claims_by_paper_claim(records[name]).get(paper_claim, [])
-                contexts = [c.get("context") for c in found]
+                contexts = [c.get("context") for c in found[0]]
                 repeated = len(set(contexts)) < len(contexts)  # several claims in one context: name each (e.g. its k)
-                cells.append("<br>".join(_short(c, repeated) for c in found) if found else "—")
+                if len(found) > 1:
+                    cells.append(_seeds_cell(found, repeated) or "—")
+                else:
+                    cells.append("<br>".join(_short(c, repeated) for c in found[0]) if found[0] else "—")
             lines.append(f"| {number} | `{name}` | {paper_claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -100,7 +148,7 @@ def provenance(folder: str, records: dict[str, dict[str, Any]]) -> str:
                  "to be read with that caution until they are rerun")
     if smoke:
         text += "; **a smoke run (`--budget tiny`): its numbers mean nothing**"
-    return text + "."
+    return text + "; each of its verdicts is conditional on this one training run per model."
 
 
 def main_tables(folders: dict[str, dict[str, dict[str, Any]]]) -> str:
@@ -121,7 +169,9 @@ def render(folders: list[str], experiments: list[str]) -> dict[str, str]:
     loaded = {folder: load_folder(folder, experiments) for folder in folders}
     verdicts = verdict_table(loaded, experiments) + "\n\n" + "\n".join(f"- {provenance(f, r)}" for f, r in loaded.items())
     note = ("Generated by `python -m benchmarks.reproduce report " + " ".join(folders) + "` from the committed JSON; "
-            "✅ holds, ❌ fails, 〰 within noise; each cell: context, the two means, and their paired difference ± its standard error.")
+            "✅ holds, ❌ fails, 〰 within noise; each cell: context, the two means, and their paired difference ± its standard error "
+            "over the points. Where a column combines several seeds (retrainings), a cell gives each seed's verdict, the mean "
+            "difference over the seeds ± its standard error over them, and holds (fails) only if it holds (fails) in every seed.")
     return {"verdicts": note + "\n\n" + verdicts, "main": main_tables(loaded)}
 
 

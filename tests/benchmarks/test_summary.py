@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 from benchmarks import reproduce
 from benchmarks.reproduce import summary
@@ -82,3 +83,33 @@ def test_a_run_of_the_current_protocol_comes_from_commits_that_agree_on_the_esti
         assert not any(c.endswith("+changes") for c in commits), (folder, commits)
         for other in commits[1:]:
             assert _changed_between(commits[0], other) == [], (folder, commits[0], other)
+
+
+def _record(seed: int, diffs: list[float], statuses: list[str]) -> dict:
+    claims = [{"claim": "amortization gap > approximation gap", "paper_claim": "the amortization gap is the larger part", "context": ctx,
+               "status": st, "a": 1.0 + d, "b": 1.0, "difference": {"mean": d, "se": 0.01, "n": 50}}
+              for ctx, d, st in zip(("train", "test"), diffs, statuses)]
+    return {"experiment": "gaps-by-family", "claims": claims, "budget": {"dataset": "digits", "name": "cpu"}, "seed": seed,
+            "versions": {"commit": "c" * 40}, "decoders": {}, "results": {}}
+
+
+def test_runs_of_several_seeds_form_one_column_judged_across_them(tmp_path):
+    folders = []
+    for seed, diffs, statuses in ((0, [0.3, 0.1], ["holds", "holds"]), (1, [0.2, -0.1], ["holds", "fails"]), (2, [0.4, 0.05], ["holds", "within noise"])):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        (folder / "gaps-by-family.json").write_text(json.dumps(_record(seed, diffs, statuses)))
+        folders.append(str(folder))
+    table = summary.verdict_table({f: summary.load_folder(f, ["gaps-by-family"]) for f in folders}, ["gaps-by-family"])
+    header, _, row = table.splitlines()
+    assert header.count("digits, cpu budget") == 1  # one column for the three seeds
+    train, test = row.split(" | ")[-1].rstrip(" |").split("<br>")
+    se = float(torch.tensor([0.3, 0.2, 0.4], dtype=torch.float64).std()) / 3**0.5
+    assert train == f"✅✅✅ train: +0.300 ± {se:.3f} over 3 seeds (holds in 3 of 3; holds)"
+    assert test.startswith("✅❌〰 test: +0.017 ± ") and test.endswith("over 3 seeds (holds in 1 of 3; mixed)")
+    assert summary.across_seeds([{"status": "fails", "difference": {"mean": -1.0}}] * 2)["verdict"] == "fails"
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "gaps-by-family.json").write_text(json.dumps(_record(0, [0.1, 0.1], ["holds", "holds"])))
+    with pytest.raises(ValueError, match="the same seed"):
+        summary.verdict_table({f: summary.load_folder(f, ["gaps-by-family"]) for f in [folders[0], str(twin)]}, ["gaps-by-family"])
