@@ -102,6 +102,7 @@ def make_parser() -> Parser:
     p.option(train, "--svi-lr", type=float, preset=1.0, help="the refinement step size of the sa-vae runs")
     p.option(train, "--svi-momentum", type=float, preset=0.5, help="the refinement momentum of the sa-vae runs")
     p.option(train, "--svi-clip", choices=CLIPS, preset="batch", help="the sa-vae runs' refinement clipping: per tensor over the batch, or per datapoint")
+    p.option(train, "--svi-max-grad-norm", type=float, preset=5.0, help="the norm the sa-vae runs' refinement gradients are clipped to")
     p.option(train, "--svi-reduction", choices=REDUCTIONS, preset="mean", help="the sa-vae runs' refinement ascends the batch's mean ELBO or its sum")
     p.option(train, "--svi-analytic-kl", type=yes_no, preset=True, help="the sa-vae runs' closed-form KL terms where known")
     p.option(train, "--decoder-through-refinement", type=yes_no, preset=True, help="the sa-vae runs' decoder gradient through the refinement")
@@ -175,6 +176,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
     train = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                         kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed, beta=args.beta, free_bits=args.free_bits,
                         svi_steps=args.svi_steps, svi_lr=args.svi_lr, svi_momentum=args.svi_momentum, svi_clip=args.svi_clip,
+                        svi_max_grad_norm=args.svi_max_grad_norm,
                         svi_reduction=args.svi_reduction, svi_analytic_kl=args.svi_analytic_kl,
                         decoder_through_refinement=args.decoder_through_refinement, max_grad_norm=args.max_grad_norm)
     for key, value in train.params().items():  # each run takes its own objective's parameters; one no run takes is refused

@@ -65,7 +65,7 @@ ARCHITECTURE = option_names()
 MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", *ARCHITECTURE)
 #: Options of TrainOptions that the command line sets (with --checkpoint they come from the checkpoint).
 TRAIN_CONFIG_OPTIONS = ("objective", "num_particles", "epochs", "batch_size", "lr", "adam_eps", "lr_schedule", "kl_warmup_epochs", "warmup",
-                        "beta", "free_bits", "svi_steps", "svi_lr", "svi_momentum", "svi_clip", "svi_reduction", "svi_analytic_kl",
+                        "beta", "free_bits", "svi_steps", "svi_lr", "svi_momentum", "svi_clip", "svi_max_grad_norm", "svi_reduction", "svi_analytic_kl",
                         "decoder_through_refinement", "max_grad_norm")
 TRAIN_OPTIONS = (*TRAIN_CONFIG_OPTIONS, "resume")
 
@@ -109,8 +109,9 @@ def make_parser() -> Parser:
     train.add_argument("--svi-steps", type=int, default=None, help="objective sa-vae: refinement steps k per datapoint (default: 0, the ELBO)")
     train.add_argument("--svi-lr", type=float, default=None, help="objective sa-vae: refinement step size (default: 1)")
     train.add_argument("--svi-momentum", type=float, default=None, help="objective sa-vae: refinement momentum (default: 0.5)")
-    train.add_argument("--svi-clip", choices=CLIPS, default=None, help="objective sa-vae: refinement gradients clipped to norm 5 per "
+    train.add_argument("--svi-clip", choices=CLIPS, default=None, help="objective sa-vae: refinement gradients clipped per "
                        "tensor over the batch (batch, default) or per datapoint")
+    train.add_argument("--svi-max-grad-norm", type=float, default=None, help="objective sa-vae: the norm refinement gradients are clipped to (default: 5)")
     train.add_argument("--svi-reduction", choices=REDUCTIONS, default=None, help="objective sa-vae: the refinement ascends the batch's "
                        "mean ELBO (mean, default, Kim et al.'s code) or its sum")
     train.add_argument("--svi-analytic-kl", type=yes_no, default=None, help="objective sa-vae: closed-form KL terms where known (default: true)")

@@ -74,6 +74,7 @@ class TrainOptions:
     svi_lr: float = 1.0  #: the refinement step size of objective "sa-vae"
     svi_momentum: float = 0.5  #: objective "sa-vae": the refinement's momentum (v <- mu v + g; lambda <- lambda + lr v)
     svi_clip: str = "batch"  #: objective "sa-vae": refinement gradients clipped per tensor over the batch, or per datapoint
+    svi_max_grad_norm: float = 5.0  #: objective "sa-vae": the norm the refinement's gradients are clipped to
     svi_reduction: str = "mean"  #: objective "sa-vae": the refinement ascends the batch's mean ELBO (Kim et al.'s code) or its sum
     svi_analytic_kl: bool = True  #: objective "sa-vae": closed-form KL terms where torch has them (Kim et al.'s code)
     decoder_through_refinement: bool = True  #: objective "sa-vae": the decoder's gradient through the refinement steps
@@ -85,6 +86,7 @@ class TrainOptions:
         nonnegative_number(self.free_bits, "free_bits")  # whether the objective takes them: make_loss (a base config may hold them)
         nonnegative_int(self.svi_steps, "svi_steps")
         positive_number(self.svi_lr, "svi_lr")
+        positive_number(self.svi_max_grad_norm, "svi_max_grad_norm")
         check_inner_optimizer(self.svi_momentum, self.svi_clip, self.svi_reduction, self.svi_analytic_kl, self.decoder_through_refinement)
         nonnegative_number(self.max_grad_norm, "max_grad_norm")
         if self.lr_schedule not in LR_SCHEDULES:
