@@ -43,6 +43,7 @@ from benchmarks.options import (
     preset_applies,
     run_cli,
     run_info,
+    yes_no,
 )
 from benchmarks.outdir import OutputFolder
 from benchmarks.report import compare_markdown, compare_plot
@@ -50,6 +51,7 @@ from inference.compare import CompareOptions, compare_objectives
 from inference.diagnostics import ACTIVE_THRESHOLD
 from inference.distributed import launched_world_size
 from inference.objectives import PARAMETERS, TRAINING_OBJECTIVES, get_objective, objectives_taking
+from inference.objectives.semi_amortized import CLIPS, REDUCTIONS
 from inference.training import DEVICES, LR_SCHEDULES, TrainOptions, resolve_device
 from inference.validation import positive_int
 from inference.validation import seed as check_seed
@@ -98,6 +100,13 @@ def make_parser() -> Parser:
     p.option(train, "--free-bits", type=float, preset=0.0, help="the per-site KL floor (nats) of the free-bits runs")
     p.option(train, "--svi-steps", type=int, preset=0, help="the refinement steps k of the sa-vae runs")
     p.option(train, "--svi-lr", type=float, preset=1.0, help="the refinement step size of the sa-vae runs")
+    p.option(train, "--svi-momentum", type=float, preset=0.5, help="the refinement momentum of the sa-vae runs")
+    p.option(train, "--svi-clip", choices=CLIPS, preset="batch", help="the sa-vae runs' refinement clipping: per tensor over the batch, or per datapoint")
+    p.option(train, "--svi-max-grad-norm", type=float, preset=5.0, help="the norm the sa-vae runs' refinement gradients are clipped to")
+    p.option(train, "--svi-reduction", choices=REDUCTIONS, preset="mean", help="the sa-vae runs' refinement ascends the batch's mean ELBO or its sum")
+    p.option(train, "--svi-analytic-kl", type=yes_no, preset=True, help="the sa-vae runs' closed-form KL terms where known")
+    p.option(train, "--decoder-through-refinement", type=yes_no, preset=True, help="the sa-vae runs' decoder gradient through the refinement")
+    p.option(train, "--max-grad-norm", type=float, preset=0.0, help="clip the gradient of all parameters to this norm (0: none)")
     train.add_argument("--resume", action="store_true", help="reuse finished runs in OUT/runs and continue unfinished ones")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out (without it, or --resume, such a folder is refused)")
     ev = p.add_argument_group("evaluation")
@@ -166,7 +175,10 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], T
         model_cfg = model_config(name, DATA_DIMS[data_cfg["dataset"]], likelihood, **overrides)
     train = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                         kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed, beta=args.beta, free_bits=args.free_bits,
-                        svi_steps=args.svi_steps, svi_lr=args.svi_lr)
+                        svi_steps=args.svi_steps, svi_lr=args.svi_lr, svi_momentum=args.svi_momentum, svi_clip=args.svi_clip,
+                        svi_max_grad_norm=args.svi_max_grad_norm,
+                        svi_reduction=args.svi_reduction, svi_analytic_kl=args.svi_analytic_kl,
+                        decoder_through_refinement=args.decoder_through_refinement, max_grad_norm=args.max_grad_norm)
     for key, value in train.params().items():  # each run takes its own objective's parameters; one no run takes is refused
         if value != PARAMETERS[key] and not any(key in get_objective(name).params for name in objectives):
             raise ValueError(f"--{key.replace('_', '-')} {value} applies to {', '.join(objectives_taking(key))}, which --objectives does not list")

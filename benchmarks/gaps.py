@@ -42,6 +42,7 @@ from benchmarks.options import (
     preset_applies,
     run_cli,
     run_info,
+    yes_no,
 )
 from benchmarks.outdir import OutputFolder, load_saved_block
 from benchmarks.report import gaps_markdown
@@ -53,6 +54,7 @@ from inference.io import atomic_torch_save, checksum, load_checkpoint
 from inference.local import LOCAL_INITS, AdamOptions, LocalOptions, StoppingRule
 from inference.memory import resolve_max_elements
 from inference.objectives import get_objective, objectives_help
+from inference.objectives.semi_amortized import CLIPS, REDUCTIONS
 from inference.sampling import set_seed
 from inference.training import CHECKPOINT_KEYS, DEVICES, LR_SCHEDULES, WARMUPS, TrainOptions, fit, load_trained, resolve_device
 from inference.validation import positive_int, positive_number
@@ -63,7 +65,8 @@ ARCHITECTURE = option_names()
 MODEL_OPTIONS = ("dataset", "model", "likelihood", "binarization", *ARCHITECTURE)
 #: Options of TrainOptions that the command line sets (with --checkpoint they come from the checkpoint).
 TRAIN_CONFIG_OPTIONS = ("objective", "num_particles", "epochs", "batch_size", "lr", "adam_eps", "lr_schedule", "kl_warmup_epochs", "warmup",
-                        "beta", "free_bits", "svi_steps", "svi_lr")
+                        "beta", "free_bits", "svi_steps", "svi_lr", "svi_momentum", "svi_clip", "svi_max_grad_norm", "svi_reduction", "svi_analytic_kl",
+                        "decoder_through_refinement", "max_grad_norm")
 TRAIN_OPTIONS = (*TRAIN_CONFIG_OPTIONS, "resume")
 
 
@@ -105,6 +108,16 @@ def make_parser() -> Parser:
     train.add_argument("--free-bits", type=float, default=None, help="objective free-bits: each latent site's KL floor in nats (default: 0, the ELBO)")
     train.add_argument("--svi-steps", type=int, default=None, help="objective sa-vae: refinement steps k per datapoint (default: 0, the ELBO)")
     train.add_argument("--svi-lr", type=float, default=None, help="objective sa-vae: refinement step size (default: 1)")
+    train.add_argument("--svi-momentum", type=float, default=None, help="objective sa-vae: refinement momentum (default: 0.5)")
+    train.add_argument("--svi-clip", choices=CLIPS, default=None, help="objective sa-vae: refinement gradients clipped per "
+                       "tensor over the batch (batch, default) or per datapoint")
+    train.add_argument("--svi-max-grad-norm", type=float, default=None, help="objective sa-vae: the norm refinement gradients are clipped to (default: 5)")
+    train.add_argument("--svi-reduction", choices=REDUCTIONS, default=None, help="objective sa-vae: the refinement ascends the batch's "
+                       "mean ELBO (mean, default, Kim et al.'s code) or its sum")
+    train.add_argument("--svi-analytic-kl", type=yes_no, default=None, help="objective sa-vae: closed-form KL terms where known (default: true)")
+    train.add_argument("--decoder-through-refinement", type=yes_no, default=None, help="objective sa-vae: the decoder's gradient "
+                       "through the refinement steps (default: true; false: at fixed refined parameters)")
+    train.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient of all parameters to this norm (default: 0, none)")
     train.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of training")
     train.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoints/last.ckpt, and the evaluation from the blocks of points saved in OUT/partial")
     ev = p.add_argument_group("evaluation")

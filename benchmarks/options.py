@@ -51,6 +51,14 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def yes_no(text: str) -> bool:
+    """Parse a boolean option's value: true/false, yes/no, 1/0 (an argparse type: a bad value is named in the error)."""
+    values = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.strip().lower() not in values:
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+    return values[text.strip().lower()]
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser with presettable defaults and a ``--protocol`` choice of presets."""
 

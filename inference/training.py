@@ -40,6 +40,7 @@ from ppl_models.registry import build_model
 from .distributed import TIMEOUT as dist_timeout
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, load_checkpoint
 from .objectives import PARAMETERS, get_objective, kl_weight, make_loss
+from .objectives.semi_amortized import check_inner_optimizer
 from .program import check_data, inspect_program
 from .validation import nonnegative_int, nonnegative_number, positive_int, positive_number
 from .validation import seed as check_seed
@@ -71,6 +72,13 @@ class TrainOptions:
     free_bits: float = 0.0  #: the per-site KL floor, in nats, of objective "free-bits" (Kingma et al. 2016)
     svi_steps: int = 0  #: the refinement steps k of objective "sa-vae" (Kim et al. 2018)
     svi_lr: float = 1.0  #: the refinement step size of objective "sa-vae"
+    svi_momentum: float = 0.5  #: objective "sa-vae": the refinement's momentum (v <- mu v + g; lambda <- lambda + lr v)
+    svi_clip: str = "batch"  #: objective "sa-vae": refinement gradients clipped per tensor over the batch, or per datapoint
+    svi_max_grad_norm: float = 5.0  #: objective "sa-vae": the norm the refinement's gradients are clipped to
+    svi_reduction: str = "mean"  #: objective "sa-vae": the refinement ascends the batch's mean ELBO (Kim et al.'s code) or its sum
+    svi_analytic_kl: bool = True  #: objective "sa-vae": closed-form KL terms where torch has them (Kim et al.'s code)
+    decoder_through_refinement: bool = True  #: objective "sa-vae": the decoder's gradient through the refinement steps
+    max_grad_norm: float = 0.0  #: clip the gradient of all trained parameters together to this norm before each step (0: none)
 
     def __post_init__(self) -> None:
         get_objective(self.objective).check_particles(self.objective, self.num_particles)
@@ -78,6 +86,9 @@ class TrainOptions:
         nonnegative_number(self.free_bits, "free_bits")  # whether the objective takes them: make_loss (a base config may hold them)
         nonnegative_int(self.svi_steps, "svi_steps")
         positive_number(self.svi_lr, "svi_lr")
+        positive_number(self.svi_max_grad_norm, "svi_max_grad_norm")
+        check_inner_optimizer(self.svi_momentum, self.svi_clip, self.svi_reduction, self.svi_analytic_kl, self.decoder_through_refinement)
+        nonnegative_number(self.max_grad_norm, "max_grad_norm")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         nonnegative_int(self.epochs, "epochs")
@@ -236,6 +247,8 @@ class SVIModule(nn.Module):
         optimizer = self._optimizer
         optimizer.zero_grad()
         self._fabric.backward(loss)
+        if self.config.max_grad_norm > 0:  # after backward: under DDP the gradients are already averaged over the ranks
+            torch.nn.utils.clip_grad_norm_([p for p in self._wrapped.parameters() if p.grad is not None], self.config.max_grad_norm)
         optimizer.step()
         self.global_step += 1
         self._loss_sum += loss.detach() * len(x)

@@ -15,7 +15,8 @@ The losses live in one module per family, as Pyro groups ``infer/mcmc/``:
 * :mod:`inference.objectives.kl_control` — the β-VAE and free-bits ELBOs (remedies for posterior collapse);
 * :mod:`inference.objectives.semi_amortized` — SA-VAE: the encoder's output refined by k SVI steps, trained through them.
 
-An objective may take parameters (:data:`PARAMETERS`: ``beta``, ``free_bits``, ``svi_steps``, ``svi_lr``), named in its
+An objective may take parameters (:data:`PARAMETERS`: ``beta``, ``free_bits``, and sa-vae's ``svi_steps``, ``svi_lr``,
+``svi_momentum``, ``svi_clip``, ``svi_max_grad_norm``, ``svi_reduction``, ``svi_analytic_kl``, ``decoder_through_refinement``), named in its
 entry's ``params``; they are :class:`inference.training.TrainOptions` fields, and an objective
 refuses a parameter it does not take when it is set to other than its default.
 
@@ -57,7 +58,11 @@ from .semi_amortized import SemiAmortizedELBO
 from .wake_sleep import RWS_VARIANTS, RWSLoss, WakeSleepLoss
 
 #: Objective parameters and their defaults (the value at which each objective that takes one is the plain ELBO).
-PARAMETERS: dict[str, float] = {"beta": 1.0, "free_bits": 0.0, "svi_steps": 0, "svi_lr": 1.0}
+PARAMETERS: dict[str, float | str | bool] = {
+    "beta": 1.0, "free_bits": 0.0, "svi_steps": 0, "svi_lr": 1.0,
+    # sa-vae's inner optimizer; the defaults are Kim et al.'s code's (inference.objectives.semi_amortized)
+    "svi_momentum": 0.5, "svi_clip": "batch", "svi_max_grad_norm": 5.0, "svi_reduction": "mean", "svi_analytic_kl": True, "decoder_through_refinement": True,
+}
 
 #: What an objective needs of the program pair.
 NEEDS = {
@@ -173,9 +178,14 @@ OBJECTIVES: dict[str, Objective] = {
         True, needs="reparameterized", params=("free_bits",),
     ),
     "sa-vae": Objective(
-        lambda model, guide, k, svi_steps=0, svi_lr=1.0: SemiAmortizedELBO(model, guide, k, svi_steps=svi_steps, svi_lr=svi_lr),
-        "semi-amortized: the encoder's output refined by k SGD steps on each datapoint's ELBO, trained through them (Kim et al. 2018; "
-        "--svi-steps k, 0 is the ELBO; --svi-lr)", True, needs="params", params=("svi_steps", "svi_lr"),
+        lambda model, guide, k, svi_steps=0, svi_lr=1.0, svi_momentum=0.5, svi_clip="batch", svi_max_grad_norm=5.0, svi_reduction="mean",
+        svi_analytic_kl=True, decoder_through_refinement=True: SemiAmortizedELBO(
+            model, guide, k, svi_steps=svi_steps, svi_lr=svi_lr, svi_momentum=svi_momentum, clip=svi_clip, max_grad_norm=svi_max_grad_norm,
+            reduction=svi_reduction, analytic_kl=svi_analytic_kl, decoder_through_refinement=decoder_through_refinement),
+        "semi-amortized: the encoder's output refined by k SGD steps with momentum on the batch's ELBO, the encoder and decoder "
+        "trained through them (Kim et al. 2018; --svi-steps k, 0 is the ELBO; --svi-lr, --svi-momentum, --svi-clip, --svi-max-grad-norm, --svi-reduction, "
+        "--svi-analytic-kl, --decoder-through-refinement)", True, needs="params",
+        params=("svi_steps", "svi_lr", "svi_momentum", "svi_clip", "svi_max_grad_norm", "svi_reduction", "svi_analytic_kl", "decoder_through_refinement"),
     ),
     "renyi": Objective(
         lambda model, guide, k: RenyiLoss(model, guide, k), "Pyro's RenyiELBO(alpha=0), for comparison: whole-batch weights with global latents (pyro 3104)", False,

@@ -31,10 +31,14 @@ from __future__ import annotations
 import pyro
 import torch
 from torch import nn
+from torch.distributions import kl_divergence
 
 from ..program import (
     SAMPLE_PLATE,
     ProgramInfo,
+    _check_unscaled,
+    _masked,
+    _within_datapoints,
     global_log_prob,
     inspect_without_randomness,
     per_datapoint_log_prob,
@@ -45,13 +49,23 @@ from ..sampling import global_share
 from ..validation import nonnegative_number, positive_number
 
 
-def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: int = 1, per_dimension: bool = False
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+def per_datapoint_kl(name: str, guide_site: dict, model_site: dict, info: ProgramInfo) -> torch.Tensor:
+    """The closed-form :math:`\\mathrm{KL}(q \\| p)` of one local site, given the values its distributions were built from,
+    summed within each datapoint: ``(S or 1, N or 1)``; ``NotImplementedError`` where torch knows no closed form for the pair."""
+    for site in (guide_site, model_site):
+        _check_unscaled(name, site)
+    return _within_datapoints(name, _masked(guide_site, kl_divergence(guide_site["fn"], model_site["fn"])), info, 0)
+
+
+def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: int = 1, per_dimension: bool = False,
+               analytic_kl: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     r"""The ELBO's terms from ``K = num_particles`` joint samples: per-datapoint reconstruction :math:`R_i` ``(B,)``, each
     local site's :math:`\mathrm{KL}_{g,i}` ``(B,)`` (``per_dimension``: ``(B, D)``, one per coordinate), and the global term
     :math:`\log p(\theta) - \log q(\theta)`, each averaged over K.
 
     :math:`\mathcal L_i = R_i - \sum_g \mathrm{KL}_{g,i}`; differentiable (pathwise) in the parameters of both programs.
+    ``analytic_kl``: each site's KL in closed form (:func:`per_datapoint_kl`, given the sampled values of the sites it
+    depends on) where torch knows one, else the sampled :math:`\log q - \log p`.
     """
     with pyro.plate(SAMPLE_PLATE, num_particles, dim=info.sample_dim):
         model_trace, guide_trace = trace_pair(model, guide, x)
@@ -60,7 +74,14 @@ def elbo_terms(model, guide, x: torch.Tensor, info: ProgramInfo, num_particles: 
     log_prob = per_dimension_log_prob if per_dimension else per_datapoint_log_prob  # (S, N, D) or (S, N)
     kl = {}
     for name in info.local_latents:
-        diff = log_prob(name, guide_trace.nodes[name], info) - log_prob(name, model_trace.nodes[name], info)
+        diff = None
+        if analytic_kl and not per_dimension:
+            try:
+                diff = per_datapoint_kl(name, guide_trace.nodes[name], model_trace.nodes[name], info)
+            except NotImplementedError:  # no closed form for this pair of distributions: the sampled difference
+                pass
+        if diff is None:
+            diff = log_prob(name, guide_trace.nodes[name], info) - log_prob(name, model_trace.nodes[name], info)
         kl[name] = diff.expand(num_particles, len(x), *diff.shape[2:]).mean(0)
     global_ = x.new_zeros(())
     for name in info.global_latents:

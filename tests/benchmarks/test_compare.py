@@ -125,6 +125,7 @@ def test_an_unknown_model_under_a_protocol_is_an_error_not_a_traceback(capsys):
     (["--snr-draws", "1"], "--snr-draws must be >= 2"),
     (["--objectives", "tracegraph", "--num-particles", "5"], "no (objective, K) pair"),
     (["--beta", "4"], "--beta 4.0 applies to beta-vae, which --objectives does not list"),
+    (["--svi-clip", "datapoint"], "--svi-clip datapoint applies to sa-vae, which --objectives does not list"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, extra, message):
     code, _ = run(tmp_path, *extra)

@@ -106,6 +106,9 @@ def test_resume_continues_a_run(tmp_path):
         (["--seed", "100000000000000000000000"], "--seed must be an integer from 0 to 4294967295, got 100000000000000000000000"),
         (["--local", ","], "--local ',' names no family"),
         (["--beta", "4"], "beta=4.0 applies to objective(s) beta-vae, not to 'elbo'"),
+        (["--svi-momentum", "0.9"], "svi_momentum=0.9 applies to objective(s) sa-vae, not to 'elbo'"),
+        (["--objective", "sa-vae", "--svi-momentum", "1"], "svi_momentum must be in [0, 1), got 1.0"),
+        (["--max-grad-norm", "-1"], "max_grad_norm must be a finite number >= 0, got -1.0"),
         (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
         (["--kl-warmup-epochs", "inf"], "kl_warmup_epochs must be a finite number >= 0, got inf"),
     ],
@@ -219,6 +222,18 @@ def test_layer_sizes_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         cli(["--model", "sbn", "--layers", "200,0"])
     assert "layer sizes must be positive" in capsys.readouterr().err
+
+
+def test_the_sa_vae_options_reach_the_training_options():
+    from benchmarks.gaps import parse, resolve
+
+    _, _, train, _ = resolve(parse(["--objective", "sa-vae", "--svi-steps", "3", "--svi-momentum", "0.25", "--svi-clip", "datapoint",
+                                    "--svi-max-grad-norm", "2", "--svi-reduction", "sum", "--svi-analytic-kl", "false",
+                                    "--decoder-through-refinement", "no", "--max-grad-norm", "5"]))
+    assert (train.svi_steps, train.svi_momentum, train.svi_clip, train.svi_max_grad_norm, train.svi_reduction, train.svi_analytic_kl,
+            train.decoder_through_refinement, train.max_grad_norm) == (3, 0.25, "datapoint", 2.0, "sum", False, False, 5.0)
+    _, _, default, _ = resolve(parse(["--objective", "sa-vae", "--svi-steps", "3"]))  # Kim et al.'s optimizer by default
+    assert (default.svi_momentum, default.svi_clip, default.svi_reduction, default.decoder_through_refinement) == (0.5, "batch", "mean", True)
 
 
 def test_cremer_protocol_follows_the_reference_code_and_takes_overrides():

@@ -109,7 +109,9 @@ def test_parameters_go_only_to_the_objectives_that_take_them():
         TrainOptions(objective="beta-vae", beta=0.0)
     with pytest.raises(ValueError, match="free_bits must be a finite number >= 0"):
         TrainOptions(objective="free-bits", free_bits=-1.0)
-    assert TrainOptions(objective="beta-vae", beta=4.0).params() == {"beta": 4.0, "free_bits": 0.0, "svi_steps": 0, "svi_lr": 1.0}
+    assert TrainOptions(objective="beta-vae", beta=4.0).params() == {
+        "beta": 4.0, "free_bits": 0.0, "svi_steps": 0, "svi_lr": 1.0, "svi_momentum": 0.5, "svi_clip": "batch", "svi_max_grad_norm": 5.0, "svi_reduction": "mean",
+        "svi_analytic_kl": True, "decoder_through_refinement": True}
 
 
 def test_free_bits_per_dimension_floor_each_units_batch_mean_kl_and_cut_only_its_gradient():
