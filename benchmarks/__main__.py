@@ -18,6 +18,7 @@ COMMANDS = {
     "reproduce": "Cremer et al. (2018) reproduced and extended, one experiment per name (and the IWAE table)",
     "sweep": "one benchmark over a grid of options, one table and one figure",
     "gpu_check": "one command that checks the toolkit on a GPU (or, --device cpu --tiny, on a CPU)",
+    "savae_step_size": "why the SA-VAE's refinement step size is what it is: curvature and shares closed per k",
 }
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 
 import torch
 
 from benchmarks.datasets import load_dataset
 from inference.estimators import elbo
+from inference.io import atomic_write_json, atomic_write_text
 from inference.local import LocalOptions, StoppingRule, local_posterior
 from inference.objectives import SemiAmortizedELBO
 from inference.refinement import share_closed
@@ -63,7 +65,14 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--points", type=int, default=50)
     parser.add_argument("--sa-steps", type=int, default=0, help="also train an SA-VAE with this many steps (0: none)")
+    parser.add_argument("--out", default=None, help="also write what it prints into OUT/savae-step-size.json and .md")
     args = parser.parse_args(argv)
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        lines.append(text)
+        print(text, flush=True)
+
     t0 = time.perf_counter()
     data = load_dataset("digits", "bernoulli", "dynamic")
     x = data.eval_points("test", args.points)
@@ -85,11 +94,11 @@ def main(argv=None) -> None:
         amortized = elbo(model, guide, x, 1000).value
         q_star = LocalOptions(num_samples=20, rule=StoppingRule(window=50, patience=5, max_steps=3000))
         best = local_posterior(model, guide, x, q_star, eval_samples=1000).elbo.value
-        print(f"{name} trained {args.epochs} epochs in {seconds:.0f} s; {args.points} held-out points: L[q] {amortized.mean():.3f}, "
-              f"L[q*] {best.mean():.3f}", flush=True)
+        say(f"{name} trained {args.epochs} epochs in {seconds:.0f} s; {args.points} held-out points: L[q] {amortized.mean():.3f}, "
+            f"L[q*] {best.mean():.3f}")
         for key in ("loc", "log_scale"):
             lam = largest_eigenvalues(model, guide, x, start, key)
-            print(f"  largest Hessian eigenvalue of -ELBO in {key}, per datapoint: median {lam.median():.1f}, max {lam.max():.1f}", flush=True)
+            say(f"  largest Hessian eigenvalue of -ELBO in {key}, per datapoint: median {lam.median():.1f}, max {lam.max():.1f}")
         for label, (samples, refine_options, divisor) in CONFIGS.items():
             if name != "VAE" and label != FINAL:
                 continue
@@ -100,9 +109,18 @@ def main(argv=None) -> None:
                 value = elbo(model, lambda x_, p=params, g=guide: g(x_, params=p), x, 1000).value
                 share = share_closed(value, amortized, best)
                 out.append(f"k={k}: L[q_k] {value.mean():.3f}, r_k {share.value:.3f} ± {share.se:.3f}")
-            print(f"  {label}\n      " + "; ".join(out), flush=True)
-    print(f"{time.perf_counter() - t0:.0f} s")
+            say(f"  {label}\n      " + "; ".join(out))
+    say(f"{time.perf_counter() - t0:.0f} s")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        atomic_write_json(os.path.join(args.out, "savae-step-size.json"), {"arguments": vars(args), "lines": lines})
+        atomic_write_text(os.path.join(args.out, "savae-step-size.md"), "```\n" + "\n".join(lines) + "\n```\n")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    main(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

@@ -20,6 +20,7 @@ EXAMPLES = {
     "sweep": "--grid seed=0 -- reproduce posterior-2d --budget tiny --no-progress",
     "gpu_check": "--device cpu --tiny --data-root {mnist_root}",
     "speed": "--quick --data-root {mnist_root}",
+    "savae_step_size": "--epochs 1 --points 4",
 }
 NOT_EXPERIMENTS = {"outdir", "__init__", "__main__", "datasets", "options", "report"}  # not runnable experiments
 
