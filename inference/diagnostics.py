@@ -36,6 +36,7 @@ from torch import nn
 
 from .enumeration import unwrap_independent
 from .program import SAMPLE_PLATE, Program, check_data, inspect_program
+from .validation import positive_int
 
 #: Burda et al. (2016): a unit is active when the variance of its posterior mean exceeds this.
 ACTIVE_THRESHOLD = 0.01
@@ -116,6 +117,11 @@ def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
     """
     if log_weights.dim() != 2 or log_weights.shape[0] < 2:
         raise ValueError(f"pareto_k needs log weights of shape (samples >= 2, datapoints), got {tuple(log_weights.shape)}")
+    nan = torch.isnan(log_weights).any(0)
+    if bool(nan.any()):
+        points = nan.nonzero().flatten().tolist()
+        raise ValueError(f"pareto_k got NaN log weights for datapoint(s) {points[:10]}{' ...' if len(points) > 10 else ''}: "
+                         "their k-hat is undefined (a weight of -inf, a zero weight, is fine; NaN is a failed computation)")
     return pareto_k_from_largest(log_weights, log_weights.shape[0])
 
 
@@ -214,6 +220,7 @@ def active_units(
         raise ValueError(f"active units need at least 2 datapoints to measure a variance, got {len(x)}")
     if not threshold > 0:
         raise ValueError(f"the active-unit threshold must be positive, got {threshold}")
+    num_samples = positive_int(num_samples, "num_samples")
     means = posterior_means(guide, x, model, num_samples)
     variances = {name: m.var(0) for name, m in means.items()}
     per_site = {name: (int((v > threshold).sum()), len(v)) for name, v in variances.items()}

@@ -151,3 +151,19 @@ def test_pareto_k_streamed_in_chunks_is_exact_and_keeps_only_the_tail():
         partial = LargestLogWeights(len(lw))
         partial.add(lw[:-1])
         partial.pareto_k()
+
+
+def test_nan_log_weights_and_no_samples_are_refused_by_name():
+    """pareto_k once returned inf for NaN weights, and active_units(num_samples=0) divided by zero inside Pyro."""
+    from inference.diagnostics import active_units, pareto_k
+    from tests.oracles import make_ppca, sample_ppca
+
+    log_w = torch.randn(100, 3, dtype=torch.float64)
+    log_w[5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN log weights for datapoint\(s\) \[1\]"):
+        pareto_k(log_w)
+    log_w[5, 1] = -float("inf")  # a zero weight is a weight
+    assert torch.isfinite(pareto_k(log_w)).all()
+    model, guide = make_ppca()
+    with pytest.raises(ValueError, match="num_samples must be"):
+        active_units(model, guide, sample_ppca(model, 4), num_samples=0)
