@@ -121,10 +121,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def _unreadable(path: str, err: Exception) -> CheckpointError:
-    first = str(err).splitlines()[0] if str(err) else ""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # torch's weights-only refusal opens with advice to load with weights_only=False, which would run the file's code:
+    # keep only what it says about the file itself
+    detail = [line for line in lines if "weights_only" not in line and "file an issue" not in line.lower()
+              and not line.lower().startswith(("check the documentation", "weightsunpickler error"))]
+    first = detail[0] if detail else (lines[0] if lines and "weights_only" not in lines[0] else "")
     return CheckpointError(
-        f"cannot read checkpoint {path!r}: the file is truncated, corrupt or not a torch checkpoint ({type(err).__name__}: {first})"
+        f"cannot read checkpoint {path!r}: the file is truncated, corrupt or not a torch checkpoint of weights "
+        f"({type(err).__name__}{': ' + first if first else ''}); it was not loaded"
     )
+
+
+_UNVERIFIED_WARNED: set[str] = set()  #: checkpoints already warned about (one warning per file and process)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", required: tuple[str, ...] = ()) -> dict:
@@ -148,7 +157,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", required
         raise CheckpointError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict")
     stored = checkpoint.get(CHECKSUM_KEY)
     if stored is None:
-        warnings.warn(f"checkpoint {path!r} carries no checksum (written before checksums were added): it cannot be verified", stacklevel=2)
+        if os.path.abspath(path) not in _UNVERIFIED_WARNED:  # a command that reads a file twice says it once
+            _UNVERIFIED_WARNED.add(os.path.abspath(path))
+            warnings.warn(f"checkpoint {path!r} carries no checksum (written before checksums were added): it cannot be verified",
+                          stacklevel=2)
     elif stored != checksum(checkpoint):
         raise CheckpointError(
             f"checkpoint {path!r} is damaged: its content does not match the checksum stored in it (flipped bits on disk or in "

@@ -57,10 +57,29 @@ class _RunsCode:
 
 
 def test_a_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+    import warnings
+
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     with pytest.warns(UserWarning, match="carries no checksum"):
         assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.zeros(2))
+    with warnings.catch_warnings():  # the second read of the same file in one process says nothing more (it was said twice)
+        warnings.simplefilter("error")
+        assert torch.equal(load_checkpoint(str(path))["state_dict"]["w"], torch.zeros(2))
+
+
+def test_a_plain_pickle_is_refused_without_advice_to_run_its_code(tmp_path):
+    """A pickle written by pickle.dump (not torch.save) that would run code: refused, never with torch's advice to load it
+    with weights_only=False."""
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"w": _RunsCode()}, f)
+    with pytest.raises(CheckpointError, match="not a torch checkpoint of weights .*it was not loaded") as err:
+        load_checkpoint(path)
+    assert "weights_only" not in str(err.value) and "likely succeed" not in str(err.value)
+    assert not os.path.exists("/nonexistent-dir-should-never-be-made/ran")
 
 
 @pytest.mark.slow
