@@ -245,6 +245,26 @@ def train_one(
     return result
 
 
+def check_factory(make_pair: Any) -> PairFactory:
+    """``make_pair`` if it is callable; a pair or anything else is refused with what was expected. Its result is checked
+    too, on every call (:func:`fresh_pair`)."""
+    if isinstance(make_pair, (tuple, list)):
+        raise TypeError(f"compare_objectives takes a factory, a function returning a fresh (model, guide) pair (every run starts "
+                        f"from a new one), not a {type(make_pair).__name__} of {len(make_pair)} object(s): pass e.g. "
+                        "lambda: (Model(), Guide())")
+    if not callable(make_pair):
+        raise TypeError(f"compare_objectives takes a factory returning a fresh (model, guide) pair, got a {type(make_pair).__name__}")
+
+    def fresh_pair():
+        pair = make_pair()
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(callable(p) for p in pair)):
+            raise TypeError(f"the pair factory {getattr(make_pair, '__name__', make_pair)!r} must return a (model, guide) pair of "
+                            f"callables; it returned {type(pair).__name__} {str(pair)[:80]!r}")
+        return pair
+
+    return fresh_pair
+
+
 def compare_objectives(
     make_pair: PairFactory,
     data: Any,
@@ -271,6 +291,9 @@ def compare_objectives(
     (checkpoints, CSV logs) and ``resume=True`` reuses finished runs and continues unfinished
     ones. Returns a :class:`Comparison`; every number is a ``{"mean", "se"}`` where it has an error.
     """
+    make_pair = check_factory(make_pair)
+    if isinstance(objectives, str):  # "elbo,iwae" once iterated letters ("unknown objective 'e'")
+        objectives = [name.strip() for name in objectives.split(",") if name.strip()]
     data = _as_data(data)
     for name in objectives:
         get_objective(name)

@@ -120,7 +120,11 @@ def model_config(name: str, data_dim: int, likelihood: str, **overrides: Any) ->
 def build_model(config: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
     """Make the ``(model, guide)`` pair described by ``config`` (see :func:`model_config`), or call its factory."""
     if is_factory(config["name"]):
-        return load_factory(config["name"])()
+        pair = load_factory(config["name"])()
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, nn.Module) for p in pair)):
+            raise TypeError(f"the factory {config['name']!r} must return a (model, guide) pair of torch.nn.Modules (a fresh one "
+                            f"per call); it returned {type(pair).__name__} {str(pair)[:80]!r}")
+        return tuple(pair)
     config = model_config(
         config["name"], config["data_dim"], config["likelihood"],
         **{k: v for k, v in config.items() if k not in ("name", "data_dim", "likelihood")},
