@@ -231,6 +231,7 @@ def gap_decomposition(
     stream = point_stream(seed, x, index)  # checks seed and index
     index = stream.index if stream is not None else None
     log_px_samples = positive_int(log_px_samples, "log_px_samples")
+    elbo_samples = positive_int(elbo_samples, "elbo_samples")  # the caller's own argument, not the estimator's num_samples
     if log_px not in LOG_PX_METHODS:
         raise ValueError(f"unknown log p(x) estimator {log_px!r}; choose from {', '.join(LOG_PX_METHODS)}")
     amortized = elbo(model, guide, x, elbo_samples, max_elements=max_elements, seed=seed, index=index)

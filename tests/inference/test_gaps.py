@@ -73,3 +73,16 @@ def test_each_gap_and_its_standard_errors_come_from_the_right_pair_of_estimates(
     assert approximation["mc_se"] == pytest.approx(math.sqrt(sum(a**2 + b**2 for a, b in zip([0.01, 0.02, 0.03], [0.1, 0.2, 0.3]))) / 3)
     assert summary["local"]["steps_mean"] == 7 and summary["local"]["converged_fraction"] == 1.0
     assert all(isinstance(v, float) for q in summary["quantities"].values() for v in q.values())  # numbers apart from metadata
+
+
+def test_a_bad_sample_count_is_named_as_the_caller_passed_it():
+    """gap_decomposition(..., elbo_samples=-1) once named `num_samples`, a parameter the caller never passed."""
+    from inference.gaps import gap_decomposition
+    from tests.oracles import make_ppca, sample_ppca
+
+    model, guide = make_ppca()
+    x = sample_ppca(model, 3)
+    with pytest.raises(ValueError, match="elbo_samples must be an integer >= 1, got -1"):
+        gap_decomposition(model, guide, x, elbo_samples=-1)
+    with pytest.raises(ValueError, match="log_px_samples must be an integer >= 1, got 0"):
+        gap_decomposition(model, guide, x, log_px_samples=0)
