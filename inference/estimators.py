@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .diagnostics import LargestLogWeights, pareto_k
+from .diagnostics import LargestLogWeights, pareto_k_from_largest
 from .memory import check_projected_time, chunk_size_for, chunks
 from .nonfinite import refuse_non_finite
 from .program import Program, ProgramInfo, check_data, inspect_program, log_weights
@@ -133,8 +133,8 @@ def log_mean_exp_estimate(log_w: torch.Tensor, pareto: bool = False) -> Estimate
     count = log_w.shape[0]
     log_s1, log_s2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
     k_hat = None
-    if pareto:
-        k_hat = pareto_k(log_w)
+    if pareto:  # unchecked: a NaN weight makes the estimate NaN, which its caller refuses naming the non-finite parameters
+        k_hat = pareto_k_from_largest(log_w, count)
     return Estimate(log_s1 - math.log(count), _log_mean_stderr(log_s1, log_s2, count), count, k_hat)
 
 
