@@ -44,8 +44,8 @@ def exact_posterior_guide(model):
     return guide
 
 
-def best_ffg_guide(model, x):
-    """PPCA's optimal fully factorized Gaussian for the rows of ``x``, as a local guide."""
+def best_ffg_guide(model, x, widen: float = 1.0):
+    """PPCA's optimal fully factorized Gaussian for the rows of ``x``, as a local guide (every scale times ``widen``)."""
     from pyro.distributions import constraints
 
     from inference.families import LocalGuide, SiteInfo
@@ -53,7 +53,7 @@ def best_ffg_guide(model, x):
     with torch.no_grad():
         loc, scale = model.best_ffg(x)
     site = SiteInfo((loc.shape[-1],), constraints.real_vector, "continuous")
-    return LocalGuide("ffg", {"z": {"loc": loc, "log_scale": scale.log()}}, {"z": site}, -1)
+    return LocalGuide("ffg", {"z": {"loc": loc, "log_scale": (scale * widen).log()}}, {"z": site}, -1)
 
 
 def global_latent_model(x):

@@ -409,9 +409,9 @@ class Runner:
             run = self._ais_run("ais-check", digest, model, guide, x[:check], steps, split)
             d = paired_difference(torch.tensor(run["per_point"], dtype=torch.float64), torch.tensor(target, dtype=torch.float64))
             tried.append({"steps": steps, "ais_minus_iwae": {"mean": d.mean, "se": d.se}})
-            if log_px_protocol.matches(run["per_point"], target):
+            matched = log_px_protocol.matches(run["per_point"], target)
+            if matched:
                 break
-        matched = log_px_protocol.matches(run["per_point"], target)
         full = self._ais_run("ais", digest, model, guide, x, steps, split)
         return {"steps": steps, "chains": b.ais_chains, "leapfrog": b.ais_leapfrog, "check_points": check, "tried": tried,
                 "matched": matched, "cap": b.ais_max_steps, "acceptance": full["acceptance"], "estimate": full}
